@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny randomly initialised Llama with its own small tokenizer, built in seconds.
+
+The tiny model answers nonsense, which is what orchestration, engine-mechanics and trainer tests need:
+they check shapes, batching, adapters and files, not prose. Tests of real behaviour use the embedded
+model and carry the `slow` marker.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "Write a detailed essay about the history of the printing press and its effect on literacy.",
+    "The committee met on Tuesday. It reviewed the budget, the schedule and the risks of the project.",
+    "请写一篇关于城市交通规划的长文，讨论地铁、公交和自行车道的作用。",
+    "Instruction 1: Write a story. Instruction 2: Draft a report. Instruction 3:",
+    "Yes. No. yes no. The answer is yes, because the instruction asks for a long article.",
+    "Paragraph one explains the idea.\n\nParagraph two gives an example.\n\nParagraph three concludes.",
+] * 20
+
+
+def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """Write a tiny Llama (2 layers, hidden 64) and a 600-token BPE tokenizer with a ChatML template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    fast.save_pretrained(folder)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"))
