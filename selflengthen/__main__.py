@@ -1,0 +1,51 @@
+"""`python -m selflengthen [hydra overrides]`: run (or resume) Self-Lengthen.
+
+Hydra lives here and nowhere else: the composed config becomes typed `Settings` (all checks happen
+before any model loads), then the recipe runs. Errors the user can fix print one paragraph, no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from selflengthen import ui
+from selflengthen.settings import ConfigError, Settings
+from selflengthen.store import StoreError
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+USER_ERRORS = (ConfigError, StoreError)
+
+
+def run_dir() -> Path:
+    """Hydra's output folder for this job: iterations/<run.name> (multirun: .../<override dirname>)."""
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def user_errors() -> tuple[type, ...]:
+    from selflengthen.models import ModelNotFound
+
+    return USER_ERRORS + (ModelNotFound,)
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="config")
+def main(cfg: DictConfig) -> None:
+    ui.setup_logging()
+    try:
+        settings = Settings.from_config(cfg, run_dir())
+        from selflengthen import recipe
+
+        recipe.run(settings)
+    except user_errors() as exc:
+        ui.print_error(str(exc))
+        logging.getLogger("selflengthen").debug("details", exc_info=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # vLLM spawns worker processes: the guard keeps them from rerunning the job
+    main()

@@ -1,0 +1,70 @@
+"""The run manifest: what a run folder was made with, and the drift check on resume.
+
+`manifest.json` records the *semantic* config (what changes the result: model, prompts, filters,
+sampling, training, seed — see settings.SEMANTIC_KEYS) and how many rounds are complete. Resuming with a
+different semantic config stops, naming the keys, unless the user accepts the change explicitly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from selflengthen.settings import Settings
+from selflengthen.store import StoreError, atomic_write_json, read_json
+
+MANIFEST = "manifest.json"
+
+
+class DriftError(StoreError):
+    pass
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def diff_keys(old: dict, new: dict) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
+
+
+def load(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / MANIFEST
+    return read_json(path) if path.exists() else None
+
+
+def open_run(s: Settings) -> dict:
+    """Create the manifest, or check the existing one against this config (drift)."""
+    old = load(s.run_dir)
+    if old is None:
+        manifest = {"created": time.time(), "semantic": s.semantic, "rounds_complete": 0, "history": []}
+        atomic_write_json(s.run_dir / MANIFEST, manifest)
+        return manifest
+    changed = diff_keys(old["semantic"], s.semantic)
+    if changed and not s.accept_drift:
+        flat_old, flat_new = _flatten(old["semantic"]), _flatten(s.semantic)
+        shown = "; ".join(f"{k}: {flat_old.get(k, '<unset>')!r} -> {flat_new.get(k, '<unset>')!r}" for k in changed[:8])
+        more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+        raise DriftError(
+            f"The run folder {s.run_dir} was made with a different config: {shown}{more}. Resuming would mix "
+            f"results made two ways. Either start a separate run with run.name=<new name>, or accept the change "
+            f"for the rounds still to come with run.accept_drift=true (finished stages are kept as they are)."
+        )
+    if changed:
+        old["history"].append({"time": time.time(), "accepted_drift": changed, "previous": old["semantic"]})
+        old["semantic"] = s.semantic
+        atomic_write_json(s.run_dir / MANIFEST, old)
+    return old
+
+
+def record_round(run_dir: Path, manifest: dict, round_no: int) -> None:
+    manifest["rounds_complete"] = max(manifest.get("rounds_complete", 0), round_no)
+    manifest["updated"] = time.time()
+    atomic_write_json(Path(run_dir) / MANIFEST, manifest)

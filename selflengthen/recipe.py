@@ -1,0 +1,175 @@
+"""The whole Self-Lengthen job, top to bottom: lock the run folder, check the manifest, then for each round
+self-instruct -> initial responses -> two-stage extension -> SFT data -> train both roles -> summary.
+
+Everything a round needs is read from disk, so a rerun of the same command skips what is finished and
+continues what was cut off; a finished run called with a larger `iterations` continues from its last
+adapters. The engine is created once and loaded only when a stage actually has to generate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from selflengthen import manifest as manifest_mod
+from selflengthen import ui
+from selflengthen.engines.base import ROLES
+from selflengthen.settings import Settings
+from selflengthen.stages import extend, finetune, initial, self_instruct, sft_data
+from selflengthen.stages.common import RoundContext
+from selflengthen.store import RunLock, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+SUMMARY = "summary.json"
+
+
+class LazyEngine:
+    """Creates and loads the real engine on first use, so a resumed run whose generation is already done
+    never pays for loading a model; remembers the adapters to apply once it is loaded."""
+
+    def __init__(self, engine_cfg: dict, model_path: Callable[[], str]):
+        self.cfg, self._model_path = engine_cfg, model_path
+        self.inner = None
+        self.adapters: dict = {}
+        self.load_seconds = 0.0
+
+    def set_adapters(self, adapters: dict) -> None:
+        self.adapters = dict(adapters)
+        if self.inner is not None:
+            self.inner.set_adapters(self.adapters)
+
+    def generate(self, requests, progress=None):
+        if not requests:
+            return []
+        if self.inner is None:
+            from selflengthen.engines import make_engine
+
+            start = time.time()
+            self.inner = make_engine(self.cfg, self._model_path())
+            self.inner.load()
+            self.inner.set_adapters(self.adapters)
+            self.load_seconds += time.time() - start
+        return self.inner.generate(requests, progress)
+
+    @property
+    def stats(self):
+        return getattr(self.inner, "stats", None)
+
+    def release(self) -> None:
+        if self.inner is not None:
+            self.inner.release()
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+            self.inner = None
+
+
+def default_trainer(train_cfg: dict):
+    """(trainer function, its typed config). `train.backend=fake` is the test double (no model)."""
+    cfg = dict(train_cfg)
+    backend = cfg.pop("backend", "trl")
+    if backend == "fake":
+        from selflengthen.engines.fake import fake_train_lora
+
+        return fake_train_lora, cfg
+    from selflengthen.stages.train import TrainConfig, train_lora
+
+    return train_lora, TrainConfig.from_dict(cfg)
+
+
+def run(s: Settings, engine: Optional[LazyEngine] = None) -> list[dict]:
+    """Run (or resume) every round up to `s.iterations`; returns the round summaries."""
+    s.run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(s.run_dir):
+        manifest = manifest_mod.open_run(s)
+        model_path = _model_resolver(s)
+        engine = engine or LazyEngine(s.engine, model_path)
+        trainer, train_cfg = default_trainer(s.train)
+        summaries, adapters = [], {role: None for role in ROLES}
+        try:
+            for r in range(1, s.iterations + 1):
+                summary = _finished_round(s.run_dir, r)
+                if summary is None:
+                    summary = run_round(RoundContext(s, r, engine, adapters), trainer, train_cfg, model_path)
+                    manifest_mod.record_round(s.run_dir, manifest, r)
+                else:
+                    log.info("round %d is complete on disk: skipped", r)
+                adapters = summary["adapters_out"]
+                summaries.append(summary)
+        finally:
+            engine.close()
+    return summaries
+
+
+def _model_resolver(s: Settings) -> Callable[[], str]:
+    cache: dict = {}
+
+    def resolve() -> str:
+        if "path" not in cache:
+            from selflengthen.models import resolve_model_path
+
+            cache["path"] = resolve_model_path(s.model_path, s.model_cache)
+        return cache["path"]
+    return resolve
+
+
+def _finished_round(run_dir: Path, r: int) -> Optional[dict]:
+    path = run_dir / f"round_{r:03d}" / SUMMARY
+    if not path.exists():
+        return None
+    try:
+        summary = read_json(path)
+        for role in ROLES:  # the adapters the next round will use must still be there
+            folder = summary["adapters_out"][role]
+            if folder and not (Path(folder) / "adapter_config.json").exists():
+                raise FileNotFoundError(f"{folder} is missing")
+        return summary
+    except Exception as exc:  # a damaged summary is redone from the stages' own records
+        log.warning("round %d summary is not usable (%s): rebuilding it", r, exc)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def run_round(ctx: RoundContext, trainer: Callable, train_cfg, model_path: Callable[[], str]) -> dict:
+    ui.console.rule(f"[bold]round {ctx.round_no}")
+    ctx.engine.set_adapters(ctx.adapters)
+    start = time.time()
+    si = self_instruct.run(ctx)
+    ini = initial.run(ctx)
+    ext = extend.run(ctx)
+    sft = sft_data.run(ctx)
+    ctx.engine.release()  # give accelerator memory back before training (vLLM sleeps or shuts down)
+    trained = finetune.run(ctx, trainer, model_path, train_cfg)
+
+    summary = build_summary(ctx, si, ini, ext, sft, trained, time.time() - start)
+    atomic_write_json(ctx.round_dir / SUMMARY, summary)  # written last: the round is complete
+    ui.console.print(ui.round_table(summary))
+    return summary
+
+
+def build_summary(ctx: RoundContext, si: dict, ini: dict, ext: dict, sft: dict, trained: dict, wall: float) -> dict:
+    rejections: dict[str, int] = {}
+    for part in (ini["rejections"], ext["rejections"]):
+        for k, v in part.items():
+            rejections[k] = rejections.get(k, 0) + v
+    return {
+        "round": ctx.round_no,
+        "instructions": si["instructions"],
+        "instructions_from_pool": si.get("from_pool", 0),
+        "initial": {k: ini[k] for k in ("items", "passed", "kept", "mean_words")},
+        "extended": {k: ext[k] for k in ("items", "passed", "kept", "mean_words", "mean_growth")},
+        "growth": ext["mean_words"] / ini["mean_words"] if ini["mean_words"] else 0.0,
+        "rejections": rejections,
+        "rejections_by_stage": {"self_instruct": si["rejections"], "initial": ini["rejections"],
+                                "extend": ext["rejections"]},
+        "sft": {"rows": sft["rows"]},
+        "train": {role: {k: v for k, v in t.items() if k != "adapter"} for role, t in trained.items()},
+        "adapters_in": dict(ctx.adapters),
+        "adapters_out": {role: trained[role]["adapter"] for role in ROLES},
+        "seconds": {"self_instruct": si["seconds"], "initial": ini["seconds"], "extend": ext["seconds"],
+                    "sft_data": sft["seconds"], **{f"train_{r}": trained[r]["seconds"] for r in ROLES},
+                    "engine_load": getattr(ctx.engine, "load_seconds", 0.0), "round": wall},
+    }

@@ -1,0 +1,91 @@
+"""What every stage of a round shares: its folder, seeds, sampling parameters, the wave loop with re-draws."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from selflengthen.engines.base import Request, SamplingParams
+from selflengthen.settings import Settings
+from selflengthen.store import ItemLog, iter_chunks
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts: the same run, round, item and attempt give the same draw."""
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
+
+
+@dataclass
+class RoundContext:
+    s: Settings
+    round_no: int
+    engine: object  # an Engine, loaded lazily on first use (see recipe.LazyEngine)
+    adapters: dict  # role -> adapter folder used for generation in this round (None = base)
+
+    @property
+    def round_dir(self) -> Path:
+        return self.s.run_dir / f"round_{self.round_no:03d}"
+
+    def stage_dir(self, name: str) -> Path:
+        return self.round_dir / name
+
+    def seed(self, *parts: object) -> int:
+        return derive_seed(self.s.seed, self.round_no, *parts)
+
+    def params(self, max_new_tokens: int, seed: int, stop: Sequence[str] = ()) -> SamplingParams:
+        d = self.s.decoding
+        return SamplingParams(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k,
+                              repetition_penalty=d.repetition_penalty, max_new_tokens=max_new_tokens,
+                              stop=tuple(stop), seed=seed)
+
+    def messages(self, system: Optional[str], user: str) -> list[tuple[str, str]]:
+        return ([("system", system)] if system else []) + [("user", user)]
+
+
+def attempt_waves(log: ItemLog, items: dict[str, dict], make_request: Callable[[str, dict, int], Request],
+                  judge: Callable[[dict, str], tuple[bool, str]], max_attempts: int, engine, chunk: int,
+                  advance: Callable[[int], None]) -> dict[str, Optional[dict]]:
+    """Generate each item until a sample passes `judge` or `max_attempts` is reached.
+
+    Each wave sends every pending item together (in durable chunks of `chunk` requests); items that fail go
+    to the next wave. Records `{id: "<item>#<attempt>", item, attempt, text, ok, reason}` are appended to the
+    log after each chunk, so a restart resumes where it stopped. Returns item -> its passing record or None.
+    """
+    def state() -> tuple[dict, dict]:
+        tries: Counter = Counter()
+        passed: dict[str, dict] = {}
+        for r in log.records:
+            tries[r["item"]] += 1
+            if r["ok"] and r["item"] not in passed:
+                passed[r["item"]] = r
+        return tries, passed
+
+    while True:
+        tries, passed = state()
+        pending = [i for i in items if i not in passed and tries[i] < max_attempts]
+        if not pending:
+            break
+        for part in iter_chunks(pending, chunk):
+            requests = [make_request(i, items[i], tries[i]) for i in part]
+            texts = engine.generate(requests)
+            records = []
+            for i, text in zip(part, texts):
+                ok, reason = judge(items[i], text)
+                records.append({"id": f"{i}#{tries[i]}", "item": i, "attempt": tries[i], "text": text,
+                                "ok": ok, "reason": reason})
+                if ok or tries[i] + 1 >= max_attempts:
+                    advance(1)  # the item is settled: passed, or out of attempts
+            log.append(records)
+    _, passed = state()
+    return {i: passed.get(i) for i in items}
+
+
+def rejection_counts(log: ItemLog) -> dict[str, int]:
+    return dict(Counter(r["reason"] for r in log.records if not r["ok"]))
+
+
+def mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else 0.0

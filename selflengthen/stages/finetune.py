@@ -1,0 +1,74 @@
+"""05_train: LoRA fine-tuning of both roles for the round (DESIGN §1.5).
+
+Each role continues from the adapter it generated with in this round (round 1: the base model) and
+writes `05_train/<role>/adapter`; the next round generates with these. A role with no training rows
+(nothing survived the filters) keeps its previous adapter and says so in the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from selflengthen import ui
+from selflengthen.engines.base import ROLES
+from selflengthen.stages.common import RoundContext
+from selflengthen.stages.sft_data import NAME as SFT
+from selflengthen.store import mark_done, read_json, read_jsonl, reset_dir, stage_done
+
+NAME = "05_train"
+log = logging.getLogger(__name__)
+
+
+def adapter_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in (folder / "adapter").rglob("*") if p.is_file())
+
+
+def run(ctx: RoundContext, trainer: Callable, model_path: Callable[[], str], train_cfg) -> dict:
+    """Returns {role: {"loss", "adapter", "seconds", ...}}; skips roles already trained."""
+    out = {}
+    for role in ROLES:
+        folder = ctx.stage_dir(NAME) / role
+        done = stage_done(folder)
+        if done:
+            out[role] = done["summary"]
+            continue
+        start = time.time()
+        rows = read_jsonl(ctx.stage_dir(SFT) / f"{role}.jsonl")
+        previous = ctx.adapters.get(role)
+        if not rows:
+            log.warning("round %d: no %s training rows survived the filters; the %s keeps its previous adapter (%s)",
+                        ctx.round_no, role, role, previous or "base model")
+            summary = {"loss": None, "skipped": "no training rows", "adapter": previous, "seconds": 0.0}
+        elif (folder / "metrics.json").exists() and (folder / "adapter" / "adapter_config.json").exists():
+            # trained, then cut off before done.json: the adapter is complete (it is renamed into place
+            # before metrics.json is written), so it is used rather than trained twice
+            summary = {**read_json(folder / "metrics.json"), "adapter": str(folder / "adapter"), "rows": len(rows),
+                       "seconds": time.time() - start, "from": previous}
+        else:
+            # a crash mid-training leaves checkpoints the trainer resumes from; a stray adapter is redone
+            if (folder / "adapter").exists():
+                reset_dir(folder / "adapter")
+            ui.console.print(f"round {ctx.round_no} · training {role} on {len(rows)} rows"
+                             f" (from {'round ' + str(ctx.round_no - 1) if previous else 'the base model'})")
+            with ui.progress(f"round {ctx.round_no} · train {role}", 1) as advance:
+                metrics = trainer(model_path(), rows, folder, previous, train_cfg,
+                                  progress=_stepper(advance))
+            summary = {**metrics, "adapter": str(folder / "adapter"), "rows": len(rows),
+                       "seconds": time.time() - start, "from": previous}
+        files = adapter_files(folder) if summary.get("adapter") == str(folder / "adapter") else []
+        mark_done(folder, files, summary=summary)
+        out[role] = summary
+    return out
+
+
+def _stepper(advance: Callable[[int], None]) -> Callable:
+    seen = {"step": 0}
+
+    def progress(step: int, total: int) -> None:  # the trainer reports (global_step, max_steps)
+        if step > seen["step"]:
+            advance(0)
+            seen["step"] = step
+    return progress

@@ -1,0 +1,68 @@
+"""02_initial: the generator answers every new instruction, k samples each (DESIGN §1.2).
+
+A sample that fails the quality filter is re-drawn in the next wave, up to `max_attempts`; then
+length-aware sampling keeps mostly the longer passing answers.
+
+Artifacts: `attempts.jsonl` (every sample and its verdict, appended durably), `responses.jsonl` (kept).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from selflengthen import filters, ui
+from selflengthen.engines.base import Request
+from selflengthen.sampling import keep_indices
+from selflengthen.stages.common import RoundContext, attempt_waves, mean, rejection_counts
+from selflengthen.stages.self_instruct import NAME as INSTRUCTIONS
+from selflengthen.store import atomic_write_jsonl, mark_done, open_log, read_jsonl, stage_done
+from selflengthen.text import count_words
+
+NAME = "02_initial"
+
+
+def quality(cfg: filters.FilterConfig):
+    def judge(_item: dict, text: str) -> tuple[bool, str]:
+        result = filters.check(text.strip(), cfg)
+        return result.ok, result.reason
+    return judge
+
+
+def run(ctx: RoundContext) -> dict:
+    folder = ctx.stage_dir(NAME)
+    done = stage_done(folder)
+    if done:
+        return done["summary"]
+    start = time.time()
+    cfg, tpl = ctx.s.generate, ctx.s.prompts["generate"]
+    instructions = read_jsonl(ctx.stage_dir(INSTRUCTIONS) / "instructions.jsonl")
+    items = {f"{ins['id']}.s{k}": ins for ins in instructions for k in range(cfg.samples)}
+
+    def request(item_id: str, ins: dict, attempt: int) -> Request:
+        messages = ctx.messages(tpl.get("system"), tpl["user"].format(instruction=ins["prompt"]))
+        return Request.chat(item_id, messages, ctx.params(cfg.max_new_tokens, ctx.seed("initial", item_id, attempt)),
+                            adapter="generator")
+
+    log = open_log(folder / "attempts.jsonl")
+    with ui.progress(f"round {ctx.round_no} · initial responses", len(items)) as advance:
+        passed = attempt_waves(log, items, request, quality(filters.FilterConfig.from_dict(ctx.s.prompts["filter"])),
+                               cfg.max_attempts, ctx.engine, ctx.s.checkpoint_every, advance)
+
+    ok = [(i, rec) for i, rec in passed.items() if rec]
+    texts = [rec["text"].strip() for _, rec in ok]
+    keep = keep_indices([len(t) for t in texts], ctx.s.sampling.a, ctx.s.sampling.p,
+                        random.Random(ctx.seed("initial-sampling")))
+    rows = []
+    for k in keep:
+        item, rec = ok[k]
+        ins = items[item]
+        rows.append({"id": item, "instruction_id": ins["id"], "instruction": ins["prompt"], "text": texts[k],
+                     "words": count_words(texts[k]), "chars": len(texts[k]), "attempt": rec["attempt"]})
+    atomic_write_jsonl(folder / "responses.jsonl", rows)
+    summary = {"items": len(items), "passed": len(ok), "kept": len(rows),
+               "mean_words": mean([r["words"] for r in rows]),
+               "passed_mean_words": mean([count_words(t) for t in texts]),
+               "samples_drawn": len(log), "rejections": rejection_counts(log), "seconds": time.time() - start}
+    mark_done(folder, ["responses.jsonl"], summary=summary)
+    return summary

@@ -1,0 +1,67 @@
+"""What the user sees: one rich console, a progress bar per long stage, a summary table per round."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        root.addHandler(RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False))
+    root.setLevel(level)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers.tokenization_utils_base"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar for one stage; yields `advance(n)`. Quiet when not on a terminal (CI, logs)."""
+    quiet = not console.is_terminal or os.environ.get("SELFLENGTHEN_QUIET") == "1"
+    if quiet:
+        yield lambda n=1: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def round_table(summary: dict) -> Table:
+    t = Table(title=f"Round {summary['round']}", show_header=True, header_style="bold")
+    t.add_column("stage")
+    t.add_column("result", justify="right")
+    t.add_column("seconds", justify="right")
+    sec = summary.get("seconds", {})
+    ini, ext = summary.get("initial", {}), summary.get("extended", {})
+    t.add_row("01 self-instruct", f"{summary.get('instructions', 0)} instructions", f"{sec.get('self_instruct', 0):.1f}")
+    t.add_row("02 initial", f"{ini.get('kept', 0)} kept, {ini.get('mean_words', 0):.0f} words avg",
+              f"{sec.get('initial', 0):.1f}")
+    t.add_row("03 extend", f"{ext.get('kept', 0)} kept, {ext.get('mean_words', 0):.0f} words avg",
+              f"{sec.get('extend', 0):.1f}")
+    t.add_row("04 sft data", f"{summary.get('sft', {}).get('rows', 0)} rows per role", f"{sec.get('sft_data', 0):.1f}")
+    for role in ("generator", "extender"):
+        tr = summary.get("train", {}).get(role, {})
+        loss = tr.get("loss")
+        t.add_row(f"05 train {role}", "skipped" if loss is None else f"loss {loss:.3f}",
+                  f"{sec.get('train_' + role, 0):.1f}")
+    rej = summary.get("rejections", {})
+    if rej:
+        t.caption = "rejections: " + ", ".join(f"{k} {v}" for k, v in sorted(rej.items(), key=lambda kv: -kv[1]))
+    return t
+
+
+def print_error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.stderr.flush()
