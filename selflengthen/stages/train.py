@@ -1,0 +1,328 @@
+"""05_train: LoRA fine-tuning of one role (generator or extender) on its SFT rows.
+
+Owns one job: rows `{"messages": [...]}` in, a peft adapter folder out. The last message of a row is the
+assistant answer and the only part with loss: each row becomes a TRL prompt-completion example, which
+SFTTrainer trains with completion-only loss (prompt tokens get label -100). LoRA sits on every linear
+projection (paper: lr 1e-4, 4 epochs, cosine, warm-up 0.1, cut-off 16k tokens). From round 2 on, a role
+continues from its own adapter of the previous round: that adapter is loaded trainable, never stacked.
+
+On disk, inside `out_dir`:
+  checkpoints/checkpoint-N/   Trainer checkpoints (adapter, optimizer, scheduler, RNG); a rerun after a crash
+                              resumes from the last one; deleted after success.
+  checkpoints/resume_key.json what the checkpoints were trained on; a mismatch restarts instead of resuming.
+  adapter/                    the final adapter, written as adapter.tmp and renamed, so it exists only whole.
+  metrics.json                loss, steps, tokens, tokens/s, padding share, truncated rows (atomic).
+
+Heavy libraries (torch, transformers, peft, trl, datasets) are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]  # (steps done, total steps)
+
+
+@dataclass
+class TrainConfig:
+    """LoRA SFT settings; defaults follow the paper where it gives one."""
+
+    lr: float = 1e-4  # paper: 1e-4
+    epochs: float = 4  # paper: 4
+    scheduler: str = "cosine"  # paper: cosine
+    warmup_ratio: float = 0.1  # paper: 0.1
+    max_length: int = 16384  # paper cut-off 16k tokens; TRL's own default (1024) would cut long answers
+    batch_size: int = 1  # rows per forward pass; 1 means zero padding
+    grad_accum: int = 8  # effective batch = batch_size * grad_accum
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | list = "all-linear"  # "all-linear" or a list of module names
+    dtype: str = "auto"  # auto | bf16 | fp32; auto = bf16 on GPUs that support it, fp32 on CPU (measured faster)
+    save_steps: int = 50  # checkpoint every N optimizer steps, so a crash resumes from there
+    seed: int = 0
+    gradient_checkpointing: bool = False  # less activation memory, ~30% more compute
+    max_steps: int = -1  # > 0 overrides epochs (smoke runs, tests)
+    group_by_length: bool = True  # with batch_size > 1: batch rows of similar length (less padding)
+    packing: bool = False  # TRL BFD packing, padding-free; sequences kept apart by position_ids
+    logging_steps: int = 1
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> "TrainConfig":
+        """Build from a plain dict (the Hydra `train` group); unknown keys are an error, not ignored."""
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown train config key(s) {unknown}; known keys: {sorted(known)}")
+        if "target_modules" in d and not isinstance(d["target_modules"], str):
+            d["target_modules"] = list(d["target_modules"])  # a Hydra ListConfig -> list
+        cfg = cls(**d)
+        if cfg.dtype not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"train.dtype must be auto, bf16 or fp32, got {cfg.dtype!r}")
+        if not 0 <= cfg.warmup_ratio < 1:
+            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+        return cfg
+
+
+def train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: Optional[str],
+               cfg: TrainConfig, progress: Optional[ProgressFn] = None) -> dict:
+    """Train a LoRA adapter on `rows`; save it to `out_dir/adapter` and return the metrics dict.
+
+    A rerun after a crash resumes from the last checkpoint in `out_dir/checkpoints` (same rows and settings)."""
+    out_dir = Path(out_dir)
+    _to_prompt_completion(rows)  # fail on bad rows before touching the disk
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    resume = _prepare_resume(ckpt_dir, _resume_key(model_path, rows, init_adapter, cfg))
+    trainer, truncated = build_trainer(model_path, rows, ckpt_dir, init_adapter, cfg, progress)
+    counter = _TokenCounter(trainer)
+
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.perf_counter() - start
+
+    _save_adapter(trainer.model, out_dir)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    metrics = {
+        "loss": float(result.training_loss),  # mean over the steps of this call
+        "steps": int(trainer.state.global_step),
+        "resumed_from_step": resume,
+        "rows": len(rows),
+        "tokens": counter.tokens,  # prompt + answer tokens trained on, padding excluded
+        "answer_tokens": counter.answer_tokens,
+        "padding_tokens": counter.padding_tokens,
+        "padding_share": round(counter.padding_tokens / max(1, counter.tokens + counter.padding_tokens), 4),
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(counter.tokens / seconds, 2) if seconds > 0 else 0.0,
+        "truncated": truncated,
+        "dtype": "bf16" if trainer.args.bf16 else "fp32",
+    }
+    _atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def build_trainer(model_path: str, rows: list[dict], ckpt_dir: Path, init_adapter: Optional[str],
+                  cfg: TrainConfig, progress: Optional[ProgressFn] = None):
+    """The SFTTrainer for `rows` (base model + LoRA, dataset prepared) and the number of over-long rows.
+
+    Separate from `train_lora` so tests and bench/train.py can look at the prepared data and batches."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    examples = _to_prompt_completion(rows)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    truncated = _count_too_long(tokenizer, rows, cfg.max_length)
+    use_bf16 = _resolve_dtype(cfg.dtype) == "bf16"
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if use_bf16 else torch.float32)
+    model = _with_lora(model, init_adapter, cfg)
+
+    args = SFTConfig(
+        output_dir=str(ckpt_dir), max_length=cfg.max_length, learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        gradient_checkpointing=cfg.gradient_checkpointing,  # SFTConfig's default is True: always set it
+        bf16=use_bf16, use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
+        logging_steps=cfg.logging_steps, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        packing=cfg.packing, packing_strategy="bfd",
+        # group_by_length only matters when a batch holds several rows; it cuts the padding between them.
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and cfg.batch_size > 1 else "random",
+        completion_only_loss=True,  # explicit: the answer is the only part with loss
+    )
+    with _quiet_progress_bars():  # dataset preparation bars would tear through the caller's rich bar
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                             processing_class=tokenizer, callbacks=[_progress_callback(progress)])
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm adds it; our callback logs instead of printing
+    return trainer, truncated
+
+
+def _to_prompt_completion(rows: list[dict]) -> list[dict]:
+    """`{"messages": [..., answer]}` -> `{"prompt": [...], "completion": [answer]}` (TRL masks the prompt)."""
+    if not rows:
+        raise ValueError(
+            "train_lora got no training rows. The SFT data stage produced nothing for this role, usually "
+            "because every generated or extended response failed the quality filter or was dropped by "
+            "length-aware sampling, so there is nothing to fine-tune on. Look at this round's summary "
+            "(rejection reasons) and the 04_sft_data artifacts; generate more instructions or samples, or "
+            "loosen the filter, then rerun the same command to resume."
+        )
+    examples = []
+    for i, row in enumerate(rows):
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not messages or messages[-1].get("role") != "assistant" or len(messages) < 2:
+            raise ValueError(f"training row {i}: expected 'messages' with at least one prompt message and "
+                             f"the assistant answer last, got {str(row)[:200]}")
+        clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+        examples.append({"prompt": clean[:-1], "completion": clean[-1:]})
+    return examples
+
+
+def _count_too_long(tokenizer, rows: list[dict], max_length: int) -> int:
+    """Rows whose rendered chat exceeds max_length: TRL keeps their start and cuts the answer's end."""
+    too_long = []
+    for i, row in enumerate(rows):
+        ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        if len(ids) > max_length:
+            too_long.append((i, len(ids)))
+    if too_long:
+        log.warning("%d of %d training rows are longer than max_length=%d tokens and will be truncated "
+                    "(their answers lose the end, the end-of-turn token included); first: row %d, %d tokens. "
+                    "Raise train.max_length if memory allows.", len(too_long), len(rows), max_length,
+                    *too_long[0])
+    return len(too_long)
+
+
+def _resolve_dtype(dtype: str) -> str:
+    """auto -> bf16 on a GPU that supports it; fp32 elsewhere (bench/train.py: bf16 autocast is slower on CPU)."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _with_lora(model, init_adapter: Optional[str], cfg: TrainConfig):
+    """A fresh LoRA on all linear projections, or the previous round's adapter loaded trainable."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init_adapter:
+        # Continue the same adapter (same rank and targets as last round) instead of stacking a new one.
+        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _resume_key(model_path: str, rows: list[dict], init_adapter: Optional[str], cfg: TrainConfig) -> str:
+    """What a checkpoint must have been trained on to be resumed. Length knobs (epochs, max_steps) are
+    left out on purpose: training longer from the same data is a legitimate continuation."""
+    h = hashlib.sha256()
+    h.update(json.dumps([str(model_path), str(init_adapter or ""), cfg.lr, cfg.scheduler, cfg.warmup_ratio,
+                         cfg.max_length, cfg.batch_size, cfg.grad_accum, cfg.lora_r, cfg.lora_alpha,
+                         cfg.lora_dropout, cfg.target_modules, cfg.seed, cfg.packing]).encode())
+    for row in rows:
+        h.update(json.dumps(row["messages"], ensure_ascii=False, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _prepare_resume(ckpt_dir: Path, key: str) -> Optional[int]:
+    """Step of the checkpoint to resume from, or None to start fresh (clearing checkpoints of other data)."""
+    key_file = ckpt_dir / "resume_key.json"
+    steps = sorted(int(p.name.split("-")[1]) for p in ckpt_dir.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    if steps:
+        old = json.loads(key_file.read_text())["key"] if key_file.exists() else None
+        if old == key:
+            log.info("resuming training from %s", ckpt_dir / f"checkpoint-{steps[-1]}")
+            return steps[-1]
+        log.warning("checkpoints in %s were trained on other data or settings; starting this training afresh",
+                    ckpt_dir)
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_json(key_file, {"key": key})
+    return None
+
+
+class _TokenCounter:
+    """Counts real, answer and padding tokens of every batch the loss is computed on.
+
+    It wraps `trainer.compute_loss` rather than the collator: the dataloader fetches one batch ahead,
+    so a collator sees a batch that is never trained on."""
+
+    def __init__(self, trainer):
+        self.tokens = self.answer_tokens = self.padding_tokens = 0
+        inner = trainer.compute_loss
+
+        def compute_loss(model, inputs, *args, **kwargs):
+            self.add(inputs)
+            return inner(model, inputs, *args, **kwargs)
+
+        trainer.compute_loss = compute_loss
+
+    def add(self, batch) -> None:
+        n = batch["input_ids"].numel()
+        if "attention_mask" in batch:
+            real = int(batch["attention_mask"].sum())
+        else:  # padding-free: one flattened row; pad positions carry position id 0 after the last sequence
+            real = int(batch["cu_seq_lens_q"][-1]) if "cu_seq_lens_q" in batch else n
+        self.tokens += real
+        self.padding_tokens += n - real
+        self.answer_tokens += int((batch["labels"] != -100).sum())
+
+
+def _progress_callback(progress: Optional[ProgressFn]):
+    """A TrainerCallback that reports (step, max_steps) after every optimizer step, e.g. to a rich bar,
+    and sends the Trainer's log lines (loss, lr, grad norm) to `logging` instead of stdout."""
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if progress is not None:
+                progress(state.global_step, state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            log.info("step %d/%d %s", state.global_step, state.max_steps, logs)
+
+    return ProgressCallback()
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
+
+
+def _save_adapter(model, out_dir: Path) -> None:
+    """Write the adapter to adapter.tmp, fsync it, then rename to adapter: a reader never sees half of one."""
+    tmp, final = out_dir / "adapter.tmp", out_dir / "adapter"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(out_dir)
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, ensure_ascii=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
