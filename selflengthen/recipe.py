@@ -80,12 +80,12 @@ def default_trainer(train_cfg: dict):
     return train_lora, TrainConfig.from_dict(cfg)
 
 
-def run(s: Settings, engine: Optional[LazyEngine] = None) -> list[dict]:
+def run(s: Settings, engine: Optional[LazyEngine] = None,
+        model_path: Optional[Callable[[], str]] = None) -> list[dict]:
     """Run (or resume) every round up to `s.iterations`; returns the round summaries."""
-    s.run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(s.run_dir):
         manifest = manifest_mod.open_run(s)
-        model_path = _model_resolver(s)
+        model_path = model_path or _model_resolver(s)
         engine = engine or LazyEngine(s.engine, model_path)
         trainer, train_cfg = default_trainer(s.train)
         summaries, adapters = [], {role: None for role in ROLES}

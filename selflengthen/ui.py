@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Callable, Iterator
+from typing import Iterator
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -25,17 +25,31 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class Bar:
+    """`bar(n)` advances by n; `bar.set(done, total)` jumps (for work measured in steps, like training)."""
+
+    def __init__(self, progress: Progress | None = None, task=None):
+        self._progress, self._task = progress, task
+
+    def __call__(self, n: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def set(self, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, total=max(total, done, 1))
+
+
 @contextlib.contextmanager
-def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar for one stage; yields `advance(n)`. Quiet when not on a terminal (CI, logs)."""
+def progress(description: str, total: int) -> Iterator[Bar]:
+    """A progress bar for one stage. Quiet when not on a terminal (CI, log files) or SELFLENGTHEN_QUIET=1."""
     quiet = not console.is_terminal or os.environ.get("SELFLENGTHEN_QUIET") == "1"
     if quiet:
-        yield lambda n=1: None
+        yield Bar()
         return
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+        yield Bar(bar, bar.add_task(description, total=total))
 
 
 def round_table(summary: dict) -> Table:

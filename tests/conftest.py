@@ -62,3 +62,27 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"))
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A whole run with the deterministic fake engine and fake trainer: seconds, no model.
+FAKE = ["engine=fake", "++train.backend=fake", "model.path=fake-model", "iterations=2",
+        "self_instruct.num_new=4", "self_instruct.per_wave=6", "self_instruct.max_waves=2",
+        "generate.samples=2", "generate.max_attempts=3", "generate.max_new_tokens=200",
+        "extend.samples=2", "extend.passes=2", "extend.max_attempts=2", "extend.max_new_tokens=600",
+        "run.checkpoint_every=3"]
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def fake_settings(run_dir: Path, *overrides: str):
+    from selflengthen.settings import Settings
+
+    return Settings.from_config(compose(*FAKE, *overrides), run_dir)

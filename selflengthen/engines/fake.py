@@ -47,7 +47,8 @@ class FakeEngine:
         self.loaded = True
 
     def set_adapters(self, adapters: dict[str, Optional[str]]) -> None:
-        self.adapters = dict(adapters)
+        # an adapter is known by its content (as real weights would be), not by where it lies
+        self.adapters = {role: _adapter_identity(path) for role, path in adapters.items()}
 
     def release(self) -> None:
         pass
@@ -107,6 +108,13 @@ class FakeEngine:
         return "\n\n".join(paras)
 
 
+def _adapter_identity(path: Optional[str]) -> Optional[str]:
+    if not path:
+        return None
+    config = Path(path) / "adapter_config.json"
+    return config.read_text() if config.exists() else Path(path).name
+
+
 def fake_train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: Optional[str], cfg=None,
                     progress=None) -> dict:
     """Writes a small, deterministic 'adapter' (a digest of its data and its parent) instead of training."""
@@ -114,10 +122,10 @@ def fake_train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapt
 
     if not rows:
         raise ValueError("no training rows")
-    digest = hashlib.sha256(json.dumps([rows, init_adapter and Path(init_adapter).name]).encode()).hexdigest()
+    parent = _adapter_identity(init_adapter)
+    digest = hashlib.sha256(json.dumps([rows, parent]).encode()).hexdigest()
     out_dir = Path(out_dir)
-    atomic_write_json(out_dir / "adapter" / "adapter_config.json", {"fake": True, "digest": digest,
-                                                                   "parent": init_adapter})
+    atomic_write_json(out_dir / "adapter" / "adapter_config.json", {"fake": True, "digest": digest})
     metrics = {"loss": int(digest[:6], 16) / 16**6, "steps": len(rows), "tokens": sum(
         len(m["content"].split()) for r in rows for m in r["messages"]), "seconds": 0.0}
     atomic_write_json(out_dir / "metrics.json", metrics)

@@ -53,22 +53,11 @@ def run(ctx: RoundContext, trainer: Callable, model_path: Callable[[], str], tra
                 reset_dir(folder / "adapter")
             ui.console.print(f"round {ctx.round_no} · training {role} on {len(rows)} rows"
                              f" (from {'round ' + str(ctx.round_no - 1) if previous else 'the base model'})")
-            with ui.progress(f"round {ctx.round_no} · train {role}", 1) as advance:
-                metrics = trainer(model_path(), rows, folder, previous, train_cfg,
-                                  progress=_stepper(advance))
+            with ui.progress(f"round {ctx.round_no} · train {role}", 1) as bar:
+                metrics = trainer(model_path(), rows, folder, previous, train_cfg, progress=bar.set)
             summary = {**metrics, "adapter": str(folder / "adapter"), "rows": len(rows),
                        "seconds": time.time() - start, "from": previous}
         files = adapter_files(folder) if summary.get("adapter") == str(folder / "adapter") else []
         mark_done(folder, files, summary=summary)
         out[role] = summary
     return out
-
-
-def _stepper(advance: Callable[[int], None]) -> Callable:
-    seen = {"step": 0}
-
-    def progress(step: int, total: int) -> None:  # the trainer reports (global_step, max_steps)
-        if step > seen["step"]:
-            advance(0)
-            seen["step"] = step
-    return progress

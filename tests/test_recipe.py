@@ -1,0 +1,155 @@
+"""The loop end to end with the deterministic fake engine and trainer: artifacts, summaries, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import fake_settings
+from selflengthen import recipe
+from selflengthen.manifest import DriftError
+from selflengthen.store import read_jsonl
+
+
+def run_fake(run_dir: Path, *overrides: str):
+    engine = recipe.LazyEngine({"name": "fake"}, lambda: "fake-model")
+    return recipe.run(fake_settings(run_dir, *overrides), engine, lambda: "fake-model"), engine
+
+
+def tree(run_dir: Path) -> dict[str, str]:
+    """Every artifact's content except timings, for comparing two runs."""
+    out = {}
+    for p in sorted(run_dir.rglob("*")):
+        if p.is_file() and p.name not in ("lock",) and ".hydra" not in p.parts and not p.name.endswith(".log"):
+            text = p.read_text().replace(str(run_dir), "<run>")  # absolute adapter paths
+            if p.suffix == ".json":
+                text = json.dumps(_strip_times(json.loads(text)), sort_keys=True)
+            out[str(p.relative_to(run_dir))] = text
+    return out
+
+
+def _strip_times(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_times(v) for k, v in obj.items()
+                if k not in ("seconds", "finished", "created", "updated", "time", "engine_load")}
+    if isinstance(obj, list):
+        return [_strip_times(v) for v in obj]
+    return obj
+
+
+def test_two_rounds_write_every_artifact_and_chain_adapters(tmp_path):
+    summaries, _ = run_fake(tmp_path)
+    assert [s["round"] for s in summaries] == [1, 2]
+    for r in (1, 2):
+        rd = tmp_path / f"round_{r:03d}"
+        for stage in ("01_self_instruct", "02_initial", "03_extend", "04_sft_data",
+                      "05_train/generator", "05_train/extender"):
+            assert (rd / stage / "done.json").exists(), stage
+        s = json.loads((rd / "summary.json").read_text())
+        for key in ("round", "instructions", "initial", "extended", "rejections", "train", "seconds"):
+            assert key in s
+        assert s["initial"]["kept"] > 0 and s["extended"]["kept"] > 0
+        assert s["extended"]["mean_words"] > s["initial"]["mean_words"]  # extension lengthens
+        assert s["train"]["generator"]["loss"] is not None and s["train"]["extender"]["loss"] is not None
+        assert set(s["seconds"]) >= {"self_instruct", "initial", "extend", "sft_data", "train_generator"}
+    one, two = summaries
+    assert one["adapters_in"] == {"generator": None, "extender": None}
+    assert two["adapters_in"] == one["adapters_out"]  # round 2 generates with round 1's adapters
+    assert all(Path(p).name == "adapter" and "round_001" in p for p in one["adapters_out"].values())
+    # the filter really rejected things, and the reasons were recorded
+    assert sum(one["rejections"].values()) > 0
+    assert json.loads((tmp_path / "manifest.json").read_text())["rounds_complete"] == 2
+
+
+def test_stage_outputs_are_consistent(tmp_path):
+    run_fake(tmp_path, "iterations=1")
+    rd = tmp_path / "round_001"
+    instructions = read_jsonl(rd / "01_self_instruct/instructions.jsonl")
+    assert len(instructions) == 4 and len({i["id"] for i in instructions}) == 4
+    initial = read_jsonl(rd / "02_initial/responses.jsonl")
+    ids = {i["id"] for i in instructions}
+    assert all(r["instruction_id"] in ids for r in initial)
+    extended = read_jsonl(rd / "03_extend/extended.jsonl")
+    assert all(r["words"] > 1.2 * r["initial_words"] for r in extended)  # min_growth honoured
+    gen = read_jsonl(rd / "04_sft_data/generator.jsonl")
+    ext = read_jsonl(rd / "04_sft_data/extender.jsonl")
+    assert [g["id"] for g in gen] == [e["id"] for e in ext] == [r["id"] for r in extended]
+    assert all(g["messages"][-1]["content"] == r["text"] for g, r in zip(gen, extended))
+
+
+def test_rerun_skips_finished_work_without_loading_a_model(tmp_path):
+    run_fake(tmp_path)
+    before = tree(tmp_path)
+    _, engine = run_fake(tmp_path)
+    assert engine.inner is None  # nothing to generate: the engine was never even created
+    assert tree(tmp_path) == before
+
+
+def test_same_seed_same_artifacts(tmp_path):
+    run_fake(tmp_path / "a")
+    run_fake(tmp_path / "b")
+    assert tree(tmp_path / "a") == tree(tmp_path / "b")
+
+
+def test_more_iterations_continue_from_last_adapters(tmp_path):
+    run_fake(tmp_path / "once", "iterations=1")
+    first = (tmp_path / "once/round_001/summary.json").read_text()
+    summaries, _ = run_fake(tmp_path / "once", "iterations=2")
+    assert (tmp_path / "once/round_001/summary.json").read_text() == first  # round 1 untouched
+    assert summaries[1]["adapters_in"] == summaries[0]["adapters_out"]
+    run_fake(tmp_path / "straight", "iterations=2")
+    assert tree(tmp_path / "once") == tree(tmp_path / "straight")
+
+
+def test_drift_is_refused_with_the_keys_and_the_ways_out(tmp_path):
+    run_fake(tmp_path, "iterations=1")
+    with pytest.raises(DriftError) as err:
+        run_fake(tmp_path, "iterations=2", "sampling.a=1.0", "extend.passes=3")
+    msg = str(err.value)
+    assert "sampling.a" in msg and "extend.passes" in msg
+    assert "run.name=" in msg and "run.accept_drift=true" in msg
+    assert not (tmp_path / "round_002").exists()  # nothing ran
+
+
+def test_drift_override_continues_and_is_recorded(tmp_path):
+    run_fake(tmp_path, "iterations=1")
+    summaries, _ = run_fake(tmp_path, "iterations=2", "sampling.a=1.0", "run.accept_drift=true")
+    assert len(summaries) == 2
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["history"][-1]["accepted_drift"] == ["sampling.a"]
+    assert manifest["semantic"]["sampling"]["a"] == 1.0
+
+
+def test_throughput_knobs_are_not_drift(tmp_path):
+    run_fake(tmp_path, "iterations=1")
+    run_fake(tmp_path, "iterations=1", "run.checkpoint_every=50", "engine.delay=0.0")
+
+
+def test_corrupt_artifact_is_reported_and_redone(tmp_path, caplog):
+    run_fake(tmp_path, "iterations=1")
+    reference = tree(tmp_path)
+    rd = tmp_path / "round_001"
+    (rd / "summary.json").unlink()  # the round is not finished yet...
+    responses = rd / "02_initial/responses.jsonl"
+    responses.write_text(responses.read_text()[:50])  # ...and one of its artifacts was truncated
+    run_fake(tmp_path, "iterations=1")
+    assert "02_initial" in caplog.text and "redoing" in caplog.text
+    assert tree(tmp_path) == reference
+
+
+def test_torn_log_tail_is_cut_and_redone(tmp_path, caplog):
+    run_fake(tmp_path / "ref", "iterations=1")
+    run_fake(tmp_path / "cut", "iterations=1")
+    rd = tmp_path / "cut/round_001"
+    log = rd / "02_initial/attempts.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    for stage in ("02_initial", "03_extend", "04_sft_data", "05_train"):
+        for p in (rd / stage).rglob("done.json"):
+            p.unlink()
+    (rd / "summary.json").unlink()
+    log.write_text("".join(lines[:-2]) + lines[-2][:17])  # the process died mid-append
+    run_fake(tmp_path / "cut", "iterations=1")
+    assert "torn" in caplog.text
+    assert tree(tmp_path / "cut") == tree(tmp_path / "ref")
