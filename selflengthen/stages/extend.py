@@ -60,7 +60,7 @@ class ItemState:
     failed_attempts: int = 0
 
 
-def rebuild(items: dict[str, dict], log: ItemLog, max_attempts: int) -> dict[str, ItemState]:
+def rebuild(items: dict[str, dict], log: ItemLog) -> dict[str, ItemState]:
     states = {i: ItemState(i, src, text=src["text"], words=src["words"]) for i, src in items.items()}
     for r in log.records:  # records are in append order: later passes overwrite earlier ones
         st = states[r["item"]]
@@ -91,7 +91,7 @@ def run(ctx: RoundContext) -> dict:
     with ui.progress(f"round {ctx.round_no} · extension", len(items)) as advance:
         settled = 0
         while True:
-            states = rebuild(items, log, cfg.max_attempts)
+            states = rebuild(items, log)
             now_settled = sum(1 for s in states.values() if s.done or s.failed_attempts >= cfg.max_attempts)
             advance(now_settled - settled)
             settled = now_settled
@@ -101,7 +101,7 @@ def run(ctx: RoundContext) -> dict:
             for part in iter_chunks(active, ctx.s.checkpoint_every):
                 log.append(one_pass(ctx, part, fcfg))
 
-    return _finish(ctx, folder, items, rebuild(items, log, cfg.max_attempts), log, start)
+    return _finish(ctx, folder, items, rebuild(items, log), log, start)
 
 
 def one_pass(ctx: RoundContext, states: list[ItemState], fcfg: filters.FilterConfig) -> list[dict]:
@@ -151,6 +151,12 @@ def one_pass(ctx: RoundContext, states: list[ItemState], fcfg: filters.FilterCon
     return records
 
 
+def _requests(log: ItemLog) -> int:
+    """Generations the stage made: a stage-1 call per pass, and a stage-2 call unless stage 1 came back empty."""
+    passes = [r for r in log.records if not r.get("final")]
+    return len(passes) + sum(1 for r in passes if r["reason"] != "empty_stage1")
+
+
 def _finish(ctx: RoundContext, folder, items: dict, states: dict[str, ItemState], log: ItemLog, start: float) -> dict:
     ok = [s for s in states.values() if s.done]
     texts = [s.done["text"] for s in ok]
@@ -166,7 +172,7 @@ def _finish(ctx: RoundContext, folder, items: dict, states: dict[str, ItemState]
     atomic_write_jsonl(folder / "extended.jsonl", rows)
     rejections = Counter(r["reason"] for r in log.records if r["reason"])
     summary = {"items": len(items), "passed": len(ok), "kept": len(rows), "mean_words": mean([r["words"] for r in rows]),
-               "mean_growth": mean([r["growth"] for r in rows]), "requests": 2 * sum(1 for r in log.records if not r.get("final")),
+               "mean_growth": mean([r["growth"] for r in rows]), "requests": _requests(log),
                "rejections": dict(rejections), "seconds": time.time() - start}
     mark_done(folder, ["extended.jsonl"], summary=summary)
     return summary

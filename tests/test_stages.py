@@ -1,0 +1,94 @@
+"""Stage logic in isolation: extension cuts and wave scheduling, SFT rows, self-instruct parsing."""
+
+from __future__ import annotations
+
+import random
+
+from conftest import fake_settings
+from selflengthen import recipe
+from selflengthen.engines.fake import FakeEngine
+from selflengthen.stages import extend, self_instruct, sft_data
+from selflengthen.stages.common import RoundContext, derive_seed
+
+P = ["Alpha one.", "Beta two.", "Gamma three.", "Delta four.", "Epsilon five.", "Zeta six."]
+
+
+def test_first_half_rounds_up_and_keeps_separator():
+    assert extend.first_half("\n\n".join(P)) == "\n\n".join(P[:3])
+    assert extend.first_half("\n\n".join(P[:5])) == "\n\n".join(P[:3])
+    assert extend.first_half("Only one paragraph.") == "Only one paragraph."
+    # two blank-line paragraphs or fewer: falls back to single newlines
+    assert extend.first_half("a.\nb.\nc.\nd.") == "a.\nb."
+
+
+def test_keep_two_thirds_drops_the_rushed_tail():
+    assert extend.keep_two_thirds("\n\n".join(P)) == "\n\n".join(P[:4])
+    assert extend.keep_two_thirds("\n\n".join(P[:3])) == "\n\n".join(P[:2])
+    assert extend.keep_two_thirds("\n\n".join(P[:4])) == "\n\n".join(P[:2])
+    assert extend.keep_two_thirds("One.") == "One."
+    assert extend.keep_two_thirds("") == ""
+
+
+def test_drop_lines_removes_a_fifth_and_keeps_order():
+    text = "\n".join(f"line {i}." for i in range(10))
+    out = sft_data.drop_lines(text, 0.2, random.Random(1))
+    kept = out.split("\n")
+    assert len(kept) == 8 and kept == sorted(kept, key=lambda s: int(s.split()[1][:-1]))
+    assert sft_data.drop_lines("single line.", 0.2, random.Random(1)) == "single line."
+    assert sft_data.drop_lines(text, 0.2, random.Random(1)) == out  # seeded
+
+
+def test_sft_rows_have_the_answer_last(tmp_path):
+    s = fake_settings(tmp_path)
+    row = {"id": "x", "instruction": "Write about tides.", "initial": "a.\nb.\nc.\nd.\ne.", "text": "LONG ANSWER."}
+    gen = sft_data.generator_row(s.prompts, row)
+    assert [m["role"] for m in gen["messages"]] == ["user", "assistant"]
+    assert gen["messages"][0]["content"] == s.prompts["generate"]["user"].format(instruction=row["instruction"])
+    assert gen["messages"][-1]["content"] == "LONG ANSWER."
+    ext = sft_data.extender_row(s.prompts, row, 0.2, random.Random(0))
+    user = ext["messages"][0]["content"]
+    assert "Write about tides." in user and ext["messages"][-1]["content"] == "LONG ANSWER."
+    assert sum(f"{c}." in user for c in "abcde") == 4  # one of five lines dropped
+
+
+def test_parse_instruction():
+    assert self_instruct.parse_instruction(" Write a long report on bees.\nInstruction 4: x") == \
+        "Write a long report on bees."
+    assert self_instruct.parse_instruction("\n  3. \"Draft a policy manual.\"") == "Draft a policy manual."
+    assert self_instruct.parse_instruction("指令3：写一篇长文。") == "写一篇长文。"
+    assert self_instruct.parse_instruction("   \n") == ""
+
+
+def test_derive_seed_is_stable_and_distinct():
+    assert derive_seed(1, "a", 2) == derive_seed(1, "a", 2)
+    assert derive_seed(1, "a", 2) != derive_seed(1, "a", 3)
+    assert 0 <= derive_seed("x") < 2**63
+
+
+class CountingEngine(FakeEngine):
+    def __init__(self):
+        super().__init__()
+        self.batches: list[list[str]] = []
+
+    def generate(self, requests, progress=None):
+        self.batches.append([("2" if r.assistant_prefix else "1") for r in requests])
+        return super().generate(requests, progress)
+
+
+def test_extension_runs_each_pass_as_one_wave_per_stage(tmp_path):
+    s = fake_settings(tmp_path, "iterations=1", "run.checkpoint_every=1000")
+    recipe.run(s, recipe.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
+    # redo only the extension stage with a counting engine
+    (tmp_path / "round_001/03_extend/done.json").unlink()
+    (tmp_path / "round_001/03_extend/passes.jsonl").unlink()
+    engine = CountingEngine()
+    ctx = RoundContext(s, 1, engine, {"generator": None, "extender": None})
+    summary = extend.run(ctx)
+    items = summary["items"]
+    # calls alternate stage 1 / stage 2, each carrying every pending item at once
+    assert engine.batches[0] == ["1"] * items
+    assert set(engine.batches[1]) <= {"2"} and len(engine.batches[1]) <= items
+    assert all(set(b) == {"1"} for b in engine.batches[0::2]) and all(set(b) <= {"2"} for b in engine.batches[1::2])
+    waves = len(engine.batches) // 2
+    assert waves <= s.extend.passes * s.extend.max_attempts  # never item by item
+    assert summary["requests"] == sum(len(b) for b in engine.batches)
