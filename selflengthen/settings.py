@@ -234,6 +234,16 @@ def _build(cfg: Mapping, run_dir: Path) -> Settings:
 
     ev = _section(Eval, cfg, "eval")
     train = _as_dict(cfg.get("train"))
+    backend = train.get("backend", "trl")
+    _need(backend in ("trl", "fake"), "train.backend", backend, "must be trl (or fake, for tests)", "use train.backend=trl")
+    if backend == "trl":
+        from selflengthen.stages.train import TrainConfig  # light: its heavy imports sit inside functions
+
+        try:
+            TrainConfig.from_dict({k: v for k, v in train.items() if k != "backend"})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"Config error: train — {exc}. Fix: see conf/train/lora.yaml for every key and "
+                              f"its allowed values.") from exc
 
     seed_file = _as_dict(cfg.get("data")).get("seed_file")
     seed_path = Path(seed_file).expanduser() if seed_file else shipped_data(prompts.get("seed_file", f"seeds_{prompts['lang']}.jsonl"))

@@ -44,6 +44,13 @@ def test_bad_seed_files(tmp_path, content, why):
     assert "data.seed_file" in str(err.value) and why in str(err.value)
 
 
+def test_bad_train_config_is_caught_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="train.*lrate"):
+        fake_settings(tmp_path, "++train.backend=trl", "++train.lrate=0.1")
+    with pytest.raises(ConfigError, match="train.dtype"):
+        fake_settings(tmp_path, "++train.backend=trl", "train.dtype=fp8")
+
+
 def test_missing_seed_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         fake_settings(tmp_path, f"data.seed_file={tmp_path / 'nope.jsonl'}")
