@@ -251,10 +251,12 @@ def main() -> None:
     if not args.no_rss:
         small = max(n // 10, 1)
         print()
-        print("peak RSS of our path (fresh process per size; main process / largest worker):")
+        # Only the main process is shown: on Linux a spawned worker inherits its parent's ru_maxrss
+        # across fork+exec, so RUSAGE_CHILDREN cannot tell the workers apart. A worker holds one chunk.
+        print("peak RSS of our path, main process (a fresh process per size):")
         for size in (small, n):
             probe = run_probe(size, args.workers)
-            print(f"  n = {size:>7}: {probe['rss_main_mib']:6.1f} MiB / {probe['rss_worker_mib']:6.1f} MiB")
+            print(f"  n = {size:>7}: {probe['rss_main_mib']:6.1f} MiB")
 
 
 if __name__ == "__main__":
