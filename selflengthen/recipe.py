@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from selflengthen import evaluate
 from selflengthen import manifest as manifest_mod
 from selflengthen import ui
 from selflengthen.engines.base import ROLES
@@ -85,11 +86,14 @@ def run(s: Settings, engine: Optional[LazyEngine] = None,
     """Run (or resume) every round up to `s.iterations`; returns the round summaries."""
     with RunLock(s.run_dir):
         manifest = manifest_mod.open_run(s)
-        model_path = model_path or _model_resolver(s)
+        model_path = model_path or model_resolver(s)
         engine = engine or LazyEngine(s.engine, model_path)
         trainer, train_cfg = default_trainer(s.train)
         summaries, adapters = [], {role: None for role in ROLES}
         try:
+            # --- evidence: the base model's held-out eval, once, before round 1 (eval.every_round) ---
+            if s.eval.every_round:
+                evaluate.evaluate_round(s, engine, 0, adapters)
             for r in range(1, s.iterations + 1):
                 summary = _finished_round(s.run_dir, r)
                 if summary is None:
@@ -104,7 +108,7 @@ def run(s: Settings, engine: Optional[LazyEngine] = None,
     return summaries
 
 
-def _model_resolver(s: Settings) -> Callable[[], str]:
+def model_resolver(s: Settings) -> Callable[[], str]:
     cache: dict = {}
 
     def resolve() -> str:
@@ -145,6 +149,10 @@ def run_round(ctx: RoundContext, trainer: Callable, train_cfg, model_path: Calla
     trained = finetune.run(ctx, trainer, model_path, train_cfg)
 
     summary = build_summary(ctx, si, ini, ext, sft, trained, time.time() - start)
+    # --- evidence: this round's generator on the held-out prompts, before the summary seals the round ---
+    if ctx.s.eval.every_round:
+        doc = evaluate.evaluate_round(ctx.s, ctx.engine, ctx.round_no, summary["adapters_out"])
+        summary["eval"] = evaluate.aggregates_of(doc)
     atomic_write_json(ctx.round_dir / SUMMARY, summary)  # written last: the round is complete
     ui.console.print(ui.round_table(summary))
     return summary

@@ -1,0 +1,164 @@
+"""Held-out eval of every round's generator on a finished fake run: files, aggregates, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE, REPO, fake_settings
+from selflengthen import evaluate, recipe
+from selflengthen.length_control import Constraint, length_score, s_l
+from selflengthen.settings import ConfigError
+from selflengthen.text import count_words
+
+ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
+
+
+class Recorder(recipe.LazyEngine):
+    """The fake engine, remembering every wave and the adapters it ran with."""
+
+    def __init__(self):
+        super().__init__({"name": "fake"}, lambda: "fake-model")
+        self.waves: list[tuple[dict, list]] = []
+
+    def generate(self, requests, progress=None):
+        if requests:
+            self.waves.append((dict(self.adapters), list(requests)))
+        return super().generate(requests, progress)
+
+
+def finished_run(run_dir: Path, *overrides: str):
+    s = fake_settings(run_dir, *overrides)
+    recipe.run(s, recipe.LazyEngine({"name": "fake"}, lambda: "fake-model"), lambda: "fake-model")
+    return s
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    s = finished_run(tmp_path_factory.mktemp("run"))
+    engine = Recorder()
+    results = evaluate.evaluate_run(s, engine)
+    return s, engine, results
+
+
+def test_every_round_gets_an_eval_file_with_the_aggregates(evaluated):
+    s, engine, results = evaluated
+    assert sorted(results) == [0, 1, 2]
+    for r in (0, 1, 2):
+        doc = json.loads((s.run_dir / "eval" / f"round_{r:03d}.json").read_text())
+        for key in ("mean_words", "median_words", "repetition_pass_rate", "length_score", "s_l", "rows"):
+            assert key in doc
+        assert doc["n"] == len(doc["rows"]) == len(evaluate.load_prompts(evaluate.prompt_path(s)))
+        for row in doc["rows"]:
+            assert {"prompt", "type", "words", "length_score", "s_l", "passes_filter", "reason", "text"} <= set(row)
+            assert ("low" in row and "high" in row) if row["type"] == "range" else "target" in row
+        assert results[r] == evaluate.aggregates_of(doc)
+
+
+def test_aggregates_are_recomputed_from_the_rows(evaluated):
+    s, _, _ = evaluated
+    for r in (0, 1, 2):
+        doc = json.loads((s.run_dir / "eval" / f"round_{r:03d}.json").read_text())
+        rows = doc["rows"]
+        words = [count_words(row["text"]) for row in rows]
+        assert words == [row["words"] for row in rows]
+        c = [Constraint.from_dict(row) for row in rows]
+        assert doc["mean_words"] == pytest.approx(sum(words) / len(words))
+        assert doc["median_words"] == pytest.approx(statistics.median(words))
+        assert doc["repetition_pass_rate"] == pytest.approx(sum(row["passes_filter"] for row in rows) / len(rows))
+        assert doc["length_score"] == pytest.approx(sum(map(length_score, c, words)) / len(rows))
+        assert doc["s_l"] == pytest.approx(sum(s_l(x.reference(), w) for x, w in zip(c, words)) / len(rows))
+        assert all(row["passes_filter"] == (row["reason"] == "") for row in rows)
+
+
+def test_one_wave_per_round_with_that_rounds_generator(evaluated):
+    s, engine, _ = evaluated
+    summaries = [json.loads((s.run_dir / f"round_{r:03d}/summary.json").read_text()) for r in (1, 2)]
+    expected = [{"generator": None, "extender": None}] + [x["adapters_out"] for x in summaries]
+    assert [adapters for adapters, _ in engine.waves] == expected
+    for _, requests in engine.waves:
+        assert all(q.adapter == "generator" and q.params.max_new_tokens == s.eval.max_new_tokens for q in requests)
+        assert len({q.params.seed for q in requests}) == len(requests)  # a seed per prompt ...
+    seeds = [[q.params.seed for q in requests] for _, requests in engine.waves]
+    assert seeds[0] == seeds[1] == seeds[2]  # ... the same in every round: rounds differ by adapters only
+    assert json.loads((s.run_dir / "eval/round_001.json").read_text())["adapter"] == expected[1]["generator"]
+
+
+def test_rerun_is_a_noop_and_a_missing_round_alone_is_redone(evaluated):
+    s, _, results = evaluated
+    files = {p.name: p.read_bytes() for p in (s.run_dir / "eval").iterdir()}
+    engine = Recorder()
+    assert evaluate.evaluate_run(s, engine) == results
+    assert engine.inner is None  # nothing was missing: no model was even created
+    assert {p.name: p.read_bytes() for p in (s.run_dir / "eval").iterdir()} == files
+
+    (s.run_dir / "eval/round_001.json").unlink()
+    engine = Recorder()
+    evaluate.evaluate_run(s, engine)
+    assert len(engine.waves) == 1  # only the missing round
+    again = json.loads((s.run_dir / "eval/round_001.json").read_text())
+    before = json.loads(files["round_001.json"])
+    assert again["rows"] == before["rows"]  # same seeds, same adapter: the same answers
+
+
+def test_limit_and_every_round_put_eval_into_each_summary(tmp_path):
+    s = finished_run(tmp_path, "eval.every_round=true", "eval.limit=5")
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["round_000.json", "round_001.json", "round_002.json"]
+    for r in (1, 2):
+        summary = json.loads((tmp_path / f"round_{r:03d}/summary.json").read_text())
+        doc = json.loads((tmp_path / f"eval/round_{r:03d}.json").read_text())
+        assert summary["eval"] == evaluate.aggregates_of(doc)
+        assert summary["eval"]["n"] == 5
+    engine = Recorder()
+    evaluate.evaluate_run(s, engine)  # the standalone command finds everything done
+    assert engine.inner is None
+
+
+@pytest.mark.parametrize("content, says", [
+    ('{"prompt": "Write a poem.", "type": "about", "target": 100}\nnot json\n', "line 2 is not valid JSON"),
+    ('{"type": "about", "target": 100}\n', 'line 1 has no non-empty string field "prompt"'),
+    ('{"prompt": "Write.", "type": "about"}\n', "line 1 lacks the field 'target'"),
+    ('{"prompt": "Write.", "type": "range", "low": 300, "high": 200}\n', "line 1 has an unusable length constraint"),
+    ('{"prompt": "Write.", "type": "roughly", "target": 50}\n', "line 1 has an unusable length constraint"),
+    ("\n", "it holds no prompts"),
+])
+def test_a_malformed_prompt_file_is_a_clear_config_error(tmp_path, content, says):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        evaluate.load_prompts(bad)
+    assert "eval.prompt_file" in str(err.value) and says in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_a_bad_prompt_file_stops_before_any_model_loads(tmp_path):
+    s = fake_settings(tmp_path / "run", f"eval.prompt_file={tmp_path / 'missing.jsonl'}")
+    engine = Recorder()
+    with pytest.raises(ConfigError, match="eval.prompt_file.*does not exist"):
+        evaluate.evaluate_run(s, engine)
+    assert engine.inner is None and not (tmp_path / "run/eval").exists()
+
+
+def test_cli_evaluates_a_run_and_keeps_the_runs_own_hydra_record(tmp_path):
+    finished_run(tmp_path / "x", "iterations=1")
+    cmd = [sys.executable, "-m", "selflengthen.eval", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x",
+           "eval.limit=4"]
+    done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for r in (0, 1):
+        assert json.loads((tmp_path / f"x/eval/round_{r:03d}.json").read_text())["n"] == 4
+    assert (tmp_path / "x/.hydra/eval/config.yaml").exists() and not (tmp_path / "x/.hydra/config.yaml").exists()
+
+    shutil.copy(REPO / "selflengthen/data/eval_en.jsonl", tmp_path / "bad.jsonl")
+    with open(tmp_path / "bad.jsonl", "a") as f:
+        f.write("{oops\n")
+    (tmp_path / "x/eval/round_001.json").unlink()
+    done = subprocess.run(cmd + [f"eval.prompt_file={tmp_path / 'bad.jsonl'}"], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "eval.prompt_file" in done.stderr and "Traceback" not in done.stderr
