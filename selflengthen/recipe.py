@@ -90,6 +90,7 @@ def run(s: Settings, engine: Optional[LazyEngine] = None,
         engine = engine or LazyEngine(s.engine, model_path)
         trainer, train_cfg = default_trainer(s.train)
         summaries, adapters = [], {role: None for role in ROLES}
+        ran = False
         try:
             # --- evidence: the base model's held-out eval, once, before round 1 (eval.every_round) ---
             if s.eval.every_round:
@@ -99,13 +100,29 @@ def run(s: Settings, engine: Optional[LazyEngine] = None,
                 if summary is None:
                     summary = run_round(RoundContext(s, r, engine, adapters), trainer, train_cfg, model_path)
                     manifest_mod.record_round(s.run_dir, manifest, r)
+                    ran = True
                 else:
                     log.info("round %d is complete on disk: skipped", r)
                 adapters = summary["adapters_out"]
                 summaries.append(summary)
         finally:
             engine.close()
+        _final_report(s.run_dir, ran)
     return summaries
+
+
+def _final_report(run_dir: Path, ran: bool) -> None:
+    """--- evidence: the table of every round, and the plots when they changed or are missing. A finished
+    run never fails because of a plot: any error here is a warning. ---"""
+    try:
+        from selflengthen import report
+
+        report.print_report(report.build_report(run_dir))
+        if ran or not all((run_dir / report.REPORT_DIR / name).exists() for name in report.PLOTS):
+            report.write_report(run_dir, show=False)
+    except Exception as exc:  # noqa: BLE001 — reporting is best effort by design
+        log.warning("could not write the report (%s: %s); the run itself is complete. "
+                    "Retry with python -m selflengthen.report", type(exc).__name__, exc)
 
 
 def model_resolver(s: Settings) -> Callable[[], str]:

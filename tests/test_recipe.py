@@ -19,10 +19,12 @@ def run_fake(run_dir: Path, *overrides: str):
 
 
 def tree(run_dir: Path) -> dict[str, str]:
-    """Every artifact's content except timings, for comparing two runs."""
+    """Every artifact's content except timings, for comparing two runs. `report/` is left out: it is redrawn
+    from the artifacts at the end of every run (binary PNGs), not an artifact itself."""
     out = {}
     for p in sorted(run_dir.rglob("*")):
-        if p.is_file() and p.name not in ("lock",) and ".hydra" not in p.parts and not p.name.endswith(".log"):
+        if (p.is_file() and p.name not in ("lock",) and ".hydra" not in p.parts and not p.name.endswith(".log")
+                and p.relative_to(run_dir).parts[0] != "report"):
             text = p.read_text().replace(str(run_dir), "<run>")  # absolute adapter paths
             if p.suffix == ".json":
                 text = json.dumps(_strip_times(json.loads(text)), sort_keys=True)

@@ -1,0 +1,106 @@
+"""The report of a finished fake run: one table row per round with the summary's numbers, three valid PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE, REPO, fake_settings
+from selflengthen import evaluate, recipe, report
+
+ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_engine():
+    return recipe.LazyEngine({"name": "fake"}, lambda: "fake-model")
+
+
+def finished_run(run_dir: Path, *overrides: str):
+    s = fake_settings(run_dir, *overrides)
+    recipe.run(s, fake_engine(), lambda: "fake-model")
+    return s
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    s = finished_run(tmp_path_factory.mktemp("run"), "eval.limit=8")
+    evaluate.evaluate_run(s, fake_engine())
+    return s.run_dir
+
+
+def assert_valid_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG
+    image = matplotlib.image.imread(str(path))
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_one_row_per_round_with_the_summary_numbers(run_dir):
+    rep = report.build_report(run_dir)
+    assert [r["round"] for r in rep["rounds"]] == [1, 2]
+    for row in rep["rounds"]:
+        s = json.loads((run_dir / f"round_{row['round']:03d}/summary.json").read_text())
+        assert row["instructions"] == s["instructions"]
+        assert (row["initial_kept"], row["extended_kept"]) == (s["initial"]["kept"], s["extended"]["kept"])
+        assert row["initial_mean_words"] == s["initial"]["mean_words"]
+        assert row["extended_mean_words"] == s["extended"]["mean_words"]
+        assert row["growth"] == s["growth"] and row["rejections"] == s["rejections"]
+        assert row["loss_generator"] == s["train"]["generator"]["loss"]
+        assert row["loss_extender"] == s["train"]["extender"]["loss"]
+        doc = json.loads((run_dir / f"eval/round_{row['round']:03d}.json").read_text())
+        assert row["eval"]["mean_words"] == doc["mean_words"] and row["eval"]["s_l"] == doc["s_l"]
+    assert rep["base_eval"]["n"] == 8
+    assert report.report_table(rep).row_count == 2
+    assert report.eval_table(rep).row_count == 3  # round 0 (the base model) too
+    json.dumps(rep)  # plain data
+
+
+def test_tables_render(run_dir):
+    from rich.console import Console
+
+    console = Console(record=True, width=100)
+    report.print_report(report.build_report(run_dir), console)
+    text = console.export_text()
+    assert "Self-Lengthen run" in text and "Held-out eval" in text and "Rejections by reason" in text
+
+
+def test_three_valid_pngs_and_report_json(run_dir):
+    rep = report.write_report(run_dir, show=False)
+    paths = [run_dir / p for p in rep["plots"]]
+    assert [p.name for p in paths] == ["lengths.png", "eval.png", "requested_vs_generated.png"]
+    for p in paths:
+        assert p.parent == run_dir / "report"
+        assert_valid_png(p)
+    assert json.loads((run_dir / "report/report.json").read_text())["rounds"] == rep["rounds"]
+
+
+def test_the_loop_ends_with_the_report_and_a_plot_failure_never_fails_it(tmp_path, monkeypatch, caplog):
+    finished_run(tmp_path / "ok", "iterations=1")
+    for name in report.PLOTS:  # no eval yet: the eval plots say so, but exist
+        assert_valid_png(tmp_path / "ok/report" / name)
+
+    def broken(_run_dir):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(report, "plot_report", broken)
+    finished_run(tmp_path / "broken", "iterations=1")  # returns normally
+    assert (tmp_path / "broken/round_001/summary.json").exists()
+    assert "could not write the report" in caplog.text and "no display" in caplog.text
+
+
+def test_cli_writes_the_report(tmp_path):
+    finished_run(tmp_path / "x", "iterations=1")
+    (tmp_path / "x/report/eval.png").unlink()
+    cmd = [sys.executable, "-m", "selflengthen.report", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x"]
+    done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in report.PLOTS:
+        assert_valid_png(tmp_path / "x/report" / name)
+    assert json.loads((tmp_path / "x/report/report.json").read_text())["rounds"][0]["round"] == 1
