@@ -1,0 +1,334 @@
+"""Collection after the last round (DESIGN §1, last paragraph): the final SFT set with length control.
+
+`python -m selflengthen.collect [hydra overrides]` (same overrides as the run) does, in order:
+
+1. `collect/01_self_instruct`: `collect.num_new` fresh instructions, made by the self-instruct stage
+   itself on a virtual round after the last one (its own seeds, never a later round's);
+2. `collect/02_answers`: the final generator (the last finished round's adapters) answers each once,
+   with the quality filter and re-draws (`generate.max_attempts`), budget `collect.max_new_tokens`;
+3. gathers every (instruction, long response) pair: each round's `03_extend/extended.jsonl` plus the
+   answers of step 2 (`round` = last round + 1, `source` = "collect"); drops duplicates (normalised
+   instruction + response);
+4. adds a length constraint to every query that the response already satisfies
+   (`length_control.make_constraint`), phrased with a random wording of `prompts.length_control`; with
+   `collect.rewrite=true` the model rewrites the query around the requirement instead (kept only if it
+   contains the numbers, else the template is used);
+5. exports to `export/`: `chat.jsonl` (TRL: a `messages` column), `alpaca.json` + `dataset_info.json`
+   (LLaMA-Factory), `hf_dataset/` (`datasets.load_from_disk`), then `done.json` last.
+
+Everything random is seeded from `seed` and the pair itself, so a rerun writes the same files. If the run
+has gained rounds since the last collection, the collection is redone for the new final generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Mapping
+
+from selflengthen import filters, ui
+from selflengthen.engines.base import Request
+from selflengthen.length_control import make_constraint, phrase
+from selflengthen.settings import ConfigError, Settings
+from selflengthen.stages import self_instruct
+from selflengthen.stages.common import RoundContext, attempt_waves, derive_seed
+from selflengthen.stages.initial import quality
+from selflengthen.store import (StoreError, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, fsync_dir,
+                                mark_done, open_log, read_json, read_jsonl, reset_dir, stage_done)
+from selflengthen.text import count_words
+
+log = logging.getLogger(__name__)
+
+COLLECT_DIR, EXPORT_DIR = "collect", "export"
+ANSWERS = "02_answers"
+REWRITE = "03_rewrite"
+HF_DIR = "hf_dataset"
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectConfig:
+    num_new: int = 64
+    rewrite: bool = False
+    max_new_tokens: int = 2048
+
+
+def collect_config(cfg: Mapping) -> CollectConfig:
+    """The `collect:` section of the composed config, checked (it is read here, not in settings.py)."""
+    raw = cfg.get("collect") or {}
+    raw = {k: raw[k] for k in raw}
+    known = {f.name for f in dataclasses.fields(CollectConfig)}
+    for key in sorted(set(raw) - known):
+        raise ConfigError(f"Config error: collect.{key} is not a known key. Fix: use one of {sorted(known)} "
+                          f"(check the spelling).")
+    c = CollectConfig(**raw)
+    if not (isinstance(c.num_new, int) and not isinstance(c.num_new, bool) and c.num_new >= 0):
+        raise ConfigError(f"Config error: collect.num_new={c.num_new!r} — must be a whole number >= 0. "
+                          f"Fix: set collect.num_new=0 to export the rounds' data only, or 64 or more.")
+    if not isinstance(c.rewrite, bool):
+        raise ConfigError(f"Config error: collect.rewrite={c.rewrite!r} — must be true or false. "
+                          f"Fix: set collect.rewrite=false (template phrasing) or true (the model rewrites).")
+    if not (isinstance(c.max_new_tokens, int) and c.max_new_tokens >= 1):
+        raise ConfigError(f"Config error: collect.max_new_tokens={c.max_new_tokens!r} — must be a whole number "
+                          f">= 1. Fix: use generate.max_new_tokens' value, e.g. 2048.")
+    return c
+
+
+class CollectContext(RoundContext):
+    """A virtual round after the last one: stages write under `collect/`, and seeds are collect's own, so
+    continuing the run later never repeats these draws."""
+
+    @property
+    def round_dir(self) -> Path:
+        return self.s.run_dir / COLLECT_DIR
+
+    def seed(self, *parts: object) -> int:
+        return derive_seed(self.s.seed, "collect", *parts)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _key(instruction: str, response: str) -> str:
+    return hashlib.sha256(f"{_norm(instruction)}\x00{_norm(response)}".encode()).hexdigest()[:16]
+
+
+# --- 1-2: fresh instructions answered by the final generator --------------------------------------------
+
+def final_round(run_dir: Path) -> tuple[int, dict]:
+    from selflengthen.evaluate import finished_rounds
+
+    rounds = finished_rounds(run_dir)
+    last = max(rounds)
+    if last == 0:
+        raise StoreError(f"{run_dir} has no finished round to collect from. Run the loop first "
+                         f"(python -m selflengthen with the same overrides), then collect.")
+    return last, rounds[last]
+
+
+def _start_fresh_if_stale(run_dir: Path, last: int, adapters: dict, cc: CollectConfig) -> None:
+    """The collection belongs to one final generator and one answer setting; a run that gained rounds since
+    (or a changed `collect.num_new` / `collect.max_new_tokens`) is collected again."""
+    source = {"final_round": last, "adapters": adapters, "num_new": cc.num_new, "max_new_tokens": cc.max_new_tokens}
+    marker = run_dir / COLLECT_DIR / "source.json"
+    if marker.exists() and read_json(marker) != source:
+        log.warning("the run or collect.num_new/max_new_tokens changed since the last collection (now %d rounds): "
+                    "collecting again", last)
+        reset_dir(run_dir / COLLECT_DIR)
+        reset_dir(run_dir / EXPORT_DIR)
+    if not marker.exists():
+        atomic_write_json(marker, source)
+
+
+def answer_new_instructions(ctx: CollectContext, cc: CollectConfig) -> list[dict]:
+    """Steps 1-2; returns `{instruction, text, words}` of every passing answer."""
+    if cc.num_new == 0:
+        return []
+    si_ctx = dataclasses.replace(ctx, s=dataclasses.replace(
+        ctx.s, self_instruct=dataclasses.replace(ctx.s.self_instruct, num_new=cc.num_new)))
+    self_instruct.run(si_ctx)
+    folder = ctx.stage_dir(ANSWERS)
+    if stage_done(folder) is None:
+        _answer(ctx, cc, folder)
+    return read_jsonl(folder / "answers.jsonl")
+
+
+def _answer(ctx: CollectContext, cc: CollectConfig, folder: Path) -> dict:
+    start = time.time()
+    tpl = ctx.s.prompts["generate"]
+    instructions = read_jsonl(ctx.stage_dir(self_instruct.NAME) / "instructions.jsonl")
+    items = {ins["id"]: ins for ins in instructions}
+
+    def request(item_id: str, ins: dict, attempt: int) -> Request:
+        messages = ctx.messages(tpl.get("system"), tpl["user"].format(instruction=ins["prompt"]))
+        return Request.chat(item_id, messages, ctx.params(cc.max_new_tokens, ctx.seed("answer", item_id, attempt)),
+                            adapter="generator")
+
+    attempts = open_log(folder / "attempts.jsonl")
+    with ui.progress("collect · answers", len(items)) as advance:
+        passed = attempt_waves(attempts, items, request, quality(filters.FilterConfig.from_dict(ctx.s.prompts["filter"])),
+                               ctx.s.generate.max_attempts, ctx.engine, ctx.s.checkpoint_every, advance)
+    rows = [{"id": i, "instruction": items[i]["prompt"], "text": rec["text"].strip(),
+             "words": count_words(rec["text"].strip())} for i, rec in passed.items() if rec]
+    atomic_write_jsonl(folder / "answers.jsonl", rows)
+    summary = {"items": len(items), "passed": len(rows), "samples_drawn": len(attempts), "seconds": time.time() - start}
+    return mark_done(folder, ["answers.jsonl"], summary=summary)
+
+
+# --- 3: every pair, once -------------------------------------------------------------------------------
+
+def gather_pairs(run_dir: Path, last: int, answers: list[dict]) -> list[dict]:
+    """Every round's extended pairs plus the collected answers, first occurrence of each pair kept."""
+    pairs = []
+    for r in range(1, last + 1):
+        for row in read_jsonl(run_dir / f"round_{r:03d}" / "03_extend" / "extended.jsonl"):
+            pairs.append({"instruction": row["instruction"], "response": row["text"], "round": r, "source": "extend"})
+    pairs += [{"instruction": a["instruction"], "response": a["text"], "round": last + 1, "source": "collect"}
+              for a in answers]
+    seen, out = set(), []
+    for p in pairs:
+        p["instruction"], p["response"] = p["instruction"].strip(), p["response"].strip()
+        key = _key(p["instruction"], p["response"])
+        if key not in seen and p["instruction"] and count_words(p["response"]) > 0:
+            seen.add(key)
+            out.append({**p, "id": key, "words": count_words(p["response"])})
+    return out
+
+
+# --- 4: length control ------------------------------------------------------------------------------------
+
+def add_length_control(s: Settings, pairs: list[dict]) -> list[dict]:
+    """A constraint each response satisfies, phrased into its query. Seeded by the pair, not its position."""
+    templates = s.prompts["length_control"]
+    out = []
+    for p in pairs:
+        rng = random.Random(derive_seed(s.seed, "length-control", p["id"]))
+        c = make_constraint(p["words"], rng)
+        wording = phrase("", c, {**templates, "join": "{constraint}"}, rng)
+        query = templates["join"].format(query=p["instruction"], constraint=wording)
+        out.append({**p, "constraint": {**c.to_dict(), "text": wording}, "query": query, "rewritten": False})
+    return out
+
+
+def _numbers(c: dict) -> list[str]:
+    return [str(c["low"]), str(c["high"])] if c["type"] == "range" else [str(c["target"])]
+
+
+def rewrite_queries(ctx: CollectContext, rows: list[dict]) -> list[dict]:
+    """`collect.rewrite=true`: the model (the self-instruct role, base model by default) rewrites each query
+    around its requirement; a rewrite that lost the numbers is re-drawn once, then the template is kept."""
+    tpl = ctx.s.prompts["length_control"]["rewrite"]
+    items = {r["id"]: r for r in rows}
+
+    def request(item_id: str, row: dict, attempt: int) -> Request:
+        text = tpl.format(query=row["instruction"], constraint=row["constraint"]["text"])
+        budget = min(512, 4 * count_words(row["query"]) + 64)  # a query, not an essay
+        return Request.chat(item_id, ctx.messages(None, text), ctx.params(budget, ctx.seed("rewrite", item_id, attempt)),
+                            adapter=ctx.s.self_instruct.adapter)
+
+    def judge(row: dict, text: str) -> tuple[bool, str]:
+        text = text.strip().strip('"“”')
+        if not text:
+            return False, "empty"
+        if not all(n in text for n in _numbers(row["constraint"])):
+            return False, "lost_the_number"
+        return True, ""
+
+    folder = ctx.stage_dir(REWRITE)
+    attempts = open_log(folder / "attempts.jsonl")
+    with ui.progress("collect · rewrite queries", len(items)) as advance:
+        passed = attempt_waves(attempts, items, request, judge, 2, ctx.engine, ctx.s.checkpoint_every, advance)
+    out = []
+    for r in rows:
+        rec = passed.get(r["id"])
+        out.append({**r, "query": rec["text"].strip().strip('"“”'), "rewritten": True} if rec else r)
+    return out
+
+
+# --- 5: export ----------------------------------------------------------------------------------------
+
+def _chat_row(r: dict) -> dict:
+    return {"messages": [{"role": "user", "content": r["query"]}, {"role": "assistant", "content": r["response"]}],
+            "constraint": r["constraint"], "words": r["words"], "round": r["round"], "source": r["source"],
+            "instruction": r["instruction"], "rewritten": r["rewritten"]}
+
+
+def _alpaca_row(r: dict) -> dict:
+    return {"instruction": r["query"], "input": "", "output": r["response"], "constraint": r["constraint"],
+            "words": r["words"], "round": r["round"], "source": r["source"]}
+
+
+def _flat_row(r: dict) -> dict:
+    c = r["constraint"]
+    return {"messages": _chat_row(r)["messages"], "constraint_type": c["type"], "constraint_target": c.get("target"),
+            "constraint_low": c.get("low"), "constraint_high": c.get("high"), "constraint_text": c["text"],
+            "words": r["words"], "round": r["round"], "source": r["source"], "instruction": r["instruction"]}
+
+
+DATASET_INFO = {  # LLaMA-Factory: dataset_dir=<this folder>, dataset=selflengthen (or selflengthen_chat)
+    "selflengthen": {"file_name": "alpaca.json",
+                     "columns": {"prompt": "instruction", "query": "input", "response": "output"}},
+    "selflengthen_chat": {"file_name": "chat.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages"},
+                          "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                   "assistant_tag": "assistant"}},
+}
+
+
+def export(rows: list[dict], folder: Path, info: dict) -> dict:
+    """Write the three formats atomically, then `done.json`."""
+    import datasets
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "done.json").unlink(missing_ok=True)  # being rewritten: not done until the end
+    atomic_write_jsonl(folder / "chat.jsonl", [_chat_row(r) for r in rows])
+    atomic_write_bytes(folder / "alpaca.json",
+                       (json.dumps([_alpaca_row(r) for r in rows], ensure_ascii=False, indent=1) + "\n").encode())
+    atomic_write_json(folder / "dataset_info.json", DATASET_INFO)
+    # save_to_disk writes several files: build the folder aside, then swap it in
+    tmp = folder / f".{HF_DIR}.tmp"
+    reset_dir(tmp)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # the save takes a blink: no tqdm bar between our rich ones
+    try:
+        datasets.Dataset.from_list([_flat_row(r) for r in rows]).save_to_disk(str(tmp))
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    reset_dir(folder / HF_DIR)
+    tmp.rename(folder / HF_DIR)
+    fsync_dir(folder)
+    hf_files = sorted(str(p.relative_to(folder)) for p in (folder / HF_DIR).rglob("*") if p.is_file())
+    return mark_done(folder, ["chat.jsonl", "alpaca.json", "dataset_info.json", *hf_files], summary=info)
+
+
+def collect(s: Settings, cc: CollectConfig, engine) -> dict:
+    """Steps 1-5 for the run in `s.run_dir`; returns the export summary. The caller owns the engine."""
+    last, adapters = final_round(s.run_dir)
+    _start_fresh_if_stale(s.run_dir, last, adapters, cc)
+    done = stage_done(s.run_dir / EXPORT_DIR)
+    if done and done["summary"].get("config") == dataclasses.asdict(cc):
+        log.info("export is complete on disk: skipped")
+        return done["summary"]
+    start = time.time()
+    engine.set_adapters(adapters)
+    ctx = CollectContext(s, last + 1, engine, adapters)
+    answers = answer_new_instructions(ctx, cc)
+    pairs = gather_pairs(s.run_dir, last, answers)
+    rows = add_length_control(s, pairs)
+    if cc.rewrite:
+        rows = rewrite_queries(ctx, rows)
+    kinds: dict[str, int] = {}
+    for r in rows:
+        kinds[r["constraint"]["type"]] = kinds.get(r["constraint"]["type"], 0) + 1
+    info = {"rows": len(rows), "final_round": last, "from_rounds": sum(r["source"] == "extend" for r in rows),
+            "from_collect": sum(r["source"] == "collect" for r in rows), "kinds": kinds,
+            "rewritten": sum(r["rewritten"] for r in rows), "config": dataclasses.asdict(cc),
+            "seconds": time.time() - start}
+    return export(rows, s.run_dir / EXPORT_DIR, info)["summary"]
+
+
+def run_collect(s: Settings, cc: CollectConfig) -> dict:
+    from selflengthen.eval import engine_for, warn_on_drift
+    from selflengthen.store import RunLock
+
+    warn_on_drift(s)
+    with RunLock(s.run_dir):
+        engine = engine_for(s)
+        try:
+            info = collect(s, cc, engine)
+        finally:
+            engine.close()
+    ui.console.print(f"collected {info['rows']} rows ({info['from_rounds']} from rounds, {info['from_collect']} "
+                     f"new; constraints {info['kinds']}) -> {s.run_dir / EXPORT_DIR}")
+    return info
+
+
+if __name__ == "__main__":  # vLLM spawns worker processes: the guard keeps them from rerunning the job
+    from selflengthen.eval import cli
+
+    cli("collect", lambda cfg, s: run_collect(s, collect_config(cfg)))

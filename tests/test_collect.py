@@ -1,0 +1,181 @@
+"""The final collection on a finished fake run: length-controlled export in three formats that load back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE, REPO, compose, fake_settings
+from selflengthen import collect, recipe
+from selflengthen.engines.fake import FakeEngine
+from selflengthen.length_control import Constraint, kind_of_phrase, length_score
+from selflengthen.settings import ConfigError
+from selflengthen.store import read_jsonl
+from selflengthen.text import count_words
+
+ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
+
+
+def fake_engine():
+    return recipe.LazyEngine({"name": "fake"}, lambda: "fake-model")
+
+
+def finished_run(run_dir: Path, *overrides: str):
+    s = fake_settings(run_dir, *overrides)
+    recipe.run(s, fake_engine(), lambda: "fake-model")
+    return s
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    s = finished_run(tmp_path_factory.mktemp("run"))
+    info = collect.collect(s, collect.CollectConfig(num_new=3), fake_engine())
+    return s, info
+
+
+def norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def check_export(s, lang: str) -> list[dict]:
+    """Every format loads back, every row's constraint is met by its answer and phrased as labelled."""
+    import datasets
+
+    out = s.run_dir / "export"
+    ds = datasets.load_from_disk(str(out / "hf_dataset"))
+    chat = read_jsonl(out / "chat.jsonl")
+    alpaca = json.loads((out / "alpaca.json").read_text())
+    assert len(ds) == len(chat) == len(alpaca) > 0
+    assert {"messages", "constraint_type", "constraint_target", "constraint_low", "constraint_high",
+            "constraint_text", "words", "round"} <= set(ds.column_names)
+    join = s.prompts["length_control"]["join"]
+    for row, c_row, a_row in zip(ds, chat, alpaca):
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"] == [m["role"] for m in c_row["messages"]]
+        query, answer = row["messages"][0]["content"], row["messages"][-1]["content"]
+        c = Constraint(row["constraint_type"], target=row["constraint_target"], low=row["constraint_low"],
+                       high=row["constraint_high"])
+        assert Constraint.from_dict(c_row["constraint"]) == c
+        assert row["words"] == count_words(answer)
+        assert length_score(c, count_words(answer)) == 1  # satisfiable: the answer itself meets it
+        assert kind_of_phrase(row["constraint_text"], lang) == c.kind  # and the words say that kind
+        assert query == join.format(query=row["instruction"], constraint=row["constraint_text"])
+        assert (a_row["instruction"], a_row["input"], a_row["output"]) == (query, "", answer)
+    pairs = [(norm(r["instruction"]), norm(r["messages"][-1]["content"])) for r in chat]
+    assert len(pairs) == len(set(pairs))  # no duplicates
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert info["selflengthen"]["file_name"] == "alpaca.json"
+    assert info["selflengthen_chat"]["file_name"] == "chat.jsonl"
+    assert json.loads((out / "done.json").read_text())["files"].keys() >= {"chat.jsonl", "alpaca.json"}
+    return chat
+
+
+def test_export_loads_back_with_satisfiable_well_labelled_constraints(collected):
+    s, info = collected
+    chat = check_export(s, "en")
+    assert info["rows"] == len(chat)
+    assert len({r["constraint"]["type"] for r in chat}) >= 3  # the kinds are mixed
+    assert {r["round"] for r in chat} == {1, 2, 3}  # both rounds' pairs and the collected answers (round 3)
+
+
+def test_every_extended_pair_and_every_new_answer_is_in(collected):
+    s, info = collected
+    chat = read_jsonl(s.run_dir / "export/chat.jsonl")
+    have = {(norm(r["instruction"]), norm(r["messages"][-1]["content"])) for r in chat}
+    want = {(norm(row["instruction"]), norm(row["text"])) for r in (1, 2)
+            for row in read_jsonl(s.run_dir / f"round_{r:03d}/03_extend/extended.jsonl")}
+    answers = read_jsonl(s.run_dir / "collect/02_answers/answers.jsonl")
+    want |= {(norm(a["instruction"]), norm(a["text"])) for a in answers}
+    assert have == want
+    assert info["from_collect"] == len(answers) > 0
+    fresh = {norm(i["prompt"]) for i in read_jsonl(s.run_dir / "collect/01_self_instruct/instructions.jsonl")}
+    earlier = {norm(i["prompt"]) for r in (1, 2)
+               for i in read_jsonl(s.run_dir / f"round_{r:03d}/01_self_instruct/instructions.jsonl")}
+    assert len(fresh) == 3 and not fresh & earlier  # fresh instructions, none repeated from the rounds
+
+
+def test_hf_dataset_and_chat_jsonl_load_as_training_sets(collected, tmp_path):
+    import datasets
+
+    s, _ = collected
+    chat = datasets.load_dataset("json", data_files=str(s.run_dir / "export/chat.jsonl"), split="train",
+                                 cache_dir=str(tmp_path))
+    assert chat[0]["messages"][-1]["role"] == "assistant"  # TRL's conversational format
+    alpaca = datasets.load_dataset("json", data_files=str(s.run_dir / "export/alpaca.json"), split="train",
+                                   cache_dir=str(tmp_path))
+    assert {"instruction", "input", "output"} <= set(alpaca.column_names)
+
+
+def test_rerun_is_a_noop(collected):
+    s, info = collected
+    before = {p: p.read_bytes() for p in (s.run_dir / "export").rglob("*") if p.is_file()}
+    engine = fake_engine()
+    assert collect.collect(s, collect.CollectConfig(num_new=3), engine) == info
+    assert engine.inner is None
+    assert {p: p.read_bytes() for p in (s.run_dir / "export").rglob("*") if p.is_file()} == before
+
+
+def test_zh_prompt_set(tmp_path):
+    s = finished_run(tmp_path, "prompts=zh", "iterations=1")
+    collect.collect(s, collect.CollectConfig(num_new=2), fake_engine())
+    chat = check_export(s, "zh")  # phrased with the zh templates and read back by the zh rules
+    assert all(r["messages"][0]["content"] == r["instruction"] + r["constraint"]["text"] for r in chat)  # no space
+
+
+def test_a_run_that_gained_rounds_is_collected_again(tmp_path):
+    s = finished_run(tmp_path, "iterations=1")
+    assert collect.collect(s, collect.CollectConfig(num_new=2), fake_engine())["final_round"] == 1
+    s = finished_run(tmp_path, "iterations=2")
+    info = collect.collect(s, collect.CollectConfig(num_new=2), fake_engine())
+    assert info["final_round"] == 2
+    assert {r["round"] for r in read_jsonl(tmp_path / "export/chat.jsonl")} == {1, 2, 3}
+
+
+class Rewriter(FakeEngine):
+    """Rewrites a query by putting the requirement in front of it; otherwise the fake engine."""
+
+    def _one(self, r):
+        text = r.messages[-1][1] if r.messages else ""
+        if "Length requirement:" in text:
+            query = text.split("Request: ", 1)[1].split("\n", 1)[0]
+            requirement = text.split("Length requirement: ", 1)[1].split("\n", 1)[0]
+            return f'"{requirement} {query}"'
+        return super()._one(r)
+
+
+def test_rewrite_mode_uses_the_rewrite_or_falls_back_to_the_template(tmp_path):
+    s = finished_run(tmp_path / "a", "iterations=1")
+    collect.collect(s, collect.CollectConfig(num_new=0, rewrite=True), Rewriter())
+    chat = read_jsonl(s.run_dir / "export/chat.jsonl")
+    assert chat and all(r["rewritten"] for r in chat)
+    assert all(r["messages"][0]["content"] == f"{r['constraint']['text']} {r['instruction']}" for r in chat)
+    assert {r["round"] for r in chat} == {1}  # num_new=0: the rounds' pairs only
+
+    s = finished_run(tmp_path / "b", "iterations=1")  # the fake engine's rewrites hold no number
+    collect.collect(s, collect.CollectConfig(num_new=0, rewrite=True), fake_engine())
+    chat = read_jsonl(s.run_dir / "export/chat.jsonl")
+    assert chat and not any(r["rewritten"] for r in chat)
+    assert all(r["messages"][0]["content"].endswith(r["constraint"]["text"]) for r in chat)
+
+
+def test_collect_config_is_checked():
+    assert collect.collect_config(compose(*FAKE)) == collect.CollectConfig()
+    assert collect.collect_config(compose(*FAKE, "collect.num_new=0", "collect.rewrite=true")).rewrite is True
+    with pytest.raises(ConfigError, match="collect.num_new"):
+        collect.collect_config(compose(*FAKE, "collect.num_new=-1"))
+    with pytest.raises(ConfigError, match="collect.numnew"):
+        collect.collect_config(compose(*FAKE, "+collect.numnew=3"))
+
+
+def test_cli_collects_a_run(tmp_path):
+    finished_run(tmp_path / "x", "iterations=1")
+    cmd = [sys.executable, "-m", "selflengthen.collect", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x",
+           "collect.num_new=2"]
+    done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "x/export/done.json").exists() and (tmp_path / "x/export/hf_dataset").is_dir()
+    assert (tmp_path / "x/.hydra/collect/config.yaml").exists()
