@@ -299,6 +299,8 @@ if __name__ == "__main__":
         from selflengthen import ui
 
         report = write_report(s.run_dir)
+        if not report["rounds"]:
+            log.warning("%s has no finished round yet (check run.name / experiment=)", s.run_dir)
         ui.console.print(f"report: {s.run_dir / REPORT_DIR} (" + ", ".join(Path(p).name for p in report["plots"]) + ")")
 
     cli("report", _job)
