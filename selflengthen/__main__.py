@@ -19,6 +19,18 @@ from selflengthen.settings import ConfigError, Settings
 from selflengthen.store import StoreError
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def job_dir(override_dirname: str) -> str:
+    """A multirun job's folder name: its overrides (k=v,...), hashed when too long for a file name."""
+    import hashlib
+
+    name = override_dirname.replace("/", "_") or "default"
+    return name if len(name) <= 120 else f"{name[:100]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+
+
+if not OmegaConf.has_resolver("job_dir"):
+    OmegaConf.register_new_resolver("job_dir", job_dir)
 USER_ERRORS = (ConfigError, StoreError)
 
 

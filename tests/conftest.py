@@ -67,11 +67,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 REPO = Path(__file__).resolve().parent.parent
 
 # A whole run with the deterministic fake engine and fake trainer: seconds, no model.
-FAKE = ["engine=fake", "++train.backend=fake", "model.path=fake-model", "iterations=2",
-        "self_instruct.num_new=4", "self_instruct.per_wave=6", "self_instruct.max_waves=2",
-        "generate.samples=2", "generate.max_attempts=3", "generate.max_new_tokens=200",
-        "extend.samples=2", "extend.passes=2", "extend.max_attempts=2", "extend.max_new_tokens=600",
-        "run.checkpoint_every=3"]
+FAKE = ["experiment=fake", "run.checkpoint_every=3"]
 
 
 def compose(*overrides: str):

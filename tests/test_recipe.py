@@ -18,6 +18,9 @@ def run_fake(run_dir: Path, *overrides: str):
     return recipe.run(fake_settings(run_dir, *overrides), engine, lambda: "fake-model"), engine
 
 
+LOGS = ("candidates.jsonl", "attempts.jsonl", "passes.jsonl")
+
+
 def tree(run_dir: Path) -> dict[str, str]:
     """Every artifact's content except timings, for comparing two runs. `report/` is left out: it is redrawn
     from the artifacts at the end of every run (binary PNGs), not an artifact itself."""
@@ -28,6 +31,8 @@ def tree(run_dir: Path) -> dict[str, str]:
             text = p.read_text().replace(str(run_dir), "<run>")  # absolute adapter paths
             if p.suffix == ".json":
                 text = json.dumps(_strip_times(json.loads(text)), sort_keys=True)
+            elif p.name in LOGS:  # item logs: the same records, in whatever order the batches landed
+                text = "\n".join(sorted(text.splitlines()))
             out[str(p.relative_to(run_dir))] = text
     return out
 
