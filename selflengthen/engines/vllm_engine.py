@@ -126,6 +126,16 @@ class VllmEngine:
         self.stats.extra["starts"] = self.stats.extra.get("starts", 0) + 1
         self.stats.extra["start_seconds"] = self.stats.extra.get("start_seconds", 0.0) + time.time() - start
 
+    @property
+    def tokenizer(self):
+        """The engine's tokenizer (vLLM's wrapper of the model's own), once loaded."""
+        return self._tokenizer
+
+    @property
+    def release_mode(self) -> str:
+        """What release() does once loaded: "sleep" or "shutdown"."""
+        return "sleep" if self._use_sleep else "shutdown"
+
     def release(self) -> None:
         """Give memory back before training: sleep (weights to host RAM) where supported, else shut down."""
         if self._llm is None or self._sleeping:
