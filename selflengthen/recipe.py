@@ -107,18 +107,18 @@ def run(s: Settings, engine: Optional[LazyEngine] = None,
                 summaries.append(summary)
         finally:
             engine.close()
-        _final_report(s.run_dir, ran)
+        _final_report(s.run_dir, ran, s.plots)
     return summaries
 
 
-def _final_report(run_dir: Path, ran: bool) -> None:
+def _final_report(run_dir: Path, ran: bool, plots: bool = True) -> None:
     """--- evidence: the table of every round, and the plots when they changed or are missing. A finished
     run never fails because of a plot: any error here is a warning. ---"""
     try:
         from selflengthen import report
 
         report.print_report(report.build_report(run_dir))
-        if ran or not all((run_dir / report.REPORT_DIR / name).exists() for name in report.PLOTS):
+        if plots and (ran or not all((run_dir / report.REPORT_DIR / name).exists() for name in report.PLOTS)):
             report.write_report(run_dir, show=False)
     except Exception as exc:  # noqa: BLE001 — reporting is best effort by design
         log.warning("could not write the report (%s: %s); the run itself is complete. "

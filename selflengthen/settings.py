@@ -95,6 +95,7 @@ class Settings:
     eval: Eval
     checkpoint_every: int
     accept_drift: bool
+    plots: bool = True
     semantic: dict = field(repr=False, default_factory=dict)
 
     @staticmethod
@@ -256,7 +257,8 @@ def _build(cfg: Mapping, run_dir: Path) -> Settings:
         run_dir=run_dir, iterations=iterations, seed=seed, model_path=model["path"], model_cache=model.get("cache_dir"),
         engine=engine, prompts=prompts, seeds=seeds, decoding=decoding, self_instruct=si, generate=gen, extend=ext,
         sampling=sampling, drop_lines=float(drop), train=train, eval=ev, checkpoint_every=every,
-        accept_drift=bool(run.get("accept_drift", False)), semantic=semantic_config(_as_dict(cfg)),
+        accept_drift=bool(run.get("accept_drift", False)),
+        plots=bool(_as_dict(cfg.get("report")).get("plots", True)), semantic=semantic_config(_as_dict(cfg)),
     )
 
 

@@ -82,7 +82,7 @@ def test_three_valid_pngs_and_report_json(run_dir):
 
 
 def test_the_loop_ends_with_the_report_and_a_plot_failure_never_fails_it(tmp_path, monkeypatch, caplog):
-    finished_run(tmp_path / "ok", "iterations=1")
+    finished_run(tmp_path / "ok", "iterations=1", "report.plots=true")
     for name in report.PLOTS:  # no eval yet: the eval plots say so, but exist
         assert_valid_png(tmp_path / "ok/report" / name)
 
@@ -90,14 +90,13 @@ def test_the_loop_ends_with_the_report_and_a_plot_failure_never_fails_it(tmp_pat
         raise RuntimeError("no display")
 
     monkeypatch.setattr(report, "plot_report", broken)
-    finished_run(tmp_path / "broken", "iterations=1")  # returns normally
+    finished_run(tmp_path / "broken", "iterations=1", "report.plots=true")  # returns normally
     assert (tmp_path / "broken/round_001/summary.json").exists()
     assert "could not write the report" in caplog.text and "no display" in caplog.text
 
 
 def test_cli_writes_the_report(tmp_path):
-    finished_run(tmp_path / "x", "iterations=1")
-    (tmp_path / "x/report/eval.png").unlink()
+    finished_run(tmp_path / "x", "iterations=1")  # experiment=fake draws no plots in the loop
     cmd = [sys.executable, "-m", "selflengthen.report", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x"]
     done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
