@@ -94,7 +94,8 @@ class TransformersEngine:
         if self.dtype != "auto":
             return self.dtype
         if str(self.device).startswith("cuda"):
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            # float16 would be faster on pre-Ampere GPUs but overflows in some models: float32 is the safe default.
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
         return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
     def release(self) -> None:
