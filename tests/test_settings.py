@@ -46,9 +46,9 @@ def test_bad_seed_files(tmp_path, content, why):
 
 def test_bad_train_config_is_caught_before_training(tmp_path):
     with pytest.raises(ConfigError, match="train.*lrate"):
-        fake_settings(tmp_path, "++train.lrate=0.1")
+        fake_settings(tmp_path, "train.backend=trl", "++train.lrate=0.1")
     with pytest.raises(ConfigError, match="train.dtype"):
-        fake_settings(tmp_path, "train.dtype=fp8")
+        fake_settings(tmp_path, "train.backend=trl", "train.dtype=fp8")
 
 
 def test_missing_seed_file(tmp_path):
