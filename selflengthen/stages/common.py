@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Callable, Optional, Sequence
 
 from selflengthen.engines.base import Request, SamplingParams
 from selflengthen.settings import Settings
-from selflengthen.store import ItemLog, iter_chunks
+from selflengthen.store import ItemLog, iter_chunks, mark_done, stage_done
 
 
 def derive_seed(*parts: object) -> int:
@@ -89,3 +91,23 @@ def rejection_counts(log: ItemLog) -> dict[str, int]:
 
 def mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+def resumable(name: str):
+    """Wrap a stage body `body(ctx, folder) -> (summary, artifact names)` with what every stage does:
+    return the recorded summary if the stage already finished (and its artifacts still match), else run
+    the body, time it, and write `done.json` last."""
+    def wrap(body: Callable[[RoundContext, Path], tuple[dict, list[str]]]):
+        @functools.wraps(body)
+        def run(ctx: RoundContext) -> dict:
+            folder = ctx.stage_dir(name)
+            done = stage_done(folder)
+            if done:
+                return done["summary"]
+            start = time.time()
+            summary, files = body(ctx, folder)
+            summary["seconds"] = time.time() - start
+            mark_done(folder, files, summary=summary)
+            return summary
+        return run
+    return wrap

@@ -18,17 +18,17 @@ Artifacts: `passes.jsonl` (one record per item, attempt and pass, plus one per f
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from selflengthen import filters, ui
 from selflengthen.engines.base import Request
 from selflengthen.sampling import keep_indices
-from selflengthen.stages.common import RoundContext, mean
+from selflengthen.stages.common import RoundContext, mean, resumable
 from selflengthen.stages.initial import NAME as INITIAL
-from selflengthen.store import ItemLog, atomic_write_jsonl, iter_chunks, mark_done, open_log, read_jsonl, stage_done
+from selflengthen.store import ItemLog, atomic_write_jsonl, iter_chunks, open_log, read_jsonl
 from selflengthen.text import count_words, split_paragraphs
 
 NAME = "03_extend"
@@ -76,12 +76,8 @@ def rebuild(items: dict[str, dict], log: ItemLog) -> dict[str, ItemState]:
     return states
 
 
-def run(ctx: RoundContext) -> dict:
-    folder = ctx.stage_dir(NAME)
-    done = stage_done(folder)
-    if done:
-        return done["summary"]
-    start = time.time()
+@resumable(NAME)
+def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     cfg = ctx.s.extend
     fcfg = filters.FilterConfig.from_dict(ctx.s.prompts["filter"])
     initial = read_jsonl(ctx.stage_dir(INITIAL) / "responses.jsonl")
@@ -101,7 +97,7 @@ def run(ctx: RoundContext) -> dict:
             for part in iter_chunks(active, ctx.s.checkpoint_every):
                 log.append(one_pass(ctx, part, fcfg))
 
-    return _finish(ctx, folder, items, rebuild(items, log), log, start)
+    return _finish(ctx, folder, items, rebuild(items, log), log)
 
 
 def one_pass(ctx: RoundContext, states: list[ItemState], fcfg: filters.FilterConfig) -> list[dict]:
@@ -157,7 +153,8 @@ def _requests(log: ItemLog) -> int:
     return len(passes) + sum(1 for r in passes if r["reason"] != "empty_stage1")
 
 
-def _finish(ctx: RoundContext, folder, items: dict, states: dict[str, ItemState], log: ItemLog, start: float) -> dict:
+def _finish(ctx: RoundContext, folder: Path, items: dict, states: dict[str, ItemState],
+            log: ItemLog) -> tuple[dict, list[str]]:
     ok = [s for s in states.values() if s.done]
     texts = [s.done["text"] for s in ok]
     keep = keep_indices([len(t) for t in texts], ctx.s.sampling.a, ctx.s.sampling.p,
@@ -173,6 +170,5 @@ def _finish(ctx: RoundContext, folder, items: dict, states: dict[str, ItemState]
     rejections = Counter(r["reason"] for r in log.records if r["reason"])
     summary = {"items": len(items), "passed": len(ok), "kept": len(rows), "mean_words": mean([r["words"] for r in rows]),
                "mean_growth": mean([r["growth"] for r in rows]), "requests": _requests(log),
-               "rejections": dict(rejections), "seconds": time.time() - start}
-    mark_done(folder, ["extended.jsonl"], summary=summary)
-    return summary
+               "rejections": dict(rejections)}
+    return summary, ["extended.jsonl"]

@@ -9,14 +9,14 @@ Artifacts: `attempts.jsonl` (every sample and its verdict, appended durably), `r
 from __future__ import annotations
 
 import random
-import time
+from pathlib import Path
 
 from selflengthen import filters, ui
 from selflengthen.engines.base import Request
 from selflengthen.sampling import keep_indices
-from selflengthen.stages.common import RoundContext, attempt_waves, mean, rejection_counts
+from selflengthen.stages.common import RoundContext, attempt_waves, mean, rejection_counts, resumable
 from selflengthen.stages.self_instruct import NAME as INSTRUCTIONS
-from selflengthen.store import atomic_write_jsonl, mark_done, open_log, read_jsonl, stage_done
+from selflengthen.store import atomic_write_jsonl, open_log, read_jsonl
 from selflengthen.text import count_words
 
 NAME = "02_initial"
@@ -29,12 +29,8 @@ def quality(cfg: filters.FilterConfig):
     return judge
 
 
-def run(ctx: RoundContext) -> dict:
-    folder = ctx.stage_dir(NAME)
-    done = stage_done(folder)
-    if done:
-        return done["summary"]
-    start = time.time()
+@resumable(NAME)
+def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     cfg, tpl = ctx.s.generate, ctx.s.prompts["generate"]
     instructions = read_jsonl(ctx.stage_dir(INSTRUCTIONS) / "instructions.jsonl")
     items = {f"{ins['id']}.s{k}": ins for ins in instructions for k in range(cfg.samples)}
@@ -63,6 +59,5 @@ def run(ctx: RoundContext) -> dict:
     summary = {"items": len(items), "passed": len(ok), "kept": len(rows),
                "mean_words": mean([r["words"] for r in rows]),
                "passed_mean_words": mean([count_words(t) for t in texts]),
-               "samples_drawn": len(log), "rejections": rejection_counts(log), "seconds": time.time() - start}
-    mark_done(folder, ["responses.jsonl"], summary=summary)
-    return summary
+               "samples_drawn": len(log), "rejections": rejection_counts(log)}
+    return summary, ["responses.jsonl"]

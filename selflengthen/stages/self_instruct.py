@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import random
 import re
-import time
+from pathlib import Path
 
-from selflengthen.engines.base import Request
-from selflengthen.stages.common import RoundContext, rejection_counts
-from selflengthen.store import atomic_write_jsonl, iter_chunks, mark_done, open_log, read_jsonl, stage_done
-from selflengthen.text import count_words
 from selflengthen import ui
+from selflengthen.engines.base import Request
+from selflengthen.stages.common import RoundContext, rejection_counts, resumable
+from selflengthen.store import atomic_write_jsonl, iter_chunks, open_log, read_jsonl
+from selflengthen.text import count_words
 
 NAME = "01_self_instruct"
 _LEAD = re.compile(r"^\s*(?:instruction\s*\d*\s*[:：.]|指令\s*\d*\s*[:：.]|\d+\s*[.:：)])\s*", re.IGNORECASE)
@@ -47,12 +47,8 @@ def earlier_instructions(ctx: RoundContext) -> list[str]:
     return out
 
 
-def run(ctx: RoundContext) -> dict:
-    folder = ctx.stage_dir(NAME)
-    done = stage_done(folder)
-    if done:
-        return done["summary"]
-    start = time.time()
+@resumable(NAME)
+def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     cfg, tpl = ctx.s.self_instruct, ctx.s.prompts["self_instruct"]
     earlier = earlier_instructions(ctx)
     pool = list(ctx.s.seeds) + earlier
@@ -84,9 +80,8 @@ def run(ctx: RoundContext) -> dict:
             for n, (p, src) in enumerate(zip(kept, sources))]
     atomic_write_jsonl(folder / "instructions.jsonl", rows)
     summary = {"instructions": len(rows), "from_pool": sources.count("pool"), "proposed": len(log),
-               "rejections": rejection_counts(log), "seconds": time.time() - start}
-    mark_done(folder, ["instructions.jsonl"], summary=summary)
-    return summary
+               "rejections": rejection_counts(log)}
+    return summary, ["instructions.jsonl"]
 
 
 def _propose_and_judge(ctx: RoundContext, ids: list[str], pool: list[str], seen: set, tpl: dict) -> list[dict]:

@@ -10,11 +10,11 @@ Artifacts: `generator.jsonl`, `extender.jsonl`.
 from __future__ import annotations
 
 import random
-import time
+from pathlib import Path
 
-from selflengthen.stages.common import RoundContext
+from selflengthen.stages.common import RoundContext, resumable
 from selflengthen.stages.extend import NAME as EXTENDED
-from selflengthen.store import atomic_write_jsonl, mark_done, read_jsonl, stage_done
+from selflengthen.store import atomic_write_jsonl, read_jsonl
 
 NAME = "04_sft_data"
 
@@ -52,18 +52,12 @@ def extender_row(prompts: dict, row: dict, share: float, rng: random.Random) -> 
     return {"id": row["id"], "messages": _messages(tpl.get("system"), user, row["text"])}
 
 
-def run(ctx: RoundContext) -> dict:
-    folder = ctx.stage_dir(NAME)
-    done = stage_done(folder)
-    if done:
-        return done["summary"]
-    start = time.time()
+@resumable(NAME)
+def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     rows = read_jsonl(ctx.stage_dir(EXTENDED) / "extended.jsonl")
     gen = [generator_row(ctx.s.prompts, r) for r in rows]
     ext = [extender_row(ctx.s.prompts, r, ctx.s.drop_lines, random.Random(ctx.seed("drop-lines", r["id"])))
            for r in rows]
     atomic_write_jsonl(folder / "generator.jsonl", gen)
     atomic_write_jsonl(folder / "extender.jsonl", ext)
-    summary = {"rows": len(rows), "seconds": time.time() - start}
-    mark_done(folder, ["generator.jsonl", "extender.jsonl"], summary=summary)
-    return summary
+    return {"rows": len(rows)}, ["generator.jsonl", "extender.jsonl"]
