@@ -126,6 +126,23 @@ def check(text: str, cfg: FilterConfig = EN) -> FilterResult:
     return PASS
 
 
+_CLOSERS = "\"'”’)」』）"
+_SENTENCE_END = re.compile(rf"(?<!\d)[.!?…][{_CLOSERS}]*(?=\s|$)|[。！？][{_CLOSERS}]*")
+
+
+def trim_to_sentence(text: str, min_share: float = 0.5) -> str:
+    """Cut a text that stopped mid-sentence (a generation that ran out of tokens) back to the end of its
+    last complete sentence, if that keeps at least `min_share` of it; otherwise return it unchanged (and
+    the filter rejects it). Opt-in per stage (`trim_to_sentence`): the paper simply re-draws such samples."""
+    text = text.rstrip()
+    if not text or text[-1] in ".!?…。！？" + _CLOSERS:
+        return text
+    last = None
+    for m in _SENTENCE_END.finditer(text):
+        last = m.end()
+    return text[:last] if last is not None and last >= min_share * len(text) else text
+
+
 def _last_non_space(text: str) -> int:
     i = len(text) - 1
     while i >= 0 and text[i].isspace():

@@ -50,6 +50,7 @@ class Generate:
     samples: int = 2
     max_attempts: int = 20
     max_new_tokens: int = 2048
+    trim_to_sentence: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Extend:
     min_growth: float = 1.2
     max_attempts: int = 20
     max_new_tokens: int = 4096
+    trim_to_sentence: bool = False
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,6 @@ def trained(tiny_model_dir, tmp_path_factory) -> tuple[Path, dict]:
 def test_training_writes_adapter_metrics_and_changes_the_model(trained, tiny_model_dir):
     import math
 
-    import torch
 
     out, metrics = trained
     assert (out / "adapter" / "adapter_config.json").exists()

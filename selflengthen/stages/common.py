@@ -49,11 +49,12 @@ class RoundContext:
 
 def attempt_waves(log: ItemLog, items: dict[str, dict], make_request: Callable[[str, dict, int], Request],
                   judge: Callable[[dict, str], tuple[bool, str]], max_attempts: int, engine, chunk: int,
-                  advance: Callable[[int], None]) -> dict[str, Optional[dict]]:
+                  advance: Callable[[int], None],
+                  prepare: Callable[[str], str] = str.strip) -> dict[str, Optional[dict]]:
     """Generate each item until a sample passes `judge` or `max_attempts` is reached.
 
     Each wave sends every pending item together (in durable chunks of `chunk` requests); items that fail go
-    to the next wave. Records `{id: "<item>#<attempt>", item, attempt, text, ok, reason}` are appended to the
+    to the next wave. `prepare` cleans a generation before it is judged and saved. Records `{id: "<item>#<attempt>", item, attempt, text, ok, reason}` are appended to the
     log after each chunk, so a restart resumes where it stopped. Returns item -> its passing record or None.
     """
     def state() -> tuple[dict, dict]:
@@ -74,7 +75,7 @@ def attempt_waves(log: ItemLog, items: dict[str, dict], make_request: Callable[[
             requests = [make_request(i, items[i], tries[i]) for i in part]
             texts = engine.generate(requests)
             records = []
-            for i, text in zip(part, texts):
+            for i, text in zip(part, map(prepare, texts)):
                 ok, reason = judge(items[i], text)
                 records.append({"id": f"{i}#{tries[i]}", "item": i, "attempt": tries[i], "text": text,
                                 "ok": ok, "reason": reason})
@@ -111,3 +112,11 @@ def resumable(name: str):
             return summary
         return run
     return wrap
+
+
+def preparer(trim: bool) -> Callable[[str], str]:
+    """How a generation is cleaned before the filter sees it: stripped, and optionally cut back to its last
+    complete sentence when the token budget ended it mid-sentence (see filters.trim_to_sentence)."""
+    from selflengthen.filters import trim_to_sentence
+
+    return trim_to_sentence if trim else str.strip

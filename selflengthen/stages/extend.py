@@ -26,7 +26,7 @@ from typing import Optional
 from selflengthen import filters, ui
 from selflengthen.engines.base import Request
 from selflengthen.sampling import keep_indices
-from selflengthen.stages.common import RoundContext, mean, resumable
+from selflengthen.stages.common import RoundContext, mean, preparer, resumable
 from selflengthen.stages.initial import NAME as INITIAL
 from selflengthen.store import ItemLog, atomic_write_jsonl, iter_chunks, open_log, read_jsonl
 from selflengthen.text import count_words, split_paragraphs
@@ -119,7 +119,8 @@ def one_pass(ctx: RoundContext, states: list[ItemState], fcfg: filters.FilterCon
         Request.chat(st.item, msgs(tpl["stage2"], st, st.text),
                      ctx.params(cfg.max_new_tokens, seed("extend-2", st)), adapter="extender",
                      assistant_prefix=p + "\n\n") for st, p in go])
-    candidates = {st.item: (p + "\n\n" + cont.strip()).strip() for (st, p), cont in zip(go, stage2)}
+    prepare = preparer(cfg.trim_to_sentence)
+    candidates = {st.item: prepare(p + "\n\n" + cont.strip()) for (st, p), cont in zip(go, stage2)}
 
     records = []
     for st in states:

@@ -14,7 +14,7 @@ from pathlib import Path
 from selflengthen import filters, ui
 from selflengthen.engines.base import Request
 from selflengthen.sampling import keep_indices
-from selflengthen.stages.common import RoundContext, attempt_waves, mean, rejection_counts, resumable
+from selflengthen.stages.common import RoundContext, attempt_waves, mean, preparer, rejection_counts, resumable
 from selflengthen.stages.self_instruct import NAME as INSTRUCTIONS
 from selflengthen.store import atomic_write_jsonl, open_log, read_jsonl
 from selflengthen.text import count_words
@@ -43,7 +43,8 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     log = open_log(folder / "attempts.jsonl")
     with ui.progress(f"round {ctx.round_no} · initial responses", len(items)) as advance:
         passed = attempt_waves(log, items, request, quality(filters.FilterConfig.from_dict(ctx.s.prompts["filter"])),
-                               cfg.max_attempts, ctx.engine, ctx.s.checkpoint_every, advance)
+                               cfg.max_attempts, ctx.engine, ctx.s.checkpoint_every, advance,
+                               prepare=preparer(cfg.trim_to_sentence))
 
     ok = [(i, rec) for i, rec in passed.items() if rec]
     texts = [rec["text"].strip() for _, rec in ok]
