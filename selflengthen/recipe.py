@@ -35,6 +35,7 @@ class LazyEngine:
         self.inner = None
         self.adapters: dict = {}
         self.load_seconds = 0.0
+        self.generate_seconds = 0.0  # inside the engine's generate(), loading excluded: the overhead bench's split
 
     def set_adapters(self, adapters: dict) -> None:
         self.adapters = dict(adapters)
@@ -52,7 +53,11 @@ class LazyEngine:
             self.inner.load()
             self.inner.set_adapters(self.adapters)
             self.load_seconds += time.time() - start
-        return self.inner.generate(requests, progress)
+        start = time.time()
+        try:
+            return self.inner.generate(requests, progress)
+        finally:
+            self.generate_seconds += time.time() - start
 
     @property
     def stats(self):
@@ -157,7 +162,7 @@ def _finished_round(run_dir: Path, r: int) -> Optional[dict]:
 def run_round(ctx: RoundContext, trainer: Callable, train_cfg, model_path: Callable[[], str]) -> dict:
     ui.console.rule(f"[bold]round {ctx.round_no}")
     ctx.engine.set_adapters(ctx.adapters)
-    start = time.time()
+    start, generating, loading = time.time(), ctx.engine.generate_seconds, ctx.engine.load_seconds
     si = self_instruct.run(ctx)
     ini = initial.run(ctx)
     ext = extend.run(ctx)
@@ -166,6 +171,8 @@ def run_round(ctx: RoundContext, trainer: Callable, train_cfg, model_path: Calla
     trained = finetune.run(ctx, trainer, model_path, train_cfg)
 
     summary = build_summary(ctx, si, ini, ext, sft, trained, time.time() - start)
+    summary["seconds"].update(_split(summary["seconds"]["round"], ctx.engine.generate_seconds - generating,
+                                     ctx.engine.load_seconds - loading, trained))
     # --- evidence: this round's generator on the held-out prompts, before the summary seals the round ---
     if ctx.s.eval.every_round:
         doc = evaluate.evaluate_round(ctx.s, ctx.engine, ctx.round_no, summary["adapters_out"])
@@ -173,6 +180,15 @@ def run_round(ctx: RoundContext, trainer: Callable, train_cfg, model_path: Calla
     atomic_write_json(ctx.round_dir / SUMMARY, summary)  # written last: the round is complete
     ui.console.print(ui.round_table(summary))
     return summary
+
+
+def _split(wall: float, generate: float, load: float, trained: dict) -> dict:
+    """Where the round's wall time went: engine generate() calls, optimizer loops, and the rest — data I/O,
+    filtering, sampling and every model load (engine and trainer) — which is the orchestration overhead."""
+    train = sum(t.get("train_seconds") or 0.0 for t in trained.values())
+    overhead = max(0.0, wall - generate - train)
+    return {"generate": generate, "train_steps": train, "engine_load": load, "overhead": overhead,
+            "overhead_share": overhead / wall if wall else 0.0}
 
 
 def build_summary(ctx: RoundContext, si: dict, ini: dict, ext: dict, sft: dict, trained: dict, wall: float) -> dict:
@@ -196,5 +212,5 @@ def build_summary(ctx: RoundContext, si: dict, ini: dict, ext: dict, sft: dict, 
         "adapters_out": {role: trained[role]["adapter"] for role in ROLES},
         "seconds": {"self_instruct": si["seconds"], "initial": ini["seconds"], "extend": ext["seconds"],
                     "sft_data": sft["seconds"], **{f"train_{r}": trained[r]["seconds"] for r in ROLES},
-                    "engine_load": getattr(ctx.engine, "load_seconds", 0.0), "round": wall},
+                    "round": wall},
     }

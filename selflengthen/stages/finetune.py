@@ -45,8 +45,7 @@ def run(ctx: RoundContext, trainer: Callable, model_path: Callable[[], str], tra
         elif (folder / "metrics.json").exists() and (folder / "adapter" / "adapter_config.json").exists():
             # trained, then cut off before done.json: the adapter is complete (it is renamed into place
             # before metrics.json is written), so it is used rather than trained twice
-            summary = {**read_json(folder / "metrics.json"), "adapter": str(folder / "adapter"), "rows": len(rows),
-                       "seconds": time.time() - start, "from": previous}
+            summary = _trained(read_json(folder / "metrics.json"), folder, rows, start, previous)
         else:
             # a crash mid-training leaves checkpoints the trainer resumes from; a stray adapter is redone
             if (folder / "adapter").exists():
@@ -55,9 +54,15 @@ def run(ctx: RoundContext, trainer: Callable, model_path: Callable[[], str], tra
                              f" (from {'round ' + str(ctx.round_no - 1) if previous else 'the base model'})")
             with ui.progress(f"round {ctx.round_no} · train {role}", 1) as bar:
                 metrics = trainer(model_path(), rows, folder, previous, train_cfg, progress=bar.set)
-            summary = {**metrics, "adapter": str(folder / "adapter"), "rows": len(rows),
-                       "seconds": time.time() - start, "from": previous}
+            summary = _trained(metrics, folder, rows, start, previous)
         files = adapter_files(folder) if summary.get("adapter") == str(folder / "adapter") else []
         mark_done(folder, files, summary=summary)
         out[role] = summary
     return out
+
+
+def _trained(metrics: dict, folder: Path, rows: list, start: float, previous) -> dict:
+    """The role's record: the trainer's metrics, where the adapter is, and two times — "seconds" is the
+    role's wall time (model loading included), "train_seconds" the optimizer loop alone."""
+    return {**metrics, "train_seconds": metrics.get("seconds", 0.0), "adapter": str(folder / "adapter"),
+            "rows": len(rows), "seconds": time.time() - start, "from": previous}
