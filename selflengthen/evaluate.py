@@ -15,7 +15,6 @@ rounds whose file is missing; the engine is loaded only if there is one.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import statistics
 import time
@@ -25,7 +24,7 @@ from typing import Optional
 from selflengthen import filters, ui
 from selflengthen.engines.base import ROLES, Request
 from selflengthen.length_control import Constraint, length_score, s_l
-from selflengthen.settings import ConfigError, Settings, shipped_data
+from selflengthen.settings import ConfigError, Settings, read_prompt_rows, shipped_data
 from selflengthen.stages.common import RoundContext, derive_seed, mean
 from selflengthen.store import CorruptArtifact, atomic_write_json, read_json
 from selflengthen.text import count_words
@@ -55,22 +54,8 @@ def load_prompts(path: Path, limit: Optional[int] = None) -> list[dict]:
     def bad(why: str) -> ConfigError:
         return ConfigError(f"Config error: eval.prompt_file={str(path)!r} — {why}. Fix: {fix}.")
 
-    if not path.is_file():
-        raise bad("the file does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise bad(f"cannot be read as UTF-8 text ({exc})") from exc
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise bad(f"line {n} is not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise bad(f"line {n} has no non-empty string field \"prompt\"")
+    for n, row in read_prompt_rows(path, "eval.prompt_file", fix):
         try:
             constraint = Constraint.from_dict(row)
         except KeyError as exc:

@@ -124,29 +124,36 @@ def semantic_config(cfg: Mapping) -> dict:
     return json.loads(json.dumps(out, default=str))
 
 
-def load_seed_file(path: Path) -> tuple[str, ...]:
-    """Seed instructions: JSONL, one object per line with a non-empty string field `prompt`."""
-    fix = "give data.seed_file a JSONL file with one {\"prompt\": \"...\"} object per line"
-    if not path.exists():
-        raise ConfigError(f"Config error: data.seed_file={str(path)!r} — the file does not exist. Fix: {fix}.")
-    prompts = []
+def read_prompt_rows(path: Path, key: str, fix: str) -> list[tuple[int, dict]]:
+    """(line number, row) of a JSONL prompt file whose rows carry a non-empty string `prompt`. Every
+    problem is one ConfigError naming the config `key`, the line and the `fix`."""
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"Config error: {key}={str(path)!r} — {why}. Fix: {fix}.")
+
+    if not path.is_file():
+        raise bad("the file does not exist")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Config error: data.seed_file={str(path)!r} — cannot be read as UTF-8 text ({exc}). "
-                          f"Fix: {fix}.") from exc
+        raise bad(f"cannot be read as UTF-8 text ({exc})") from exc
+    rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"Config error: data.seed_file={str(path)!r} — line {n} is not valid JSON ({exc.msg}). "
-                              f"Fix: {fix}.") from exc
+            raise bad(f"line {n} is not valid JSON ({exc.msg})") from exc
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise ConfigError(f"Config error: data.seed_file={str(path)!r} — line {n} has no non-empty string "
-                              f"field \"prompt\". Fix: {fix}.")
-        prompts.append(row["prompt"].strip())
+            raise bad(f"line {n} has no non-empty string field \"prompt\"")
+        rows.append((n, row))
+    return rows
+
+
+def load_seed_file(path: Path) -> tuple[str, ...]:
+    """Seed instructions: JSONL, one object per line with a non-empty string field `prompt`."""
+    fix = "give data.seed_file a JSONL file with one {\"prompt\": \"...\"} object per line"
+    prompts = [row["prompt"].strip() for _, row in read_prompt_rows(path, "data.seed_file", fix)]
     if len(prompts) < 2:
         raise ConfigError(f"Config error: data.seed_file={str(path)!r} — it holds {len(prompts)} instruction(s); "
                           f"self-instruct shows the model two at a time, so at least 2 are needed. Fix: {fix}.")

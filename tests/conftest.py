@@ -82,3 +82,18 @@ def fake_settings(run_dir: Path, *overrides: str):
     from selflengthen.settings import Settings
 
     return Settings.from_config(compose(*FAKE, *overrides), run_dir)
+
+
+def fake_engine():
+    from selflengthen import recipe
+
+    return recipe.LazyEngine({"name": "fake"}, lambda: "fake-model")
+
+
+def finished_run(run_dir: Path, *overrides: str, engine=None):
+    """A whole fake run (experiment=fake) in `run_dir`; returns its Settings."""
+    from selflengthen import recipe
+
+    s = fake_settings(run_dir, *overrides)
+    recipe.run(s, engine or fake_engine(), lambda: "fake-model")
+    return s

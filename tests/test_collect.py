@@ -6,12 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import FAKE, REPO, compose, fake_settings
-from selflengthen import collect, recipe
+from conftest import FAKE, REPO, compose, fake_engine, finished_run
+from selflengthen import collect
 from selflengthen.engines.fake import FakeEngine
 from selflengthen.length_control import Constraint, kind_of_phrase, length_score
 from selflengthen.settings import ConfigError
@@ -21,14 +20,6 @@ from selflengthen.text import count_words
 ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
 
 
-def fake_engine():
-    return recipe.LazyEngine({"name": "fake"}, lambda: "fake-model")
-
-
-def finished_run(run_dir: Path, *overrides: str):
-    s = fake_settings(run_dir, *overrides)
-    recipe.run(s, fake_engine(), lambda: "fake-model")
-    return s
 
 
 @pytest.fixture(scope="module")

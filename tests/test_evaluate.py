@@ -8,11 +8,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import FAKE, REPO, fake_settings
+from conftest import FAKE, REPO, fake_settings, finished_run
 from selflengthen import evaluate, recipe
 from selflengthen.length_control import Constraint, length_score, s_l
 from selflengthen.settings import ConfigError
@@ -33,11 +32,6 @@ class Recorder(recipe.LazyEngine):
             self.waves.append((dict(self.adapters), list(requests)))
         return super().generate(requests, progress)
 
-
-def finished_run(run_dir: Path, *overrides: str):
-    s = fake_settings(run_dir, *overrides)
-    recipe.run(s, recipe.LazyEngine({"name": "fake"}, lambda: "fake-model"), lambda: "fake-model")
-    return s
 
 
 @pytest.fixture(scope="module")

@@ -10,21 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE, REPO, fake_settings
-from selflengthen import evaluate, recipe, report
+from conftest import FAKE, REPO, fake_engine, finished_run
+from selflengthen import evaluate, report
 
 ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def fake_engine():
-    return recipe.LazyEngine({"name": "fake"}, lambda: "fake-model")
-
-
-def finished_run(run_dir: Path, *overrides: str):
-    s = fake_settings(run_dir, *overrides)
-    recipe.run(s, fake_engine(), lambda: "fake-model")
-    return s
 
 
 @pytest.fixture(scope="module")
