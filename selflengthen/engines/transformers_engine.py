@@ -76,7 +76,9 @@ class TransformersEngine:
     def load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar would tear through the stage's rich bar
         if self.threads:
             torch.set_num_threads(int(self.threads))
         if self.device == "auto":
