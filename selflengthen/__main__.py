@@ -29,8 +29,25 @@ def job_dir(override_dirname: str) -> str:
     return name if len(name) <= 120 else f"{name[:100]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
 
 
-if not OmegaConf.has_resolver("job_dir"):
-    OmegaConf.register_new_resolver("job_dir", job_dir)
+def usable_dir(root: str, name: str) -> str:
+    """The run folder `root/name`, made and write-checked before Hydra writes its own files there, so an
+    unusable `run.root` is one clear message rather than a traceback from inside Hydra."""
+    from selflengthen.store import _write_probe
+
+    path = Path(root).expanduser() / name
+    try:
+        _write_probe(path)
+    except OSError as exc:
+        ui.print_error(f"Cannot use the run folder {path}: {exc.strerror or exc}. Check that run.root={root!r} is a "
+                       f"folder you can write to (or choose another with run.root=... / run.name=...). Nothing was "
+                       f"started, and nothing already there was touched.")
+        sys.exit(2)
+    return str(path)
+
+
+for _name, _fn in (("job_dir", job_dir), ("usable_dir", usable_dir)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
 USER_ERRORS = (ConfigError, StoreError)
 
 

@@ -77,3 +77,13 @@ def test_cli_stops_before_any_model_loads_with_one_paragraph(tmp_path):
                           cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert "exit 2 torch_loaded False" in proc.stdout  # stopped before torch (let alone a model) was imported
     assert "iterations=0" in proc.stderr and "Fix:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_unusable_run_root_is_one_clear_message(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = subprocess.run([sys.executable, "-m", "selflengthen", "experiment=fake", f"run.root={blocker}"],
+                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 2
+    assert "Cannot use the run folder" in proc.stderr and "run.root" in proc.stderr
+    assert "Traceback" not in proc.stderr
