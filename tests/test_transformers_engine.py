@@ -195,6 +195,25 @@ def test_adapters_roles_rounds_and_base(lively_dir, adapters):
     assert not hasattr(eng.model, "peft_config") and eng.generate([chat("b", prompt)]) == base_before
 
 
+def test_release_frees_the_weights_and_generate_reloads_them(lively_dir, adapters):
+    eng = TransformersEngine(str(lively_dir), dtype="float32", batch_size=4)
+    eng.load()
+    eng.set_adapters({"generator": adapters["g1"], "extender": None})
+    prompt = "Write an essay about the printing press"
+    reqs = [chat("g", prompt, adapter="generator"), chat("b", prompt)]
+    before = eng.generate(reqs)
+    eng.release()
+    assert eng.model is None  # the trainer gets the memory
+    assert eng.generate(reqs) == before  # reloaded with the same adapters
+    eng.release()
+    eng.set_adapters({"generator": adapters["g2"], "extender": None})  # next round's, set while released
+    g2, base = eng.generate(reqs)
+    assert base == before[1] and g2 != before[0]
+    eng.close()
+    with pytest.raises(RuntimeError):
+        eng.generate(reqs)  # closed is closed: no silent reload
+
+
 # ---- the real embedded model ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,7 @@ class TransformersEngine:
         self._adapters: dict[str, str] = {}  # peft adapter name -> folder
         self._roles: dict[str, Optional[str]] = {r: None for r in ROLES}  # role -> adapter name
         self._torch_dtype = None
+        self._pending: Optional[dict] = None  # role -> folder while released (see release())
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def load(self) -> None:
@@ -101,15 +102,24 @@ class TransformersEngine:
         return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
     def release(self) -> None:
-        """Free cached accelerator memory before training. On CPU there is nothing to give back: the
-        weights stay loaded (the trainer may reuse `model`), so this is a no-op."""
-        if self.model is not None and str(self.device).startswith("cuda"):
-            import torch
+        """Give the weights back before training (the trainer loads its own copy, and on a small machine the
+        two together would not fit): the model is dropped, and the next generate() reloads it with the same
+        adapters — about a second for the embedded model, against minutes of generation per round."""
+        if self.model is None:
+            return
+        pending = {role: (self._adapters[name] if name else None) for role, name in self._roles.items()}
+        self.close()
+        self._pending = pending
 
-            torch.cuda.empty_cache()
+    def _reload_if_released(self) -> None:
+        if self.model is None and self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.load()
+            self.set_adapters(pending)
 
     def close(self) -> None:
         cuda = str(self.device).startswith("cuda")
+        self._pending = None
         self.model = None
         self.tokenizer = None
         self._adapters.clear()
@@ -124,6 +134,9 @@ class TransformersEngine:
 
     # ---- adapters --------------------------------------------------------------------------------
     def set_adapters(self, adapters: dict[str, Optional[str]]) -> None:
+        if self.model is None and self._pending is not None:  # released: applied when generate() reloads
+            self._pending = dict(adapters)
+            return
         self._require_loaded()
         unknown = set(adapters) - set(ROLES)
         if unknown:
@@ -168,6 +181,7 @@ class TransformersEngine:
     def generate(self, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
         import torch
 
+        self._reload_if_released()
         self._require_loaded()
         started = time.perf_counter()
         out: list[Optional[str]] = [None] * len(requests)
