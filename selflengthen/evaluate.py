@@ -65,7 +65,10 @@ def load_prompts(path: Path, limit: Optional[int] = None) -> list[dict]:
         rows.append({"prompt": row["prompt"].strip(), **constraint.to_dict()})
     if not rows:
         raise bad("it holds no prompts")
-    return rows[:limit] if limit else rows
+    if not limit or limit >= len(rows):
+        return rows
+    # evenly spread over the file (not its head), so a short eval still covers every constraint kind
+    return [rows[(i * len(rows)) // limit] for i in range(limit)]
 
 
 def _file_digest(path: Path) -> str:

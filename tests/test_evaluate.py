@@ -110,6 +110,7 @@ def test_limit_and_every_round_put_eval_into_each_summary(tmp_path):
         doc = json.loads((tmp_path / f"eval/round_{r:03d}.json").read_text())
         assert summary["eval"] == evaluate.aggregates_of(doc)
         assert summary["eval"]["n"] == 5
+        assert len({row["type"] for row in doc["rows"]}) == 4  # spread over the file: every constraint kind
     engine = Recorder()
     evaluate.evaluate_run(s, engine)  # the standalone command finds everything done
     assert engine.inner is None
