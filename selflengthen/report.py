@@ -190,7 +190,7 @@ def _plot_lengths(run_dir: Path, rounds: list[int], path: Path) -> Path:
         from matplotlib.patches import Patch
 
         ax.legend(handles=[Patch(color="tab:blue", alpha=0.6, label="initial"),
-                           Patch(color="tab:orange", alpha=0.6, label="extended")], loc="upper left")
+                           Patch(color="tab:orange", alpha=0.6, label="extended")], loc="best")
     else:
         _note(ax, "no round data yet")
     ax.set_xlabel("round")
