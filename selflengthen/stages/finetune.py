@@ -26,10 +26,30 @@ def adapter_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in (folder / "adapter").rglob("*") if p.is_file())
 
 
+def free_memory() -> None:
+    """Return what the engine and the last trainer held before the next model loads. A Trainer sits in
+    reference cycles, so without a collection one role's model is still resident while the next trains
+    (measured: peak 3.43 GiB instead of 3.03 for two embedded-model roles); glibc keeps freed heap unless
+    trimmed."""
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
 def run(ctx: RoundContext, trainer: Callable, model_path: Callable[[], str], train_cfg) -> dict:
     """Returns {role: {"loss", "adapter", "seconds", ...}}; skips roles already trained."""
     out = {}
     for role in ROLES:
+        free_memory()
         folder = ctx.stage_dir(NAME) / role
         done = stage_done(folder)
         if done:
@@ -55,6 +75,7 @@ def run(ctx: RoundContext, trainer: Callable, model_path: Callable[[], str], tra
             with ui.progress(f"round {ctx.round_no} · train {role}", 1) as bar:
                 metrics = trainer(model_path(), rows, folder, previous, train_cfg, progress=bar.set)
             summary = _trained(metrics, folder, rows, start, previous)
+        free_memory()
         files = adapter_files(folder) if summary.get("adapter") == str(folder / "adapter") else []
         mark_done(folder, files, summary=summary)
         out[role] = summary
