@@ -32,11 +32,11 @@ def job_dir(override_dirname: str) -> str:
 def usable_dir(root: str, name: str) -> str:
     """The run folder `root/name`, made and write-checked before Hydra writes its own files there, so an
     unusable `run.root` is one clear message rather than a traceback from inside Hydra."""
-    from selflengthen.store import _write_probe
+    from selflengthen.store import write_probe
 
     path = Path(root).expanduser() / name
     try:
-        _write_probe(path)
+        write_probe(path)
     except OSError as exc:
         ui.print_error(f"Cannot use the run folder {path}: {exc.strerror or exc}. Check that run.root={root!r} is a "
                        f"folder you can write to (or choose another with run.root=... / run.name=...). Nothing was "

@@ -36,7 +36,7 @@ from selflengthen.engines.base import Request
 from selflengthen.length_control import make_constraint, phrase
 from selflengthen.settings import ConfigError, Settings
 from selflengthen.stages import self_instruct
-from selflengthen.stages.common import RoundContext, attempt_waves, derive_seed, preparer
+from selflengthen.stages.common import RoundContext, attempt_waves, derive_seed, preparer, resumable
 from selflengthen.stages.initial import quality
 from selflengthen.store import (StoreError, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, fsync_dir,
                                 mark_done, open_log, read_json, read_jsonl, reset_dir, stage_done)
@@ -132,14 +132,12 @@ def answer_new_instructions(ctx: CollectContext, cc: CollectConfig) -> list[dict
     si_ctx = dataclasses.replace(ctx, s=dataclasses.replace(
         ctx.s, self_instruct=dataclasses.replace(ctx.s.self_instruct, num_new=cc.num_new)))
     self_instruct.run(si_ctx)
-    folder = ctx.stage_dir(ANSWERS)
-    if stage_done(folder) is None:
-        _answer(ctx, cc, folder)
-    return read_jsonl(folder / "answers.jsonl")
+    _answer(ctx, cc)
+    return read_jsonl(ctx.stage_dir(ANSWERS) / "answers.jsonl")
 
 
-def _answer(ctx: CollectContext, cc: CollectConfig, folder: Path) -> dict:
-    start = time.time()
+@resumable(ANSWERS)
+def _answer(ctx: CollectContext, folder: Path, cc: CollectConfig) -> tuple[dict, list[str]]:
     tpl = ctx.s.prompts["generate"]
     instructions = read_jsonl(ctx.stage_dir(self_instruct.NAME) / "instructions.jsonl")
     items = {ins["id"]: ins for ins in instructions}
@@ -157,8 +155,7 @@ def _answer(ctx: CollectContext, cc: CollectConfig, folder: Path) -> dict:
     rows = [{"id": i, "instruction": items[i]["prompt"], "text": rec["text"].strip(),
              "words": count_words(rec["text"].strip())} for i, rec in passed.items() if rec]
     atomic_write_jsonl(folder / "answers.jsonl", rows)
-    summary = {"items": len(items), "passed": len(rows), "samples_drawn": len(attempts), "seconds": time.time() - start}
-    return mark_done(folder, ["answers.jsonl"], summary=summary)
+    return {"items": len(items), "passed": len(rows), "samples_drawn": len(attempts)}, ["answers.jsonl"]
 
 
 # --- 3: every pair, once -------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ rounds whose file is missing; the engine is loaded only if there is one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import statistics
 import time
@@ -26,7 +25,7 @@ from selflengthen.engines.base import ROLES, Request
 from selflengthen.length_control import Constraint, length_score, s_l
 from selflengthen.settings import ConfigError, Settings, read_prompt_rows, shipped_data
 from selflengthen.stages.common import RoundContext, derive_seed, mean
-from selflengthen.store import CorruptArtifact, atomic_write_json, read_json
+from selflengthen.store import CorruptArtifact, atomic_write_json, read_json, sha256_file
 from selflengthen.text import count_words
 
 log = logging.getLogger(__name__)
@@ -69,10 +68,6 @@ def load_prompts(path: Path, limit: Optional[int] = None) -> list[dict]:
         return rows
     # evenly spread over the file (not its head), so a short eval still covers every constraint kind
     return [rows[(i * len(rows)) // limit] for i in range(limit)]
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 # --- which rounds there are -------------------------------------------------------------------------------
@@ -158,7 +153,7 @@ def evaluate_round(s: Settings, engine, r: int, adapters: dict, prompts: Optiona
     fcfg = filters.FilterConfig.from_dict(s.prompts["filter"])
     rows = [score_row(p, t, fcfg) for p, t in zip(prompts, texts)]
     doc = {"round": r, **aggregate(rows), "adapter": adapters.get("generator"), "prompt_file": str(path),
-           "prompt_file_sha256": _file_digest(path), "max_new_tokens": s.eval.max_new_tokens,
+           "prompt_file_sha256": sha256_file(path)[:16], "max_new_tokens": s.eval.max_new_tokens,
            "seconds": time.time() - start, "rows": rows}
     atomic_write_json(eval_file(s.run_dir, r), doc)  # its presence is the done record
     return doc
@@ -182,7 +177,7 @@ def evaluate_run(s: Settings, engine, rounds: Optional[list[int]] = None) -> dic
 
 def _warn_if_stale(s: Settings, doc: dict) -> None:
     path = prompt_path(s)
-    if path.exists() and doc.get("prompt_file_sha256") not in (None, _file_digest(path)):
+    if path.exists() and doc.get("prompt_file_sha256") not in (None, sha256_file(path)[:16]):
         log.warning("eval of round %d was made with another prompt file (%s); delete %s to redo it",
                     doc["round"], doc.get("prompt_file"), eval_file(s.run_dir, doc["round"]))
 

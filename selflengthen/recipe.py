@@ -59,10 +59,6 @@ class LazyEngine:
         finally:
             self.generate_seconds += time.time() - start
 
-    @property
-    def stats(self):
-        return getattr(self.inner, "stats", None)
-
     def release(self) -> None:
         if self.inner is not None:
             self.inner.release()

@@ -8,7 +8,7 @@ under a second, before any model loads, with one message naming the key and the 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -269,10 +269,3 @@ def _build(cfg: Mapping, run_dir: Path) -> Settings:
         accept_drift=bool(run.get("accept_drift", False)),
         plots=bool(_as_dict(cfg.get("report")).get("plots", True)), semantic=semantic_config(_as_dict(cfg)),
     )
-
-
-def settings_summary(s: Settings) -> dict:
-    d = asdict(s)
-    d["run_dir"] = str(s.run_dir)
-    d.pop("seeds")
-    return d

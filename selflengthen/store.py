@@ -244,7 +244,8 @@ def mark_done(stage_dir: Path, files: Iterable[str], **info: Any) -> dict:
     return record
 
 
-def _write_probe(folder: Path) -> None:
+def write_probe(folder: Path) -> None:
+    """Make `folder` if needed and prove it is writable (raises OSError otherwise)."""
     folder.mkdir(parents=True, exist_ok=True)
     probe = folder / f".probe-{os.getpid()}"
     probe.write_bytes(b"")
@@ -261,7 +262,7 @@ class RunLock:
 
     def acquire(self) -> None:
         try:
-            _write_probe(self.path.parent)
+            write_probe(self.path.parent)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise StoreError(

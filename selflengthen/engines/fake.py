@@ -40,11 +40,9 @@ class FakeEngine:
         self.seed = seed
         self.adapters: dict[str, Optional[str]] = {}
         self.stats = GenerationStats()
-        self.loaded = False
-        self.calls = 0
 
     def load(self) -> None:
-        self.loaded = True
+        pass
 
     def set_adapters(self, adapters: dict[str, Optional[str]]) -> None:
         # an adapter is known by its content (as real weights would be), not by where it lies
@@ -54,10 +52,9 @@ class FakeEngine:
         pass
 
     def close(self) -> None:
-        self.loaded = False
+        pass
 
     def generate(self, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
-        self.calls += 1
         out = []
         for r in requests:
             if self.delay:

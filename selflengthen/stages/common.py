@@ -95,18 +95,18 @@ def mean(xs: Sequence[float]) -> float:
 
 
 def resumable(name: str):
-    """Wrap a stage body `body(ctx, folder) -> (summary, artifact names)` with what every stage does:
+    """Wrap a stage body `body(ctx, folder, *args) -> (summary, artifact names)` with what every stage does:
     return the recorded summary if the stage already finished (and its artifacts still match), else run
     the body, time it, and write `done.json` last."""
-    def wrap(body: Callable[[RoundContext, Path], tuple[dict, list[str]]]):
+    def wrap(body: Callable[..., tuple[dict, list[str]]]):
         @functools.wraps(body)
-        def run(ctx: RoundContext) -> dict:
+        def run(ctx: RoundContext, *args) -> dict:
             folder = ctx.stage_dir(name)
             done = stage_done(folder)
             if done:
                 return done["summary"]
             start = time.time()
-            summary, files = body(ctx, folder)
+            summary, files = body(ctx, folder, *args)
             summary["seconds"] = time.time() - start
             mark_done(folder, files, summary=summary)
             return summary
