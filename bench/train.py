@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selflengthen.stages.train import TrainConfig, train_lora  # noqa: E402
+from selflengthen.training.sft_lora import TrainConfig, train_lora  # noqa: E402
 
 WORDS = ("The committee reviewed the budget, the schedule and the risks of the project before it voted. "
          "Each member explained the reasons for the choice and the costs it would bring. ").split()
@@ -68,7 +68,7 @@ def make_rows(n: int, tokenizer) -> list[dict]:
 
 def padding_share(folder: str, rows: list[dict], cfg: TrainConfig, tmp: Path) -> float:
     """Padding share of one epoch through the trainer's real sampler and collator (no forward pass)."""
-    from selflengthen.stages.train import build_trainer
+    from selflengthen.training.sft_lora import build_trainer
 
     trainer, _ = build_trainer(folder, rows, tmp / "pad", None, cfg)
     real = total = 0

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 from selflengthen import filters, ui
-from selflengthen.engines.base import ROLES, Request
+from selflengthen.engines.base import Request
+from selflengthen.methods.selflengthen import ROLES
 from selflengthen.length_control import Constraint, length_score, s_l
 from selflengthen.settings import ConfigError, Settings, read_prompt_rows, shipped_data
 from selflengthen.stages.common import RoundContext, derive_seed, mean

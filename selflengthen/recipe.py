@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from selflengthen import evaluate
 from selflengthen import manifest as manifest_mod
 from selflengthen import ui
-from selflengthen.engines.base import ROLES
+from selflengthen.methods.selflengthen import ROLES
 from selflengthen.settings import Settings
 from selflengthen.stages import extend, finetune, initial, self_instruct, sft_data
 from selflengthen.stages.common import RoundContext
@@ -69,19 +69,6 @@ class LazyEngine:
             self.inner = None
 
 
-def default_trainer(train_cfg: dict):
-    """(trainer function, its typed config). `train.backend=fake` is the test double (no model)."""
-    cfg = dict(train_cfg)
-    backend = cfg.pop("backend", "trl")
-    if backend == "fake":
-        from selflengthen.engines.fake import fake_train_lora
-
-        return fake_train_lora, cfg
-    from selflengthen.stages.train import TrainConfig, train_lora
-
-    return train_lora, TrainConfig.from_dict(cfg)
-
-
 def run(s: Settings, engine: Optional[LazyEngine] = None,
         model_path: Optional[Callable[[], str]] = None) -> list[dict]:
     """Run (or resume) every round up to `s.iterations`; returns the round summaries."""
@@ -89,7 +76,9 @@ def run(s: Settings, engine: Optional[LazyEngine] = None,
         manifest = manifest_mod.open_run(s)
         model_path = model_path or model_resolver(s)
         engine = engine or LazyEngine(s.engine, model_path)
-        trainer, train_cfg = default_trainer(s.train)
+        from selflengthen.training import make_trainer
+
+        trainer, train_cfg = make_trainer(s.train)
         summaries, adapters = [], {role: None for role in ROLES}
         ran = False
         try:

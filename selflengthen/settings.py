@@ -247,7 +247,7 @@ def _build(cfg: Mapping, run_dir: Path) -> Settings:
     backend = train.get("backend", "trl")
     _need(backend in ("trl", "fake"), "train.backend", backend, "must be trl (or fake, for tests)", "use train.backend=trl")
     if backend == "trl":
-        from selflengthen.stages.train import TrainConfig  # light: its heavy imports sit inside functions
+        from selflengthen.training.sft_lora import TrainConfig  # light: its heavy imports sit inside functions
 
         try:
             TrainConfig.from_dict({k: v for k, v in train.items() if k != "backend"})

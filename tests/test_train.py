@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from selflengthen.stages.train import TrainConfig, build_trainer, train_lora
+from selflengthen.training.sft_lora import TrainConfig, build_trainer, train_lora
 
 # A higher lr than the paper's so a few steps move the tiny adapter measurably.
 FAST = dict(max_steps=3, grad_accum=2, lr=1e-3, save_steps=1000, warmup_ratio=0.0)

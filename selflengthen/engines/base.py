@@ -3,17 +3,23 @@
 Every engine (transformers, vLLM, the fake one used by orchestration tests) implements `Engine`.
 A request is either a chat (a list of messages, rendered with the model's chat template, optionally
 followed by `assistant_prefix` — the start of the assistant's answer that the model must continue)
-or a raw completion `prompt`. Each request names the adapter it runs with: None (the base model),
-"generator" or "extender". The engine maps the role names to the adapter folders it was given in
-`set_adapters`; a role with no folder (round 1) runs on the base model.
+or a raw completion `prompt`. Each request names the adapter it runs with: None (the base model) or any
+adapter name the method declares ("generator", "extender", "writer", ...). The engine maps names to the
+adapter folders it was given in `set_adapters`; a name with no folder (round 1) runs on the base model.
+
+Two ways to generate (DESIGN §6):
+- `stream(queue)` — the engine pulls requests from a `RequestQueue` whenever it has room and yields each
+  `Completion` as soon as it finishes; the consumer may add more requests to the queue between yields
+  (a re-draw, the next stage of a chain). The stream ends when the queue is empty and nothing is in flight.
+- `generate(requests)` — the batch form: one text per request, in order (built on `stream`).
+Engines that cannot stream natively use `stream_in_batches` (static batches of the queue's head).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Sequence
-
-ROLES = ("generator", "extender")
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -42,13 +48,13 @@ class Request:
     messages: Optional[tuple[tuple[str, str], ...]] = None  # ((role, content), ...)
     prompt: Optional[str] = None
     assistant_prefix: str = ""  # chat only: text already placed at the start of the answer
-    adapter: Optional[str] = None  # None | "generator" | "extender"
+    adapter: Optional[str] = None  # None = base model, else an adapter name given to set_adapters
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError(f"request {self.id}: set exactly one of messages or prompt")
-        if self.adapter is not None and self.adapter not in ROLES:
-            raise ValueError(f"request {self.id}: adapter must be None or one of {ROLES}")
+        if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter):
+            raise ValueError(f"request {self.id}: adapter must be None or a non-empty adapter name")
         if self.assistant_prefix and self.messages is None:
             raise ValueError(f"request {self.id}: assistant_prefix needs a chat request")
 
@@ -87,6 +93,64 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 Progress = Callable[[int], None]  # called with the number of requests just finished
 
 
+@dataclass(frozen=True)
+class Completion:
+    """One finished request: its id, the continuation text and token counts."""
+
+    id: str
+    text: str
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    finish_reason: str = "stop"  # "stop" (eos / stop string) or "length" (budget reached)
+
+
+class RequestQueue:
+    """Requests waiting for an engine. The consumer of a stream `add`s to it between completions; the
+    engine `take`s from it whenever it has free slots. Single-threaded: no locking."""
+
+    def __init__(self, requests: Iterable[Request] = ()):
+        self._q: deque[Request] = deque(requests)
+
+    def add(self, requests: Iterable[Request] | Request) -> None:
+        if isinstance(requests, Request):
+            self._q.append(requests)
+        else:
+            self._q.extend(requests)
+
+    def take(self, n: Optional[int] = None) -> list[Request]:
+        """Up to `n` requests from the head (all when n is None)."""
+        n = len(self._q) if n is None else min(n, len(self._q))
+        return [self._q.popleft() for _ in range(n)]
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def __bool__(self) -> bool:
+        return bool(self._q)
+
+
+def stream_in_batches(engine, queue: RequestQueue, batch_size: int) -> Iterator[Completion]:
+    """A stream for engines without continuous batching: static batches of up to `batch_size` requests from
+    the queue's head, each completion yielded as soon as its batch returns."""
+    while queue:
+        batch = queue.take(batch_size)
+        for req, text in zip(batch, engine.generate(batch)):
+            yield Completion(req.id, text)
+
+
+def generate_via_stream(engine, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
+    """The batch form on top of `engine.stream`: one text per request, in request order (ids may repeat)."""
+    slots: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+        slots.setdefault(r.id, []).append(i)
+    out: list[Optional[str]] = [None] * len(requests)
+    for c in engine.stream(RequestQueue(requests)):
+        out[slots[c.id].pop(0)] = c.text
+        if progress is not None:
+            progress(1)
+    return out  # type: ignore[return-value]
+
+
 @dataclass
 class GenerationStats:
     """Counters an engine keeps so benches and summaries can report throughput."""
@@ -99,7 +163,7 @@ class GenerationStats:
 
 
 class Engine(Protocol):
-    """Lifecycle: construct (cheap) -> load() -> set_adapters() -> generate()* -> close()."""
+    """Lifecycle: construct (cheap) -> load() -> set_adapters() -> stream()/generate()* -> close()."""
 
     stats: GenerationStats
 
@@ -107,7 +171,10 @@ class Engine(Protocol):
         """Load the base model. Heavy libraries are imported here, not at module import."""
 
     def set_adapters(self, adapters: dict[str, Optional[str]]) -> None:
-        """Map roles ("generator", "extender") to LoRA adapter folders (None = base model)."""
+        """Map adapter names ("generator", "extender", ...) to LoRA adapter folders (None = base model)."""
+
+    def stream(self, queue: RequestQueue) -> Iterator[Completion]:
+        """Yield each completion as soon as it finishes; requests added to `queue` meanwhile are served too."""
 
     def generate(self, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
         """Generate one text per request, in request order. The text is the continuation only."""

@@ -1,4 +1,4 @@
-"""A deterministic stand-in engine (and trainer) for testing orchestration, resume and fault injection.
+"""A deterministic stand-in engine for testing orchestration, resume and fault injection.
 
 Its text is a pure function of the request (rendered prompt, adapter folder, seed), so a killed and
 resumed run must reproduce an uninterrupted one exactly. It is shaped like the real thing where the
@@ -110,20 +110,3 @@ def _adapter_identity(path: Optional[str]) -> Optional[str]:
         return None
     config = Path(path) / "adapter_config.json"
     return config.read_text() if config.exists() else Path(path).name
-
-
-def fake_train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: Optional[str], cfg=None,
-                    progress=None) -> dict:
-    """Writes a small, deterministic 'adapter' (a digest of its data and its parent) instead of training."""
-    from selflengthen.store import atomic_write_json
-
-    if not rows:
-        raise ValueError("no training rows")
-    parent = _adapter_identity(init_adapter)
-    digest = hashlib.sha256(json.dumps([rows, parent]).encode()).hexdigest()
-    out_dir = Path(out_dir)
-    atomic_write_json(out_dir / "adapter" / "adapter_config.json", {"fake": True, "digest": digest})
-    metrics = {"loss": int(digest[:6], 16) / 16**6, "steps": len(rows), "tokens": sum(
-        len(m["content"].split()) for r in rows for m in r["messages"]), "seconds": 0.0}
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    return metrics

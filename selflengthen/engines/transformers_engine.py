@@ -28,7 +28,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional, Sequence
 
-from selflengthen.engines.base import (ROLES, GenerationStats, Progress, Request, SamplingParams, cut_at_stop,
+from selflengthen.engines.base import (GenerationStats, Progress, Request, SamplingParams, cut_at_stop,
                                        render_prompt)
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -69,7 +69,7 @@ class TransformersEngine:
         # fixed answer length). Not part of the Engine protocol.
         self.generate_overrides: dict = {}
         self._adapters: dict[str, str] = {}  # peft adapter name -> folder
-        self._roles: dict[str, Optional[str]] = {r: None for r in ROLES}  # role -> adapter name
+        self._roles: dict[str, Optional[str]] = {}  # adapter name the method uses -> peft adapter name
         self._torch_dtype = None
         self._pending: Optional[dict] = None  # role -> folder while released (see release())
 
@@ -123,7 +123,7 @@ class TransformersEngine:
         self.model = None
         self.tokenizer = None
         self._adapters.clear()
-        self._roles = {r: None for r in ROLES}
+        self._roles = {}
         import gc
 
         gc.collect()
@@ -138,13 +138,9 @@ class TransformersEngine:
             self._pending = dict(adapters)
             return
         self._require_loaded()
-        unknown = set(adapters) - set(ROLES)
-        if unknown:
-            raise ValueError(f"set_adapters: unknown role(s) {sorted(unknown)}; roles are {ROLES}")
-        wanted: dict[str, str] = {}  # adapter name -> folder
-        roles: dict[str, Optional[str]] = {r: None for r in ROLES}
-        for role in ROLES:
-            folder = adapters.get(role)
+        wanted: dict[str, str] = {}  # peft adapter name -> folder
+        roles: dict[str, Optional[str]] = {r: None for r in adapters}
+        for role, folder in adapters.items():
             if folder is not None:
                 name = _adapter_name(role, folder)
                 wanted[name] = str(folder)

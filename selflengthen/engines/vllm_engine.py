@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from selflengthen.engines.base import ROLES, GenerationStats, Progress, Request, render_prompt
+from selflengthen.engines.base import GenerationStats, Progress, Request, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class VllmEngine:
         self._tokenizer = None
         self._sleeping = False
         self._use_sleep = False
-        self._adapters: dict[str, Optional[tuple[str, int]]] = {role: None for role in ROLES}  # role -> (path, id)
+        self._adapters: dict[str, Optional[tuple[str, int]]] = {}  # adapter name -> (path, id)
         self._adapter_ids: dict[tuple, int] = {}  # (path, weights mtime) -> id: a changed folder gets a new id
 
     # lifecycle ----------------------------------------------------------------------------------------
@@ -178,8 +178,6 @@ class VllmEngine:
 
     def set_adapters(self, adapters: dict[str, Optional[str]]) -> None:
         for role, path in adapters.items():
-            if role not in ROLES:
-                raise ValueError(f"unknown adapter role {role!r} (known: {ROLES})")
             self._adapters[role] = None if path is None else (str(path), self._adapter_id(Path(path)))
 
     def _adapter_id(self, folder: Path) -> int:

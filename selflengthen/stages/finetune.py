@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from selflengthen import ui
-from selflengthen.engines.base import ROLES
+from selflengthen.methods.selflengthen import ROLES
 from selflengthen.stages.common import RoundContext
 from selflengthen.stages.sft_data import NAME as SFT
 from selflengthen.store import mark_done, read_json, read_jsonl, reset_dir, stage_done

@@ -1,0 +1,49 @@
+"""Trainers behind one small protocol: rows in, an adapter folder and metrics out.
+
+A trainer is called as `trainer(model_path, rows, out_dir, init_adapter, cfg, progress=None) -> metrics`:
+- `rows` are SFT rows `{"id", "messages": [...]}` (the GRPO trainer takes prompt rows instead);
+- it writes `out_dir/adapter/` (a peft adapter folder, renamed into place whole) and `out_dir/metrics.json`;
+- `init_adapter` is the folder it continues from (None = the base model);
+- `progress(done, total)` reports optimizer steps.
+
+`make_trainer(train_cfg)` picks one by `train.backend` and returns (function, its typed config); each trainer
+is a sibling file here (torchtune's one-recipe-per-method habit), imported only when selected.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Optional, Protocol
+
+from pathlib import Path
+
+
+class Trainer(Protocol):
+    def __call__(self, model_path: str, rows: list[dict], out_dir: Path, init_adapter: Optional[str], cfg: Any,
+                 progress: Optional[Callable[[int, int], None]] = None) -> dict: ...
+
+
+# backend -> (module, trainer function, config class or None)
+BACKENDS = {
+    "trl": ("selflengthen.training.sft_lora", "train_lora", "TrainConfig"),
+    "fake": ("selflengthen.training.fake", "fake_train_lora", None),
+}
+
+
+def parse_config(train_cfg: dict) -> tuple[str, Any]:
+    """(backend, typed config) — raises ValueError/TypeError naming the bad key. Light: nothing heavy imported."""
+    cfg = dict(train_cfg)
+    backend = cfg.pop("backend", "trl")
+    if backend not in BACKENDS:
+        raise ValueError(f"train.backend={backend!r} is not a known trainer (known: {', '.join(BACKENDS)})")
+    module, _, config_cls = BACKENDS[backend]
+    if config_cls is None:
+        return backend, cfg
+    return backend, getattr(importlib.import_module(module), config_cls).from_dict(cfg)
+
+
+def make_trainer(train_cfg: dict) -> tuple[Trainer, Any]:
+    """(trainer function, its typed config) for `train.backend`."""
+    backend, cfg = parse_config(train_cfg)
+    module, fn, _ = BACKENDS[backend]
+    return getattr(importlib.import_module(module), fn), cfg
