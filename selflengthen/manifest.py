@@ -1,8 +1,11 @@
 """The run manifest: what a run folder was made with, and the drift check on resume.
 
-`manifest.json` records the *semantic* config (what changes the result: model, prompts, filters,
-sampling, training, seed — see settings.SEMANTIC_KEYS) and how many rounds are complete. Resuming with a
-different semantic config stops, naming the keys, unless the user accepts the change explicitly.
+`manifest.json` records the *semantic* config (what changes the result: method, model, prompts, the seed
+file's content, filters, sampling, training, seed — see settings.SEMANTIC_KEYS and the method's own keys),
+the method's stage order, and how many rounds are complete (informational: a round is finished when its
+summary is on disk, see layout.finished_rounds). Resuming with a different semantic config stops, naming
+the keys, unless the user accepts the change explicitly. A key that an older version of the project did
+not record yet is adopted silently (and noted in `history`), so upgrading never looks like drift.
 """
 
 from __future__ import annotations
@@ -11,10 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from selflengthen.settings import Settings
+from typing import TYPE_CHECKING
+
+from selflengthen import layout
 from selflengthen.store import StoreError, atomic_write_json, read_json
 
-MANIFEST = "manifest.json"
+if TYPE_CHECKING:  # pragma: no cover
+    from selflengthen.settings import Settings
+
+MANIFEST = layout.MANIFEST
 
 
 class DriftError(StoreError):
@@ -36,17 +44,27 @@ def diff_keys(old: dict, new: dict) -> list[str]:
 
 
 def load(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / MANIFEST
+    path = layout.manifest_path(run_dir)
     return read_json(path) if path.exists() else None
 
 
-def open_run(s: Settings) -> dict:
+def _adopt_new_keys(old: dict, new: dict) -> list[str]:
+    """Top-level semantic keys the old manifest never recorded: taken from `new` (an upgrade, not drift)."""
+    added = [k for k in new if k not in old["semantic"]]
+    for k in added:
+        old["semantic"][k] = new[k]
+    return added
+
+
+def open_run(s: "Settings", stages: list[str] | None = None) -> dict:
     """Create the manifest, or check the existing one against this config (drift)."""
     old = load(s.run_dir)
     if old is None:
-        manifest = {"created": time.time(), "semantic": s.semantic, "rounds_complete": 0, "history": []}
-        atomic_write_json(s.run_dir / MANIFEST, manifest)
+        manifest = {"created": time.time(), "method": s.method_name, "stages": stages or [],
+                    "semantic": s.semantic, "rounds_complete": 0, "history": []}
+        atomic_write_json(layout.manifest_path(s.run_dir), manifest)
         return manifest
+    added = _adopt_new_keys(old, s.semantic)
     changed = diff_keys(old["semantic"], s.semantic)
     if changed and not s.accept_drift:
         flat_old, flat_new = _flatten(old["semantic"]), _flatten(s.semantic)
@@ -60,11 +78,17 @@ def open_run(s: Settings) -> dict:
     if changed:
         old["history"].append({"time": time.time(), "accepted_drift": changed, "previous": old["semantic"]})
         old["semantic"] = s.semantic
-        atomic_write_json(s.run_dir / MANIFEST, old)
+    if added:
+        old["history"].append({"time": time.time(), "recorded_new_keys": added})
+    new_order = stages is not None and old.get("stages") != stages
+    if new_order:
+        old["stages"] = stages
+    if changed or added or new_order:
+        atomic_write_json(layout.manifest_path(s.run_dir), old)
     return old
 
 
 def record_round(run_dir: Path, manifest: dict, round_no: int) -> None:
     manifest["rounds_complete"] = max(manifest.get("rounds_complete", 0), round_no)
     manifest["updated"] = time.time()
-    atomic_write_json(Path(run_dir) / MANIFEST, manifest)
+    atomic_write_json(layout.manifest_path(run_dir), manifest)

@@ -1,11 +1,12 @@
 """The evidence of a run in one place: a table of every round and three plots, from the artifacts alone.
 
-`build_report(run_dir)` reads each `round_NNN/summary.json` and `eval/round_NNN.json` (nothing is
-recomputed, no model is loaded); `print_report` shows it as a rich table; `plot_report(run_dir)` draws,
-under `iterations/<run>/report/`:
+`build_report(run_dir, method)` reads each round's summary and the eval files (nothing is recomputed, no
+model is loaded); every stage's line comes from the stage itself (`Stage.brief` on its summary section), so a
+new stage or method shows up without editing this file. `print_report` shows it as rich tables;
+`plot_report(run_dir, method)` draws, under `iterations/<run>/report/`:
 
-- `lengths.png`: length distribution per round, initial answers vs extended ones
-  (`02_initial/responses.jsonl`, `03_extend/extended.jsonl`);
+- `lengths.png`: length distribution per round of every stage that declares a `lengths` artifact
+  (Self-Lengthen: initial answers vs extended ones);
 - `eval.png`: held-out mean/median words and length score (and S_l / 100) per round, round 0 = base model;
 - `requested_vs_generated.png`: requested vs generated length per held-out prompt, log-log, with the
   y = x line (as LongBench-Write draws it), one colour per round.
@@ -20,28 +21,26 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from selflengthen import layout
+from selflengthen.methods.base import method_of
 from selflengthen.store import atomic_write_bytes, atomic_write_json, read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 
-REPORT_DIR = "report"
+REPORT_DIR = layout.REPORT_DIR
 PLOTS = ("lengths.png", "eval.png", "requested_vs_generated.png")
 
 
 # --- numbers ------------------------------------------------------------------------------------------
 
 def _summaries(run_dir: Path) -> list[dict]:
-    out, r = [], 1
-    while (path := run_dir / f"round_{r:03d}" / "summary.json").exists():
-        out.append(read_json(path))
-        r += 1
-    return out
+    return list(layout.finished_rounds(run_dir).values())
 
 
 def _evals(run_dir: Path) -> dict[int, dict]:
-    """Round -> eval document (with rows), for every eval file on disk."""
+    """Round -> eval document (with rows), for every eval file on disk (the newest per round)."""
     out = {}
-    for path in sorted((run_dir / "eval").glob("round_*.json")):
+    for path in sorted(layout.eval_dir(run_dir).glob("round_*.json"), key=lambda p: p.stat().st_mtime):
         try:
             doc = read_json(path)
             out[int(doc["round"])] = doc
@@ -50,32 +49,34 @@ def _evals(run_dir: Path) -> dict[int, dict]:
     return out
 
 
-def _round_row(s: dict, ev: Optional[dict]) -> dict:
-    ini, ext = s.get("initial", {}), s.get("extended", {})
-    train = s.get("train", {})
+EVAL_KEYS = ("n", "mean_words", "median_words", "max_words", "repetition_pass_rate", "length_score", "s_l",
+             "open", "constrained")
+
+
+def _round_row(s: dict, ev: Optional[dict], method) -> dict:
+    sections = s.get("stages", {})
     ev = ev or s.get("eval")
     return {
-        "round": s["round"], "instructions": s.get("instructions", 0),
-        "initial_kept": ini.get("kept", 0), "extended_kept": ext.get("kept", 0),
-        "initial_mean_words": ini.get("mean_words", 0.0), "extended_mean_words": ext.get("mean_words", 0.0),
-        "growth": s.get("growth", 0.0), "rejections": dict(s.get("rejections", {})),
-        "loss_generator": train.get("generator", {}).get("loss"), "loss_extender": train.get("extender", {}).get("loss"),
-        "eval": None if ev is None else {k: ev[k] for k in ("n", "mean_words", "median_words", "repetition_pass_rate",
-                                                            "length_score", "s_l") if k in ev},
+        "round": s["round"],
+        "stages": {st.name: st.brief(sections.get(st.name) or {}) for st in method.stages} if sections else {},
+        "sections": sections,
+        "rejections": dict(s.get("rejections", {})),
+        "eval": None if ev is None else {k: ev[k] for k in EVAL_KEYS if k in ev},
         "seconds": dict(s.get("seconds", {})),
     }
 
 
-def build_report(run_dir: Path) -> dict:
-    """Everything the table and the plots show, as plain JSON-able data."""
+def build_report(run_dir: Path, method=None) -> dict:
+    """Everything the tables and the plots show, as plain JSON-able data."""
     run_dir = Path(run_dir)
+    method = method or method_of(run_dir)
     evals = _evals(run_dir)
-    rounds = [_round_row(s, evals.get(s["round"])) for s in _summaries(run_dir)]
+    rounds = [_round_row(s, evals.get(s["round"]), method) for s in _summaries(run_dir)]
     base = evals.get(0)
-    export = run_dir / "export" / "done.json"
+    export = layout.export_dir(run_dir) / "done.json"
     return {
-        "run": run_dir.name, "run_dir": str(run_dir), "rounds": rounds,
-        "base_eval": None if base is None else _round_row({"round": 0}, base)["eval"],
+        "run": run_dir.name, "run_dir": str(run_dir), "method": method.name, "rounds": rounds,
+        "base_eval": None if base is None else _round_row({"round": 0}, base, method)["eval"],
         "export": read_json(export).get("summary") if export.exists() else None,
     }
 
@@ -93,21 +94,20 @@ def _dur(seconds: float) -> str:
 
 
 def report_table(report: dict):
-    """One row per round: data made, growth, training loss, stage times (the eval has its own table)."""
+    """One line per round and stage: what the stage made (its own brief) and how long it took."""
     from rich import box
     from rich.table import Table
 
-    t = Table(title=f"Self-Lengthen run {report['run']}", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("round", "instr.", "kept\nini/ext", "mean words\nini→ext", "growth", "loss\ngen/ext",
-                "time\nsi/ini/ext/tr"):
-        t.add_column(col, justify="right")
+    t = Table(title=f"{report.get('method', 'selflengthen')} run {report['run']}", header_style="bold",
+              box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, justify in (("round", "right"), ("stage", "left"), ("result", "left"), ("time", "right")):
+        t.add_column(col, justify=justify)
     for r in report["rounds"]:
         sec = r["seconds"]
-        train = sec.get("train_generator", 0) + sec.get("train_extender", 0)
-        t.add_row(str(r["round"]), str(r["instructions"]), f"{r['initial_kept']}/{r['extended_kept']}",
-                  f"{r['initial_mean_words']:.0f}→{r['extended_mean_words']:.0f}", f"{r['growth']:.2f}x",
-                  f"{_num(r['loss_generator'], '.3f')}/{_num(r['loss_extender'], '.3f')}",
-                  "/".join(_dur(sec.get(k, 0)) for k in ("self_instruct", "initial", "extend")) + f"/{_dur(train)}")
+        for i, (name, brief) in enumerate(r["stages"].items()):
+            seconds = sec.get(name, sum(v for k, v in sec.items() if k.startswith(name + "_")))
+            t.add_row(str(r["round"]) if i == 0 else "", name.replace("_", " "), brief, _dur(seconds),
+                      end_section=i == len(r["stages"]) - 1)
     return t
 
 
@@ -164,38 +164,39 @@ def _note(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
 
 
-def _plot_lengths(run_dir: Path, rounds: list[int], path: Path) -> Path:
+def _plot_lengths(run_dir: Path, rounds: list[int], path: Path, method) -> Path:
     from matplotlib.figure import Figure
 
+    series = [st for st in method.stages if st.lengths]  # stages whose artifact rows carry "words"
+    width = 0.8 / max(1, len(series))
     fig = Figure(figsize=(max(5, 1.4 * len(rounds) + 2), 4))
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.13, top=0.9)
     ax = fig.add_subplot()
     data, positions, colours = [], [], []
+    palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
     for r in rounds:
-        rd = run_dir / f"round_{r:03d}"
-        for offset, name, colour in ((-0.2, "02_initial/responses.jsonl", "tab:blue"),
-                                     (0.2, "03_extend/extended.jsonl", "tab:orange")):
-            f = rd / name
+        for i, st in enumerate(series):
+            f = layout.stage_dir(run_dir, r, st.name) / st.lengths
             words = [row["words"] for row in read_jsonl(f)] if f.exists() else []
             if words:
                 data.append(words)
-                positions.append(r + offset)
-                colours.append(colour)
+                positions.append(r - 0.4 + width * (i + 0.5))
+                colours.append(palette[i % len(palette)])
     if data:
-        parts = ax.boxplot(data, positions=positions, widths=0.35, patch_artist=True, manage_ticks=False)
+        parts = ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True, manage_ticks=False)
         for box, colour in zip(parts["boxes"], colours):
             box.set_facecolor(colour)
             box.set_alpha(0.6)
         ax.set_xticks(rounds)
         from matplotlib.patches import Patch
 
-        ax.legend(handles=[Patch(color="tab:blue", alpha=0.6, label="initial"),
-                           Patch(color="tab:orange", alpha=0.6, label="extended")], loc="best")
+        ax.legend(handles=[Patch(color=palette[i % len(palette)], alpha=0.6, label=st.label or st.name)
+                           for i, st in enumerate(series)], loc="best")
     else:
         _note(ax, "no round data yet")
     ax.set_xlabel("round")
     ax.set_ylabel("words per response")
-    ax.set_title("Response length per round: initial vs extended")
+    ax.set_title("Response length per round, by stage")
     return _save(fig, path)
 
 
@@ -238,7 +239,8 @@ def _plot_requested(evals: dict[int, dict], path: Path) -> Path:
     fig = Figure(figsize=(5.5, 5))
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.11, top=0.93)
     ax = fig.add_subplot()
-    points = [(r, _requested(row), max(1, row["words"])) for r in sorted(evals) for row in evals[r].get("rows", [])]
+    points = [(r, _requested(row), max(1, row["words"])) for r in sorted(evals) for row in evals[r].get("rows", [])
+              if row.get("type") not in (None, "none")]  # open prompts ask for no length
     if points:
         import matplotlib
         from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
@@ -272,35 +274,37 @@ def _plot_requested(evals: dict[int, dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_report(run_dir: Path) -> list[Path]:
+def plot_report(run_dir: Path, method=None) -> list[Path]:
     """Write the three PNGs under `report/` (atomically); returns their paths."""
     run_dir = Path(run_dir)
-    out = run_dir / REPORT_DIR
+    method = method or method_of(run_dir)
+    out = layout.report_dir(run_dir)
     rounds = [s["round"] for s in _summaries(run_dir)]
     evals = _evals(run_dir)
-    return [_plot_lengths(run_dir, rounds, out / PLOTS[0]), _plot_eval(evals, out / PLOTS[1]),
+    return [_plot_lengths(run_dir, rounds, out / PLOTS[0], method), _plot_eval(evals, out / PLOTS[1]),
             _plot_requested(evals, out / PLOTS[2])]
 
 
-def write_report(run_dir: Path, show: bool = True) -> dict:
+def write_report(run_dir: Path, method=None, show: bool = True) -> dict:
     """`report/report.json` and the plots (and the tables on the console if `show`)."""
-    report = build_report(run_dir)
+    method = method or method_of(Path(run_dir))
+    report = build_report(run_dir, method)
     if show:
         print_report(report)
-    report["plots"] = [str(Path(p).relative_to(run_dir)) for p in plot_report(run_dir)]
-    atomic_write_json(Path(run_dir) / REPORT_DIR / "report.json", report)
+    report["plots"] = [str(Path(p).relative_to(run_dir)) for p in plot_report(run_dir, method)]
+    atomic_write_json(layout.report_dir(run_dir) / "report.json", report)
     return report
 
 
 if __name__ == "__main__":
-    from selflengthen.eval import cli
+    from selflengthen import cli
 
-    def _job(cfg, s) -> None:
+    def _job(s) -> None:
         from selflengthen import ui
 
-        report = write_report(s.run_dir)
+        report = write_report(s.run_dir, s.method)
         if not report["rounds"]:
             log.warning("%s has no finished round yet (check run.name / experiment=)", s.run_dir)
         ui.console.print(f"report: {s.run_dir / REPORT_DIR} (" + ", ".join(Path(p).name for p in report["plots"]) + ")")
 
-    cli("report", _job)
+    cli.main("report", _job)

@@ -8,7 +8,18 @@ bottom ~20% (r > 2^(-1/3) ≈ 0.79) never. One sort, then one pass: O(n log n).
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from typing import Sequence
+
+from selflengthen.config import rule
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """`sampling:` — keep with probability max(0, 1 - a * r^p), r = length rank."""
+
+    a: float = field(default=2.0, metadata=rule(ge=0.0, fix="use the paper's sampling.a=2 (0 keeps everything)"))
+    p: float = field(default=3.0, metadata=rule(gt=0.0, fix="use the paper's sampling.p=3"))
 
 
 def keep_probability(r: float, a: float, p: float) -> float:

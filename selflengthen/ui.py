@@ -52,24 +52,18 @@ def progress(description: str, total: int) -> Iterator[Bar]:
         yield Bar(bar, bar.add_task(description, total=total))
 
 
-def round_table(summary: dict) -> Table:
+def round_table(summary: dict, method) -> Table:
+    """The round's table: one line per stage of the method, from the stage's own summary section."""
     t = Table(title=f"Round {summary['round']}", show_header=True, header_style="bold")
     t.add_column("stage")
     t.add_column("result", justify="right")
     t.add_column("seconds", justify="right")
     sec = summary.get("seconds", {})
-    ini, ext = summary.get("initial", {}), summary.get("extended", {})
-    t.add_row("01 self-instruct", f"{summary.get('instructions', 0)} instructions", f"{sec.get('self_instruct', 0):.1f}")
-    t.add_row("02 initial", f"{ini.get('kept', 0)} kept, {ini.get('mean_words', 0):.0f} words avg",
-              f"{sec.get('initial', 0):.1f}")
-    t.add_row("03 extend", f"{ext.get('kept', 0)} kept, {ext.get('mean_words', 0):.0f} words avg",
-              f"{sec.get('extend', 0):.1f}")
-    t.add_row("04 sft data", f"{summary.get('sft', {}).get('rows', 0)} rows per role", f"{sec.get('sft_data', 0):.1f}")
-    for role in ("generator", "extender"):
-        tr = summary.get("train", {}).get(role, {})
-        loss = tr.get("loss")
-        t.add_row(f"05 train {role}", "skipped" if loss is None else f"loss {loss:.3f}",
-                  f"{sec.get('train_' + role, 0):.1f}")
+    sections = summary.get("stages", {})
+    for stage in method.stages:
+        section = sections.get(stage.name) or {}
+        seconds = sec.get(stage.name, sum(v for k, v in sec.items() if k.startswith(stage.name + "_")))
+        t.add_row(stage.name.replace("_", " "), stage.brief(section), f"{seconds:.1f}")
     rej = summary.get("rejections", {})
     if rej:
         t.caption = "rejections: " + ", ".join(f"{k} {v}" for k, v in sorted(rej.items(), key=lambda kv: -kv[1]))

@@ -85,9 +85,9 @@ def fake_settings(run_dir: Path, *overrides: str):
 
 
 def fake_engine():
-    from selflengthen import recipe
+    from selflengthen import engine_session
 
-    return recipe.LazyEngine({"name": "fake"}, lambda: "fake-model")
+    return engine_session.LazyEngine({"name": "fake"}, lambda: "fake-model")
 
 
 def finished_run(run_dir: Path, *overrides: str, engine=None):

@@ -22,7 +22,7 @@ SMALL = ["iterations=1", "self_instruct.num_new=2", "self_instruct.per_wave=4", 
 
 def test_self_instruct_initial_and_extend_with_the_embedded_model(tmp_path):
     s = Settings.from_config(compose(*SMALL), tmp_path)
-    engine = recipe.LazyEngine(s.engine, recipe.model_resolver(s))
+    engine = engine_session.LazyEngine(s.engine, recipe.model_resolver(s))
     ctx = RoundContext(s, 1, engine, {"generator": None, "extender": None})
     try:
         si = self_instruct.run(ctx)
@@ -31,13 +31,13 @@ def test_self_instruct_initial_and_extend_with_the_embedded_model(tmp_path):
     finally:
         engine.close()
     assert si["instructions"] == 2 and si["proposed"] == 4
-    proposals = read_jsonl(tmp_path / "round_001/01_self_instruct/candidates.jsonl")
+    proposals = read_jsonl(tmp_path / "round_001/self_instruct/candidates.jsonl")
     assert all(p["reason"] or p["judge"] for p in proposals)  # every kept proposal went through the judge
     assert ini["items"] == 4 and ini["passed"] >= 1  # real answers pass the filter
-    for row in read_jsonl(tmp_path / "round_001/02_initial/responses.jsonl"):
+    for row in read_jsonl(tmp_path / "round_001/initial/responses.jsonl"):
         assert count_words(row["text"]) > 20 and row["text"].rstrip()[-1] in ".!?\"'”’)…"
-    passes = read_jsonl(tmp_path / "round_001/03_extend/passes.jsonl")
+    passes = read_jsonl(tmp_path / "round_001/extend/passes.jsonl")
     assert len(passes) >= ini["kept"]  # one pass record per item (plus its final record)
-    for row in read_jsonl(tmp_path / "round_001/03_extend/extended.jsonl"):
+    for row in read_jsonl(tmp_path / "round_001/extend/extended.jsonl"):
         assert row["words"] > row["initial_words"]  # a kept extension really is longer
     assert ext["items"] == ini["kept"]

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from conftest import fake_settings
-from selflengthen import recipe
+from selflengthen import engine_session, recipe
 from selflengthen.manifest import DriftError
 from selflengthen.store import read_jsonl
 
 
 def run_fake(run_dir: Path, *overrides: str):
-    engine = recipe.LazyEngine({"name": "fake"}, lambda: "fake-model")
+    engine = engine_session.LazyEngine({"name": "fake"}, lambda: "fake-model")
     return recipe.run(fake_settings(run_dir, *overrides), engine, lambda: "fake-model"), engine
 
 
@@ -51,20 +51,24 @@ def test_two_rounds_write_every_artifact_and_chain_adapters(tmp_path):
     assert [s["round"] for s in summaries] == [1, 2]
     for r in (1, 2):
         rd = tmp_path / f"round_{r:03d}"
-        for stage in ("01_self_instruct", "02_initial", "03_extend", "04_sft_data",
-                      "05_train/generator", "05_train/extender"):
+        for stage in ("self_instruct", "initial", "extend", "sft_data",
+                      "train/generator", "train/extender"):
             assert (rd / stage / "done.json").exists(), stage
         s = json.loads((rd / "summary.json").read_text())
-        for key in ("round", "instructions", "initial", "extended", "rejections", "train", "seconds"):
+        for key in ("round", "method", "stages", "rejections", "adapters_in", "adapters_out", "seconds"):
             assert key in s
-        assert s["initial"]["kept"] > 0 and s["extended"]["kept"] > 0
-        assert s["extended"]["mean_words"] > s["initial"]["mean_words"]  # extension lengthens
-        assert s["train"]["generator"]["loss"] is not None and s["train"]["extender"]["loss"] is not None
+        st = s["stages"]
+        assert list(st) == ["self_instruct", "initial", "extend", "sft_data", "train"]  # the method's order
+        assert st["self_instruct"]["instructions"] == 4
+        assert st["initial"]["kept"] > 0 and st["extend"]["kept"] > 0
+        assert st["extend"]["mean_words"] > st["initial"]["mean_words"]  # extension lengthens
+        assert st["train"]["generator"]["loss"] is not None and st["train"]["extender"]["loss"] is not None
         assert set(s["seconds"]) >= {"self_instruct", "initial", "extend", "sft_data", "train_generator"}
     one, two = summaries
     assert one["adapters_in"] == {"generator": None, "extender": None}
     assert two["adapters_in"] == one["adapters_out"]  # round 2 generates with round 1's adapters
-    assert all(Path(p).name == "adapter" and "round_001" in p for p in one["adapters_out"].values())
+    # stored relative to the run folder, so a moved or copied run keeps using its own adapters
+    assert one["adapters_out"] == {r: f"round_001/train/{r}/adapter" for r in ("generator", "extender")}
     # the filter really rejected things, and the reasons were recorded
     assert sum(one["rejections"].values()) > 0
     assert json.loads((tmp_path / "manifest.json").read_text())["rounds_complete"] == 2
@@ -73,15 +77,15 @@ def test_two_rounds_write_every_artifact_and_chain_adapters(tmp_path):
 def test_stage_outputs_are_consistent(tmp_path):
     run_fake(tmp_path, "iterations=1")
     rd = tmp_path / "round_001"
-    instructions = read_jsonl(rd / "01_self_instruct/instructions.jsonl")
+    instructions = read_jsonl(rd / "self_instruct/instructions.jsonl")
     assert len(instructions) == 4 and len({i["id"] for i in instructions}) == 4
-    initial = read_jsonl(rd / "02_initial/responses.jsonl")
+    initial = read_jsonl(rd / "initial/responses.jsonl")
     ids = {i["id"] for i in instructions}
     assert all(r["instruction_id"] in ids for r in initial)
-    extended = read_jsonl(rd / "03_extend/extended.jsonl")
+    extended = read_jsonl(rd / "extend/extended.jsonl")
     assert all(r["words"] > 1.2 * r["initial_words"] for r in extended)  # min_growth honoured
-    gen = read_jsonl(rd / "04_sft_data/generator.jsonl")
-    ext = read_jsonl(rd / "04_sft_data/extender.jsonl")
+    gen = read_jsonl(rd / "sft_data/generator.jsonl")
+    ext = read_jsonl(rd / "sft_data/extender.jsonl")
     assert [g["id"] for g in gen] == [e["id"] for e in ext] == [r["id"] for r in extended]
     assert all(g["messages"][-1]["content"] == r["text"] for g, r in zip(gen, extended))
 
@@ -139,10 +143,10 @@ def test_corrupt_artifact_is_reported_and_redone(tmp_path, caplog):
     reference = tree(tmp_path)
     rd = tmp_path / "round_001"
     (rd / "summary.json").unlink()  # the round is not finished yet...
-    responses = rd / "02_initial/responses.jsonl"
+    responses = rd / "initial/responses.jsonl"
     responses.write_text(responses.read_text()[:50])  # ...and one of its artifacts was truncated
     run_fake(tmp_path, "iterations=1")
-    assert "02_initial" in caplog.text and "redoing" in caplog.text
+    assert "initial" in caplog.text and "redoing" in caplog.text
     assert tree(tmp_path) == reference
 
 
@@ -150,9 +154,9 @@ def test_torn_log_tail_is_cut_and_redone(tmp_path, caplog):
     run_fake(tmp_path / "ref", "iterations=1")
     run_fake(tmp_path / "cut", "iterations=1")
     rd = tmp_path / "cut/round_001"
-    log = rd / "02_initial/attempts.jsonl"
+    log = rd / "initial/attempts.jsonl"
     lines = log.read_text().splitlines(keepends=True)
-    for stage in ("02_initial", "03_extend", "04_sft_data", "05_train"):
+    for stage in ("initial", "extend", "sft_data", "train"):
         for p in (rd / stage).rglob("done.json"):
             p.unlink()
     (rd / "summary.json").unlink()

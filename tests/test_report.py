@@ -39,17 +39,16 @@ def test_one_row_per_round_with_the_summary_numbers(run_dir):
     assert [r["round"] for r in rep["rounds"]] == [1, 2]
     for row in rep["rounds"]:
         s = json.loads((run_dir / f"round_{row['round']:03d}/summary.json").read_text())
-        assert row["instructions"] == s["instructions"]
-        assert (row["initial_kept"], row["extended_kept"]) == (s["initial"]["kept"], s["extended"]["kept"])
-        assert row["initial_mean_words"] == s["initial"]["mean_words"]
-        assert row["extended_mean_words"] == s["extended"]["mean_words"]
-        assert row["growth"] == s["growth"] and row["rejections"] == s["rejections"]
-        assert row["loss_generator"] == s["train"]["generator"]["loss"]
-        assert row["loss_extender"] == s["train"]["extender"]["loss"]
+        assert row["sections"] == s["stages"] and row["rejections"] == s["rejections"]
+        # each stage's line is its own brief of its own section
+        assert list(row["stages"]) == ["self_instruct", "initial", "extend", "sft_data", "train"]
+        assert row["stages"]["self_instruct"] == f"{s['stages']['self_instruct']['instructions']} instructions"
+        assert f"{s['stages']['extend']['kept']} kept" in row["stages"]["extend"]
+        assert f"loss {s['stages']['train']['generator']['loss']:.3f}" in row["stages"]["train"]
         doc = json.loads((run_dir / f"eval/round_{row['round']:03d}.json").read_text())
         assert row["eval"]["mean_words"] == doc["mean_words"] and row["eval"]["s_l"] == doc["s_l"]
     assert rep["base_eval"]["n"] == 8
-    assert report.report_table(rep).row_count == 2
+    assert report.report_table(rep).row_count == 2 * 5  # a line per round and stage
     assert report.eval_table(rep).row_count == 3  # round 0 (the base model) too
     json.dumps(rep)  # plain data
 
@@ -60,7 +59,7 @@ def test_tables_render(run_dir):
     console = Console(record=True, width=100)
     report.print_report(report.build_report(run_dir), console)
     text = console.export_text()
-    assert "Self-Lengthen run" in text and "Held-out eval" in text and "Rejections by reason" in text
+    assert "selflengthen run" in text and "Held-out eval" in text and "Rejections by reason" in text
 
 
 def test_three_valid_pngs_and_report_json(run_dir):
@@ -78,7 +77,7 @@ def test_the_loop_ends_with_the_report_and_a_plot_failure_never_fails_it(tmp_pat
     for name in report.PLOTS:  # no eval yet: the eval plots say so, but exist
         assert_valid_png(tmp_path / "ok/report" / name)
 
-    def broken(_run_dir):
+    def broken(_run_dir, _method=None):
         raise RuntimeError("no display")
 
     monkeypatch.setattr(report, "plot_report", broken)

@@ -31,8 +31,8 @@ def test_nonsense_values_name_the_key_and_the_fix(tmp_path, override, key):
 
 
 @pytest.mark.parametrize("content, why", [
-    ("", "holds 0 instruction"),
-    ('{"prompt": "Write a long essay about tides."}\n', "holds 1 instruction"),
+    ("", "holds 0 distinct instruction"),
+    ('{"prompt": "Write a long essay about tides."}\n{"prompt": "Write a long essay about tides."}\n', "holds 1 distinct instruction"),
     ('{"prompt": "a"}\n{"prompt": \n', "line 2 is not valid JSON"),
     ('{"text": "a"}\n{"text": "b"}\n', 'line 1 has no non-empty string field "prompt"'),
 ])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from conftest import fake_settings
-from selflengthen import recipe
+from selflengthen import engine_session, recipe
 from selflengthen.engines.fake import FakeEngine
 from selflengthen.stages import extend, self_instruct, sft_data
 from selflengthen.stages.common import RoundContext, derive_seed
@@ -77,10 +77,10 @@ class CountingEngine(FakeEngine):
 
 def test_extension_runs_each_pass_as_one_wave_per_stage(tmp_path):
     s = fake_settings(tmp_path, "iterations=1", "run.checkpoint_every=1000")
-    recipe.run(s, recipe.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
+    recipe.run(s, engine_session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
     # redo only the extension stage with a counting engine
-    (tmp_path / "round_001/03_extend/done.json").unlink()
-    (tmp_path / "round_001/03_extend/passes.jsonl").unlink()
+    (tmp_path / "round_001/extend/done.json").unlink()
+    (tmp_path / "round_001/extend/passes.jsonl").unlink()
     engine = CountingEngine()
     ctx = RoundContext(s, 1, engine, {"generator": None, "extender": None})
     summary = extend.run(ctx)

@@ -29,10 +29,10 @@ SMALL = ["engine=vllm", "engine.enforce_eager=true", "engine.cpu_kvcache_space_g
 def test_a_round_with_vllm(tmp_path):
     pytest.importorskip("vllm")
     s = Settings.from_config(compose(*SMALL), tmp_path)
-    engine = recipe.LazyEngine(s.engine, recipe.model_resolver(s))
+    engine = engine_session.LazyEngine(s.engine, recipe.model_resolver(s))
     [summary] = recipe.run(s, engine)
     rd = tmp_path / "round_001"
-    for stage in ("01_self_instruct", "02_initial", "03_extend", "04_sft_data"):
+    for stage in ("self_instruct", "initial", "extend", "sft_data"):
         assert (rd / stage / "done.json").exists(), stage
     assert json.loads((rd / "summary.json").read_text())["round"] == 1
     assert summary["instructions"] == 2
@@ -42,4 +42,4 @@ def test_a_round_with_vllm(tmp_path):
     assert summary["initial"]["items"] == 4
     if summary["extended"]["kept"]:
         for role in ("generator", "extender"):
-            assert (rd / "05_train" / role / "adapter" / "adapter_config.json").exists()
+            assert (rd / "train" / role / "adapter" / "adapter_config.json").exists()

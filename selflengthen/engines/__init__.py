@@ -14,6 +14,54 @@ _ENGINES = {
 }
 
 
+# ranges for engine keyword arguments, whichever engine takes them
+_RULES = {
+    "batch_size": {"ge": 1}, "threads": {"ge": 1}, "max_batch_tokens": {"ge": 1}, "tensor_parallel_size": {"ge": 1},
+    "data_parallel_size": {"ge": 1}, "max_model_len": {"ge": 16}, "gpu_memory_utilization": {"gt": 0, "le": 1},
+    "cpu_kvcache_space_gib": {"gt": 0}, "max_lora_rank": {"ge": 1}, "max_loras": {"ge": 1}, "delay": {"ge": 0},
+    "max_slots": {"ge": 1}, "step_seconds": {"ge": 0}, "token_seconds": {"ge": 0},
+}
+
+
+def parse_config(engine_cfg: Mapping) -> dict:
+    """Check `engine:` before anything loads: a known name, only keyword arguments the engine takes, each of
+    the right type and range, and the engine's own checks (it is constructed, which is cheap: nothing loads).
+    Returns the checked dict. Every problem is one ConfigError naming the key."""
+    import importlib
+    import inspect
+    import typing
+
+    from selflengthen.config import ConfigError, check_value, need
+
+    cfg = dict(engine_cfg)
+    name = cfg.get("name")
+    need(name in _ENGINES, "engine.name", name, f"unknown engine (known: {', '.join(_ENGINES)})",
+         "pick one with engine=transformers or engine=vllm")
+    module, cls_name = _ENGINES[name]
+    cls = getattr(importlib.import_module(module), cls_name)
+    params = inspect.signature(cls.__init__).parameters
+    hints = typing.get_type_hints(cls.__init__)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    out = {"name": name}
+    for key, value in cfg.items():
+        if key == "name":
+            continue
+        if key not in params or key in ("self", "model_path"):
+            need(takes_any, f"engine.{key}", value, f"is not a setting of the {name} engine",
+                 f"use one of {', '.join(k for k in params if k not in ('self', 'model_path') and params[k].kind is not params[k].VAR_KEYWORD)}")
+            out[key] = value
+            continue
+        default = params[key].default
+        out[key] = check_value(f"engine.{key}", value, hints.get(key, typing.Any), _RULES.get(key, {}),
+                               None if default is inspect.Parameter.empty else default)
+    try:
+        cls("<not loaded>", **{k: v for k, v in out.items() if k != "name"})
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith("Config error") else f"Config error: engine — {msg}") from exc
+    return out
+
+
 def make_engine(engine_cfg: Mapping, model_path: str) -> Engine:
     """Build (not load) the engine named by `engine_cfg["name"]`; the other keys are its keyword args."""
     import importlib

@@ -1,3 +1,30 @@
-"""Self-Lengthen (DESIGN §1): self-instruct -> initial -> two-stage extension -> SFT data -> train both roles."""
+"""Self-Lengthen (DESIGN §1): self-instruct -> initial -> two-stage extension -> SFT data -> train both roles.
+
+The generator answers, the extender lengthens; both are the base model plus their own LoRA adapter, each
+continuing from its adapter of the previous round.
+"""
+
+from selflengthen.methods.base import Method, Stage
+from selflengthen.sampling import Sampling
+from selflengthen.stages import extend, initial, self_instruct, sft_data
+from selflengthen.stages.train import train_stage
 
 ROLES = ("generator", "extender")
+
+METHOD = Method(
+    name="selflengthen",
+    roles=ROLES,
+    stages=(
+        Stage(self_instruct.NAME, self_instruct.run, self_instruct.brief,
+              config=(("self_instruct", self_instruct.SelfInstruct),)),
+        Stage(initial.NAME, initial.run, initial.brief, config=(("generate", initial.Generate), ("sampling", Sampling)),
+              lengths="responses.jsonl", label="initial"),
+        Stage(extend.NAME, extend.run, extend.brief, config=(("extend", extend.Extend), ("sampling", Sampling)),
+              lengths="extended.jsonl", label="extended"),
+        Stage(sft_data.NAME, sft_data.run, sft_data.brief, config=(("sft", sft_data.Sft),)),
+        train_stage(sft_data.NAME),
+    ),
+    semantic_keys=("self_instruct", "generate", "extend", "sampling", "sft"),
+    pairs=(extend.NAME, "extended.jsonl"),
+    answer_role="generator",
+)

@@ -1,4 +1,5 @@
-"""What every stage of a round shares: its folder, seeds, sampling parameters, the wave loop with re-draws."""
+"""What every stage of a round shares: its context (folder, seeds, settings, engine, trainer), the decoding
+settings, the wave loop with re-draws, and the resumable wrapper."""
 
 from __future__ import annotations
 
@@ -6,13 +7,28 @@ import functools
 import hashlib
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
+from selflengthen import layout
+from selflengthen.config import rule
 from selflengthen.engines.base import Request, SamplingParams
-from selflengthen.settings import Settings
 from selflengthen.store import ItemLog, iter_chunks, mark_done, stage_done
+
+if TYPE_CHECKING:  # pragma: no cover
+    from selflengthen.methods.base import Method
+    from selflengthen.settings import Settings
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """`decoding:` — sampling for every generation (paper values); temperature 0 = greedy."""
+
+    temperature: float = field(default=0.7, metadata=rule(ge=0.0, fix="use 0 for greedy, 0.7 as in the paper"))
+    top_p: float = field(default=0.8, metadata=rule(gt=0.0, le=1.0, fix="use 0.8 as in the paper"))
+    top_k: int = field(default=20, metadata=rule(ge=0, fix="use 20 as in the paper (0 = no top-k cut)"))
+    repetition_penalty: float = field(default=1.1, metadata=rule(gt=0.0, fix="use 1.1 as in the paper (1.0 = off)"))
 
 
 def derive_seed(*parts: object) -> int:
@@ -22,17 +38,34 @@ def derive_seed(*parts: object) -> int:
 
 @dataclass
 class RoundContext:
-    s: Settings
+    """What a stage may use: the settings, the round, the engine and the trainer. Stages hand data to each
+    other through files in `stage_dir(name)` only."""
+
+    s: "Settings"
     round_no: int
-    engine: object  # an Engine, loaded lazily on first use (see recipe.LazyEngine)
-    adapters: dict  # role -> adapter folder used for generation in this round (None = base)
+    engine: Any  # an Engine, loaded lazily on first use (engine_session.LazyEngine)
+    adapters: dict  # adapter name -> folder used for generation in this round (None = base)
+    method: Optional["Method"] = None
+    trainer: Optional[Callable] = None
+    train_cfg: Any = None
+    model_path: Optional[Callable[[], str]] = None
+    folder: Optional[Path] = None  # default: the round's folder; the final stages use final/
+    adapters_out: dict = field(default_factory=dict)  # set by the train stage
+
+    def __post_init__(self) -> None:
+        if not self.adapters_out:
+            self.adapters_out = dict(self.adapters)
 
     @property
     def round_dir(self) -> Path:
-        return self.s.run_dir / f"round_{self.round_no:03d}"
+        return self.folder or layout.round_dir(self.s.run_dir, self.round_no)
 
     def stage_dir(self, name: str) -> Path:
         return self.round_dir / name
+
+    def cfg(self, key: str) -> Any:
+        """The typed config section `key` (e.g. "extend"), parsed and checked at start-up."""
+        return self.s.section(key)
 
     def seed(self, *parts: object) -> int:
         return derive_seed(self.s.seed, self.round_no, *parts)

@@ -1,4 +1,4 @@
-"""03_extend: two-stage extension of every kept initial response (DESIGN §1.3).
+"""extend: two-stage extension of every kept initial response (DESIGN §1.3).
 
 One pass over a text T:
   stage 1 — the extender (chat) rewrites the first half of T's paragraphs longer; the first two thirds of
@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from selflengthen import filters, ui
+from selflengthen.config import rule
 from selflengthen.engines.base import Request
 from selflengthen.sampling import keep_indices
 from selflengthen.stages.common import RoundContext, mean, preparer, resumable
@@ -31,7 +32,20 @@ from selflengthen.stages.initial import NAME as INITIAL
 from selflengthen.store import ItemLog, atomic_write_jsonl, iter_chunks, open_log, read_jsonl
 from selflengthen.text import count_words, split_paragraphs
 
-NAME = "03_extend"
+NAME = "extend"
+
+
+@dataclass(frozen=True)
+class Extend:
+    """`extend:` — two-stage extension."""
+
+    samples: int = field(default=2, metadata=rule(ge=1))
+    passes: int = field(default=3, metadata=rule(ge=1))
+    # below 1 an unchanged answer would count as "extended": the paper's 1.2 asks for 20% more words
+    min_growth: float = field(default=1.2, metadata=rule(ge=1.0, fix="use the paper's extend.min_growth=1.2"))
+    max_attempts: int = field(default=20, metadata=rule(ge=1))
+    max_new_tokens: int = field(default=4096, metadata=rule(ge=1))
+    trim_to_sentence: bool = False
 
 
 def first_half(text: str) -> str:
@@ -78,7 +92,7 @@ def rebuild(items: dict[str, dict], log: ItemLog) -> dict[str, ItemState]:
 
 @resumable(NAME)
 def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
-    cfg = ctx.s.extend
+    cfg = ctx.cfg("extend")
     fcfg = filters.FilterConfig.from_dict(ctx.s.prompts["filter"])
     initial = read_jsonl(ctx.stage_dir(INITIAL) / "responses.jsonl")
     items = {f"{row['id']}.e{k}": row for row in initial for k in range(cfg.samples)}
@@ -102,7 +116,7 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
 
 def one_pass(ctx: RoundContext, states: list[ItemState], fcfg: filters.FilterConfig) -> list[dict]:
     """Run the next pass of every given item: one stage-1 wave, one stage-2 wave. Returns log records."""
-    cfg, tpl = ctx.s.extend, ctx.s.prompts["extend"]
+    cfg, tpl = ctx.cfg("extend"), ctx.s.prompts["extend"]
 
     def msgs(template: str, st: ItemState, text: str):
         return ctx.messages(tpl.get("system"), template.format(instruction=st.source["instruction"], text=text))
@@ -158,7 +172,8 @@ def _finish(ctx: RoundContext, folder: Path, items: dict, states: dict[str, Item
             log: ItemLog) -> tuple[dict, list[str]]:
     ok = [s for s in states.values() if s.done]
     texts = [s.done["text"] for s in ok]
-    keep = keep_indices([len(t) for t in texts], ctx.s.sampling.a, ctx.s.sampling.p,
+    sampling = ctx.cfg("sampling")
+    keep = keep_indices([len(t) for t in texts], sampling.a, sampling.p,
                         random.Random(ctx.seed("extend-sampling")))
     rows = []
     for k in keep:
@@ -173,3 +188,8 @@ def _finish(ctx: RoundContext, folder: Path, items: dict, states: dict[str, Item
                "mean_growth": mean([r["growth"] for r in rows]), "requests": _requests(log),
                "rejections": dict(rejections)}
     return summary, ["extended.jsonl"]
+
+
+def brief(section: dict) -> str:
+    return (f"{section.get('kept', 0)} kept of {section.get('items', 0)}, {section.get('mean_words', 0):.0f} words avg, "
+            f"{section.get('mean_growth', 0):.2f}x growth")

@@ -1,4 +1,4 @@
-"""02_initial: the generator answers every new instruction, k samples each (DESIGN §1.2).
+"""initial: the generator answers every new instruction, k samples each (DESIGN §1.2).
 
 A sample that fails the quality filter is re-drawn in the next wave, up to `max_attempts`; then
 length-aware sampling keeps mostly the longer passing answers.
@@ -9,9 +9,11 @@ Artifacts: `attempts.jsonl` (every sample and its verdict, appended durably), `r
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from selflengthen import filters, ui
+from selflengthen.config import rule
 from selflengthen.engines.base import Request
 from selflengthen.sampling import keep_indices
 from selflengthen.stages.common import RoundContext, attempt_waves, mean, preparer, rejection_counts, resumable
@@ -19,7 +21,17 @@ from selflengthen.stages.self_instruct import NAME as INSTRUCTIONS
 from selflengthen.store import atomic_write_jsonl, open_log, read_jsonl
 from selflengthen.text import count_words
 
-NAME = "02_initial"
+NAME = "initial"
+
+
+@dataclass(frozen=True)
+class Generate:
+    """`generate:` — initial responses."""
+
+    samples: int = field(default=2, metadata=rule(ge=1))
+    max_attempts: int = field(default=20, metadata=rule(ge=1))
+    max_new_tokens: int = field(default=2048, metadata=rule(ge=1))
+    trim_to_sentence: bool = False
 
 
 def quality(cfg: filters.FilterConfig):
@@ -31,7 +43,7 @@ def quality(cfg: filters.FilterConfig):
 
 @resumable(NAME)
 def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
-    cfg, tpl = ctx.s.generate, ctx.s.prompts["generate"]
+    cfg, tpl = ctx.cfg("generate"), ctx.s.prompts["generate"]
     instructions = read_jsonl(ctx.stage_dir(INSTRUCTIONS) / "instructions.jsonl")
     items = {f"{ins['id']}.s{k}": ins for ins in instructions for k in range(cfg.samples)}
 
@@ -48,7 +60,8 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
 
     ok = [(i, rec) for i, rec in passed.items() if rec]
     texts = [rec["text"].strip() for _, rec in ok]
-    keep = keep_indices([len(t) for t in texts], ctx.s.sampling.a, ctx.s.sampling.p,
+    sampling = ctx.cfg("sampling")
+    keep = keep_indices([len(t) for t in texts], sampling.a, sampling.p,
                         random.Random(ctx.seed("initial-sampling")))
     rows = []
     for k in keep:
@@ -62,3 +75,7 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
                "passed_mean_words": mean([count_words(t) for t in texts]),
                "samples_drawn": len(log), "rejections": rejection_counts(log)}
     return summary, ["responses.jsonl"]
+
+
+def brief(section: dict) -> str:
+    return f"{section.get('kept', 0)} kept of {section.get('items', 0)}, {section.get('mean_words', 0):.0f} words avg"

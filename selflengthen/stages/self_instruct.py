@@ -1,4 +1,4 @@
-"""01_self_instruct: grow the instruction pool (DESIGN §1.1).
+"""self_instruct: grow the instruction pool (DESIGN §1.1).
 
 The model sees two instructions sampled from the pool as a numbered list in completion mode and writes a
 third; a chat-mode yes/no judge decides whether it suits a long article; it is kept if the judge says yes,
@@ -14,15 +14,38 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from selflengthen import ui
 from selflengthen.engines.base import Request
+from selflengthen import layout
+from selflengthen.config import rule
 from selflengthen.stages.common import RoundContext, rejection_counts, resumable
 from selflengthen.store import atomic_write_jsonl, iter_chunks, open_log, read_jsonl
 from selflengthen.text import count_words
 
-NAME = "01_self_instruct"
+NAME = "self_instruct"
+
+
+@dataclass(frozen=True)
+class SelfInstruct:
+    """`self_instruct:` in conf/config.yaml."""
+
+    num_new: int = field(default=64, metadata=rule(ge=1))
+    per_wave: int = field(default=128, metadata=rule(ge=1))
+    max_waves: int = field(default=5, metadata=rule(ge=1))
+    adapter: Optional[str] = None  # None = the base model (paper), or an adapter name of the method
+    min_words: int = field(default=3, metadata=rule(ge=0))
+    max_words: int = field(default=500, metadata=rule(ge=1))
+    max_new_tokens: int = field(default=96, metadata=rule(ge=1))
+    fill_from_pool: bool = True
+
+    def check(self) -> None:
+        if self.min_words >= self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) must be below max_words ({self.max_words}). "
+                             f"Fix: use the paper's 3 and 500")
 _LEAD = re.compile(r"^\s*(?:instruction\s*\d*\s*[:：.]|指令\s*\d*\s*[:：.]|\d+\s*[.:：)])\s*", re.IGNORECASE)
 
 
@@ -42,14 +65,14 @@ def _norm(text: str) -> str:
 def earlier_instructions(ctx: RoundContext) -> list[str]:
     out = []
     for r in range(1, ctx.round_no):
-        path = ctx.s.run_dir / f"round_{r:03d}" / NAME / "instructions.jsonl"
+        path = layout.stage_dir(ctx.s.run_dir, r, NAME) / "instructions.jsonl"
         out += [row["prompt"] for row in read_jsonl(path)]
     return out
 
 
 @resumable(NAME)
 def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
-    cfg, tpl = ctx.s.self_instruct, ctx.s.prompts["self_instruct"]
+    cfg, tpl = ctx.cfg("self_instruct"), ctx.s.prompts["self_instruct"]
     earlier = earlier_instructions(ctx)
     pool = list(ctx.s.seeds) + earlier
     seen = {_norm(p) for p in pool}
@@ -85,7 +108,7 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
 
 
 def _propose_and_judge(ctx: RoundContext, ids: list[str], pool: list[str], seen: set, tpl: dict) -> list[dict]:
-    cfg = ctx.s.self_instruct
+    cfg = ctx.cfg("self_instruct")
     proposals = []
     for i in ids:
         a, b = random.Random(ctx.seed("si-pick", i)).sample(pool, 2)
@@ -119,3 +142,8 @@ def _propose_and_judge(ctx: RoundContext, ids: list[str], pool: list[str], seen:
         if not r["ok"]:
             seen.discard(_norm(r["text"]))
     return records
+
+
+def brief(section: dict) -> str:
+    pool = f" ({section['from_pool']} from the pool)" if section.get("from_pool") else ""
+    return f"{section.get('instructions', 0)} instructions{pool}"

@@ -1,4 +1,4 @@
-"""04_sft_data: training rows for both roles from the kept extensions (DESIGN §1.4).
+"""sft_data: training rows for both roles from the kept extensions (DESIGN §1.4).
 
 Generator: instruction -> extended response. Extender: the whole-text extension prompt built from the
 instruction and the initial response with ~`drop_lines` of its lines randomly dropped (so the extender
@@ -10,13 +10,22 @@ Artifacts: `generator.jsonl`, `extender.jsonl`.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from selflengthen.config import rule
 from selflengthen.stages.common import RoundContext, resumable
 from selflengthen.stages.extend import NAME as EXTENDED
 from selflengthen.store import atomic_write_jsonl, read_jsonl
 
-NAME = "04_sft_data"
+NAME = "sft_data"
+
+
+@dataclass(frozen=True)
+class Sft:
+    """`sft:` — how training rows are built."""
+
+    drop_lines: float = field(default=0.2, metadata=rule(ge=0.0, lt=1.0, fix="use the paper's sft.drop_lines=0.2"))
 
 
 def drop_lines(text: str, share: float, rng: random.Random) -> str:
@@ -56,8 +65,12 @@ def extender_row(prompts: dict, row: dict, share: float, rng: random.Random) -> 
 def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     rows = read_jsonl(ctx.stage_dir(EXTENDED) / "extended.jsonl")
     gen = [generator_row(ctx.s.prompts, r) for r in rows]
-    ext = [extender_row(ctx.s.prompts, r, ctx.s.drop_lines, random.Random(ctx.seed("drop-lines", r["id"])))
+    ext = [extender_row(ctx.s.prompts, r, ctx.cfg("sft").drop_lines, random.Random(ctx.seed("drop-lines", r["id"])))
            for r in rows]
     atomic_write_jsonl(folder / "generator.jsonl", gen)
     atomic_write_jsonl(folder / "extender.jsonl", ext)
     return {"rows": len(rows)}, ["generator.jsonl", "extender.jsonl"]
+
+
+def brief(section: dict) -> str:
+    return f"{section.get('rows', 0)} rows per role"

@@ -1,8 +1,10 @@
-"""05_train: LoRA fine-tuning of both roles for the round (DESIGN §1.5).
+"""train: LoRA fine-tuning of every role of the method for the round (DESIGN §1.5).
 
-Each role continues from the adapter it generated with in this round (round 1: the base model) and
-writes `05_train/<role>/adapter`; the next round generates with these. A role with no training rows
-(nothing survived the filters) keeps its previous adapter and says so in the summary.
+`train_stage(source)` makes the stage: each role trains on `<source>/<role>.jsonl` with the run's trainer
+(training/), continues from the adapter it generated with in this round (round 1: the base model) and
+writes `train/<role>/adapter`; the next round generates with these. A role with no training rows
+(nothing survived the filters) keeps its previous adapter and says so in the summary. Adapter paths are
+recorded relative to the run folder, so a moved or copied run keeps using its own adapters.
 """
 
 from __future__ import annotations
@@ -10,15 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable
 
-from selflengthen import ui
-from selflengthen.methods.selflengthen import ROLES
+from selflengthen import layout, ui
+from selflengthen.methods.base import Stage
 from selflengthen.stages.common import RoundContext
-from selflengthen.stages.sft_data import NAME as SFT
 from selflengthen.store import mark_done, read_json, read_jsonl, reset_dir, stage_done
 
-NAME = "05_train"
+NAME = "train"
 log = logging.getLogger(__name__)
 
 
@@ -45,18 +45,34 @@ def free_memory() -> None:
         pass
 
 
-def run(ctx: RoundContext, trainer: Callable, model_path: Callable[[], str], train_cfg) -> dict:
-    """Returns {role: {"loss", "adapter", "seconds", ...}}; skips roles already trained."""
+def train_stage(source: str) -> Stage:
+    """The train stage of a method whose training rows are `<source>/<role>.jsonl`."""
+    return Stage(NAME, lambda ctx: run(ctx, source), brief=brief)
+
+
+def brief(section: dict) -> str:
+    parts = []
+    for role, t in section.items():
+        if isinstance(t, dict):
+            parts.append(f"{role} " + ("skipped" if t.get("loss") is None else f"loss {t['loss']:.3f}"))
+    return ", ".join(parts)
+
+
+def run(ctx: RoundContext, source: str) -> dict:
+    """Returns {role: {"loss", "adapter", "seconds", ...}}; skips roles already trained. Sets
+    `ctx.adapters_out[role]` to each role's new adapter (absolute path)."""
+    ctx.engine.release()  # give accelerator memory back before training (vLLM sleeps or shuts down)
     out = {}
-    for role in ROLES:
+    for role in ctx.method.roles:
         free_memory()
         folder = ctx.stage_dir(NAME) / role
         done = stage_done(folder)
         if done:
             out[role] = done["summary"]
+            ctx.adapters_out[role] = layout.absolute(ctx.s.run_dir, done["summary"].get("adapter"))
             continue
         start = time.time()
-        rows = read_jsonl(ctx.stage_dir(SFT) / f"{role}.jsonl")
+        rows = read_jsonl(ctx.stage_dir(source) / f"{role}.jsonl")
         previous = ctx.adapters.get(role)
         if not rows:
             log.warning("round %d: no %s training rows survived the filters; the %s keeps its previous adapter (%s)",
@@ -73,12 +89,15 @@ def run(ctx: RoundContext, trainer: Callable, model_path: Callable[[], str], tra
             ui.console.print(f"round {ctx.round_no} · training {role} on {len(rows)} rows"
                              f" (from {'round ' + str(ctx.round_no - 1) if previous else 'the base model'})")
             with ui.progress(f"round {ctx.round_no} · train {role}", 1) as bar:
-                metrics = trainer(model_path(), rows, folder, previous, train_cfg, progress=bar.set)
+                metrics = ctx.trainer(ctx.model_path(), rows, folder, previous, ctx.train_cfg, progress=bar.set)
             summary = _trained(metrics, folder, rows, start, previous)
+        summary = {**summary, "adapter": layout.relative(ctx.s.run_dir, summary.get("adapter")),
+                   "from": layout.relative(ctx.s.run_dir, previous)}
         free_memory()
-        files = adapter_files(folder) if summary.get("adapter") == str(folder / "adapter") else []
-        mark_done(folder, files, summary=summary)
+        own = summary.get("adapter") == layout.relative(ctx.s.run_dir, str(folder / "adapter"))
+        mark_done(folder, adapter_files(folder) if own else [], summary=summary)
         out[role] = summary
+        ctx.adapters_out[role] = layout.absolute(ctx.s.run_dir, summary.get("adapter"))
     return out
 
 

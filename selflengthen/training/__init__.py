@@ -13,9 +13,8 @@ is a sibling file here (torchtune's one-recipe-per-method habit), imported only 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Optional, Protocol
-
 from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
 
 
 class Trainer(Protocol):
@@ -27,23 +26,33 @@ class Trainer(Protocol):
 BACKENDS = {
     "trl": ("selflengthen.training.sft_lora", "train_lora", "TrainConfig"),
     "fake": ("selflengthen.training.fake", "fake_train_lora", None),
+    "grpo": ("selflengthen.training.grpo_lora", "train_grpo", "GrpoConfig"),
 }
 
 
 def parse_config(train_cfg: dict) -> tuple[str, Any]:
-    """(backend, typed config) — raises ValueError/TypeError naming the bad key. Light: nothing heavy imported."""
+    """(backend, typed config) — every bad key or value is a ConfigError naming it. Light: nothing heavy
+    imported (the trainer modules import torch & co. inside their functions)."""
+    from selflengthen.config import ConfigError
+
     cfg = dict(train_cfg)
     backend = cfg.pop("backend", "trl")
     if backend not in BACKENDS:
-        raise ValueError(f"train.backend={backend!r} is not a known trainer (known: {', '.join(BACKENDS)})")
+        raise ConfigError(f"Config error: train.backend={backend!r} — not a known trainer. Fix: use one of "
+                          f"{', '.join(BACKENDS)} (train=lora selects trl)")
     module, _, config_cls = BACKENDS[backend]
     if config_cls is None:
         return backend, cfg
     return backend, getattr(importlib.import_module(module), config_cls).from_dict(cfg)
 
 
+def trainer_for(backend: str) -> Trainer:
+    """The trainer function of `backend` (its module imported now)."""
+    module, fn, _ = BACKENDS[backend]
+    return getattr(importlib.import_module(module), fn)
+
+
 def make_trainer(train_cfg: dict) -> tuple[Trainer, Any]:
     """(trainer function, its typed config) for `train.backend`."""
     backend, cfg = parse_config(train_cfg)
-    module, fn, _ = BACKENDS[backend]
-    return getattr(importlib.import_module(module), fn), cfg
+    return trainer_for(backend), cfg

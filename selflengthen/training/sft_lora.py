@@ -26,9 +26,11 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from selflengthen.config import rule
 
 log = logging.getLogger(__name__)
 
@@ -37,44 +39,41 @@ ProgressFn = Callable[[int, int], None]  # (steps done, total steps)
 
 @dataclass
 class TrainConfig:
-    """LoRA SFT settings; defaults follow the paper where it gives one."""
+    """LoRA SFT settings (`train:` with backend trl); defaults follow the paper where it gives one. Every
+    value is type- and range-checked at start-up (config.parse_section), before any generation runs."""
 
-    lr: float = 1e-4  # paper: 1e-4
-    epochs: float = 4  # paper: 4
-    scheduler: str = "cosine"  # paper: cosine
-    warmup_ratio: float = 0.1  # paper: 0.1
-    max_length: int = 16384  # paper cut-off 16k tokens; TRL's own default (1024) would cut long answers
-    batch_size: int = 1  # rows per forward pass; 1 means zero padding
-    grad_accum: int = 8  # effective batch = batch_size * grad_accum
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lr: float = field(default=1e-4, metadata=rule(gt=0.0, fix="use the paper's train.lr=1e-4"))
+    epochs: float = field(default=4, metadata=rule(gt=0.0, fix="use the paper's train.epochs=4 (or set train.max_steps)"))
+    scheduler: str = field(default="cosine", metadata=rule(choices=("cosine", "linear", "constant",
+                                                                    "constant_with_warmup", "cosine_with_restarts",
+                                                                    "polynomial", "inverse_sqrt")))
+    warmup_ratio: float = field(default=0.1, metadata=rule(ge=0.0, lt=1.0, fix="use the paper's train.warmup_ratio=0.1"))
+    max_length: int = field(default=16384, metadata=rule(ge=16))  # paper cut-off 16k tokens
+    batch_size: int = field(default=1, metadata=rule(ge=1))  # rows per forward pass; 1 means zero padding
+    grad_accum: int = field(default=8, metadata=rule(ge=1))  # effective batch = batch_size * grad_accum
+    lora_r: int = field(default=16, metadata=rule(ge=1))
+    lora_alpha: int = field(default=32, metadata=rule(ge=1))
+    lora_dropout: float = field(default=0.05, metadata=rule(ge=0.0, lt=1.0))
     target_modules: str | list = "all-linear"  # "all-linear" or a list of module names
-    dtype: str = "auto"  # auto | bf16 | fp32; auto = bf16 on GPUs that support it, fp32 on CPU (measured faster)
-    save_steps: int = 50  # checkpoint every N optimizer steps, so a crash resumes from there
+    dtype: str = field(default="auto", metadata=rule(choices=("auto", "bf16", "fp32")))
+    save_steps: int = field(default=50, metadata=rule(ge=1))  # checkpoint every N optimizer steps
     seed: int = 0
     gradient_checkpointing: bool = False  # less activation memory, ~30% more compute
-    max_steps: int = -1  # > 0 overrides epochs (smoke runs, tests)
+    max_steps: int = field(default=-1, metadata=rule(ge=-1, fix="use train.max_steps=-1 (epochs decide) or >= 1"))
     group_by_length: bool = True  # with batch_size > 1: batch rows of similar length (less padding)
     packing: bool = False  # TRL BFD packing, padding-free; sequences kept apart by position_ids
-    logging_steps: int = 1
+    logging_steps: int = field(default=1, metadata=rule(ge=1))
+
+    def check(self) -> None:
+        if self.max_steps == 0:
+            raise ValueError("max_steps=0 would save an untrained adapter. Fix: use -1 (epochs decide) or >= 1")
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "TrainConfig":
-        """Build from a plain dict (the Hydra `train` group); unknown keys are an error, not ignored."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown train config key(s) {unknown}; known keys: {sorted(known)}")
-        if "target_modules" in d and not isinstance(d["target_modules"], str):
-            d["target_modules"] = list(d["target_modules"])  # a Hydra ListConfig -> list
-        cfg = cls(**d)
-        if cfg.dtype not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"train.dtype must be auto, bf16 or fp32, got {cfg.dtype!r}")
-        if not 0 <= cfg.warmup_ratio < 1:
-            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
-        return cfg
+        """Build from a plain dict (the Hydra `train` group); unknown keys and bad values are a ConfigError."""
+        from selflengthen.config import parse_section
+
+        return parse_section(cls, d or {}, "train")
 
 
 def train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: Optional[str],

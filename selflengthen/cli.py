@@ -1,0 +1,138 @@
+"""The Hydra edge every entry point shares (run, eval, collect, report).
+
+`main(name, job)` registers the resolvers, composes the project's config under Hydra, builds the typed
+`Settings` (every check of user input happens there, before any lock, manifest or model), runs
+`job(settings)`, and turns user errors into one paragraph and exit code 2 — no traceback.
+
+Hydra's own writing of `.hydra/` is turned off: the entry point writes the config it ran with itself
+(`record_config`), after the lock and the drift check passed, so a refused command never overwrites the
+run's record. Each evidence command records under `.hydra/<command>/` and logs to `<command>.log`.
+No entry point imports another; they all import this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import OmegaConf
+
+from selflengthen import ui
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger(__name__)
+
+
+def job_dir(override_dirname: str) -> str:
+    """A multirun job's folder name: its overrides (k=v,...), hashed when too long for a file name."""
+    name = override_dirname.replace("/", "_").replace("\\", "_") or "default"
+    if name in (".", ".."):
+        name = f"job-{name.count('.')}"
+    return name if len(name) <= 120 else f"{name[:100]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+
+
+def bad_run_name(name: str) -> str | None:
+    """Why `name` cannot be a run folder name (a single plain folder name), or None when it can."""
+    from selflengthen.store import StoreError, check_run_name
+
+    try:
+        check_run_name(name)
+    except StoreError as exc:
+        return str(exc)
+    return None
+
+
+def usable_dir(root: str, name: str) -> str:
+    """The run folder `root/name`, checked and write-probed before Hydra writes its own files there, so an
+    unusable `run.root` or `run.name` is one clear message rather than a traceback from inside Hydra."""
+    from selflengthen.store import write_probe
+
+    why = bad_run_name(str(name))
+    if why:
+        ui.print_error(f"{why} Nothing was started.")
+        sys.exit(2)
+    path = Path(str(root)).expanduser() / str(name)
+    try:
+        write_probe(path)
+    except OSError as exc:
+        ui.print_error(f"Cannot use the run folder {path}: {getattr(exc, 'strerror', None) or exc}. Check that "
+                       f"run.root={root!r} is a folder you can write to (or choose another with run.root=... / "
+                       f"run.name=...). Nothing was started, and nothing already there was touched.")
+        sys.exit(2)
+    return str(path)
+
+
+def register_resolvers() -> None:
+    for name, fn in (("job_dir", job_dir), ("usable_dir", usable_dir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()  # tests compose the config without going through main()
+
+
+def user_errors() -> tuple[type, ...]:
+    from selflengthen.config import ConfigError
+    from selflengthen.models import ModelNotFound
+    from selflengthen.store import StoreError
+
+    return ConfigError, StoreError, ModelNotFound
+
+
+def _force(key: str, value: str) -> None:
+    if not any(a.lstrip("+").startswith(key + "=") for a in sys.argv[1:]):
+        sys.argv.append(f"{key}={value}")
+
+
+def main(name: str, job: Callable) -> None:
+    """Run `job(settings)` under Hydra with the project's config. `name` is the command: "run" keeps Hydra's
+    job name and log file; evidence commands log to `<name>.log`."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    from selflengthen.settings import Settings
+
+    _force("hydra.output_subdir", "null")
+    if name != "run":
+        _force("hydra.job.name", name)
+
+    @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
+    def _main(cfg: DictConfig) -> None:
+        ui.setup_logging()
+        try:
+            settings = Settings.from_config(cfg, Path(HydraConfig.get().runtime.output_dir))
+            job(settings)
+        except user_errors() as exc:
+            ui.print_error(str(exc))
+            logging.getLogger("selflengthen").debug("details", exc_info=True)
+            sys.exit(2)
+
+    _main()
+
+
+def record_config(s, command: str = "run") -> None:
+    """Write the config this command ran with to `.hydra/` (run) or `.hydra/<command>/`, once the lock and
+    the drift check passed."""
+    from selflengthen.store import atomic_write_bytes
+
+    folder = Path(s.run_dir) / ".hydra" / ("" if command == "run" else command)
+    for fname, text in (s.hydra_record or {}).items():
+        atomic_write_bytes(folder / fname, text.encode())
+
+
+def warn_on_drift(s) -> None:
+    """Evidence should use the config the run was made with; say so when the overrides differ."""
+    from selflengthen import manifest
+
+    old = manifest.load(s.run_dir)
+    if old is None:
+        log.warning("%s has no manifest: no round of this run has started (check run.name / experiment=)", s.run_dir)
+        return
+    changed = manifest.diff_keys(old["semantic"], s.semantic)
+    if changed:
+        log.warning("these settings differ from the ones the run was made with: %s (pass the run's own overrides, "
+                    "e.g. the same experiment=, to evaluate it as it was made)", ", ".join(changed[:8]))
