@@ -16,8 +16,12 @@
 5. exports to `export/`: `chat.jsonl` (TRL: a `messages` column), `alpaca.json` + `dataset_info.json`
    (LLaMA-Factory), `hf_dataset/` (`datasets.load_from_disk`), then `done.json` last.
 
-Everything random is seeded from `seed` and the pair itself, so a rerun writes the same files. If the run
-has gained rounds since the last collection, the collection is redone for the new final generator.
+Everything random is seeded from `seed` and the pair itself, so a rerun writes the same files. The
+collection records what made it (`made_by`: final round, adapters by path and content, the rounds' data,
+seed, model, engine, decoding, collect and self-instruct settings, prompt set, seed prompts) in
+`collect/source.json`, and the export adds `collect.rewrite` in its `done.json`. A rerun with anything else
+(a run that gained rounds, another seed or model, a retrained adapter) collects again and says why in a
+log line; only identical settings give "complete on disk: skipped".
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ from selflengthen.settings import ConfigError, Settings
 from selflengthen.stages import self_instruct
 from selflengthen.stages.common import RoundContext, attempt_waves, derive_seed, preparer, resumable
 from selflengthen.stages.initial import quality
-from selflengthen.store import (StoreError, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, fsync_dir,
-                                mark_done, open_log, read_json, read_jsonl, reset_dir, stage_done)
+from selflengthen.store import (CorruptArtifact, StoreError, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,
+                                fsync_dir, mark_done, open_log, read_json, read_jsonl, reset_dir, stage_done)
 from selflengthen.text import count_words
 
 log = logging.getLogger(__name__)
@@ -111,16 +115,55 @@ def final_round(run_dir: Path) -> tuple[int, dict]:
     return last, rounds[last]
 
 
-def _start_fresh_if_stale(run_dir: Path, last: int, adapters: dict, cc: CollectConfig) -> None:
-    """The collection belongs to one final generator and one answer setting; a run that gained rounds since
-    (or a changed `collect.num_new` / `collect.max_new_tokens`) is collected again."""
-    source = {"final_round": last, "adapters": adapters, "num_new": cc.num_new, "max_new_tokens": cc.max_new_tokens}
+def made_by(s: Settings, cc: CollectConfig, last: int, adapters: dict) -> dict:
+    """Everything that changes the collection (steps 1-4 without the rewrite switch), as plain JSON: the final
+    generator (round, adapters by path and content), the rounds' data (their stages' artifact digests), seed,
+    model, engine, decoding, the collect and self-instruct settings, the prompt set and the seed prompts.
+    Throughput knobs (batch size, checkpoint_every) are not in it."""
+    from selflengthen import layout
+    from selflengthen.evaluate import adapter_identity, sha256_json
+
+    si = {k: v for k, v in dataclasses.asdict(s.self_instruct).items() if k != "num_new"}  # collect.num_new rules
+    return {"final_round": last,
+            "adapters": {role: adapter_identity(s.run_dir, a) for role, a in sorted(adapters.items())},
+            "rounds_data": [_round_digest(layout.round_dir(s.run_dir, r)) for r in range(1, last + 1)],
+            "seed": s.seed, "model": s.model_path, "engine": (s.engine or {}).get("name"),
+            "decoding": dataclasses.asdict(s.decoding), "num_new": cc.num_new, "max_new_tokens": cc.max_new_tokens,
+            "self_instruct": si, "max_attempts": s.generate.max_attempts,
+            "trim_to_sentence": s.generate.trim_to_sentence, "prompts_sha256": sha256_json(s.prompts),
+            "seed_prompts_sha256": sha256_json(list(s.seeds))}
+
+
+def _round_digest(round_dir: Path) -> str:
+    """A digest of every stage artifact of a round, read from the checksums in the stages' done records (the
+    stage folders' names are left out: a folder renamed by a layout migration holds the same data)."""
+    from selflengthen.evaluate import sha256_json
+
+    files = []
+    for done in round_dir.glob("*/done.json"):
+        try:
+            files.append(read_json(done).get("files", {}))
+        except (CorruptArtifact, AttributeError):
+            files.append(None)
+    return sha256_json(sorted(files, key=lambda f: json.dumps(f, sort_keys=True)))
+
+
+def _start_fresh_if_stale(run_dir: Path, source: dict) -> None:
+    """The collection belongs to what made it (`made_by`): a run that gained rounds since, another seed,
+    model or adapter, or a changed collect setting is collected again, never served from the old files."""
+    from selflengthen.evaluate import differences
+
     marker = run_dir / COLLECT_DIR / "source.json"
-    if marker.exists() and read_json(marker) != source:
-        log.warning("the run or collect.num_new/max_new_tokens changed since the last collection (now %d rounds): "
-                    "collecting again", last)
-        reset_dir(run_dir / COLLECT_DIR)
-        reset_dir(run_dir / EXPORT_DIR)
+    if marker.exists():
+        try:
+            old = read_json(marker)
+        except CorruptArtifact:
+            old = None
+        if old != source:
+            log.warning("the collection on disk was made with other settings (%s): collecting again",
+                        differences(old, source))
+            reset_dir(run_dir / COLLECT_DIR)
+            reset_dir(run_dir / EXPORT_DIR)
     if not marker.exists():
         atomic_write_json(marker, source)
 
@@ -129,8 +172,8 @@ def answer_new_instructions(ctx: CollectContext, cc: CollectConfig) -> list[dict
     """Steps 1-2; returns `{instruction, text, words}` of every passing answer."""
     if cc.num_new == 0:
         return []
-    si_ctx = dataclasses.replace(ctx, s=dataclasses.replace(
-        ctx.s, self_instruct=dataclasses.replace(ctx.s.self_instruct, num_new=cc.num_new)))
+    si_ctx = dataclasses.replace(ctx, s=dataclasses.replace(ctx.s, sections={
+        **ctx.s.sections, "self_instruct": dataclasses.replace(ctx.s.section("self_instruct"), num_new=cc.num_new)}))
     self_instruct.run(si_ctx)
     _answer(ctx, cc)
     return read_jsonl(ctx.stage_dir(ANSWERS) / "answers.jsonl")
@@ -160,11 +203,16 @@ def _answer(ctx: CollectContext, folder: Path, cc: CollectConfig) -> tuple[dict,
 
 # --- 3: every pair, once -------------------------------------------------------------------------------
 
-def gather_pairs(run_dir: Path, last: int, answers: list[dict]) -> list[dict]:
-    """Every round's extended pairs plus the collected answers, first occurrence of each pair kept."""
+def gather_pairs(run_dir: Path, last: int, answers: list[dict], method=None) -> list[dict]:
+    """Every round's kept pairs (the method's `pairs` artifact: Self-Lengthen's extended answers) plus the
+    collected answers, first occurrence of each pair kept."""
+    from selflengthen import layout
+    from selflengthen.methods.base import method_of
+
+    stage, artifact = (method or method_of(run_dir)).pairs
     pairs = []
     for r in range(1, last + 1):
-        for row in read_jsonl(run_dir / f"round_{r:03d}" / "03_extend" / "extended.jsonl"):
+        for row in read_jsonl(layout.stage_dir(run_dir, r, stage) / artifact):
             pairs.append({"instruction": row["instruction"], "response": row["text"], "round": r, "source": "extend"})
     pairs += [{"instruction": a["instruction"], "response": a["text"], "round": last + 1, "source": "collect"}
               for a in answers]
@@ -287,11 +335,18 @@ def export(rows: list[dict], folder: Path, info: dict) -> dict:
 def collect(s: Settings, cc: CollectConfig, engine) -> dict:
     """Steps 1-5 for the run in `s.run_dir`; returns the export summary. The caller owns the engine."""
     last, adapters = final_round(s.run_dir)
-    _start_fresh_if_stale(s.run_dir, last, adapters, cc)
+    source = made_by(s, cc, last, adapters)
+    _start_fresh_if_stale(s.run_dir, source)
+    key = {**source, "rewrite": cc.rewrite}  # the export's key: the collection's plus the phrasing step
     done = stage_done(s.run_dir / EXPORT_DIR)
-    if done and done["summary"].get("config") == dataclasses.asdict(cc):
+    if done and done["summary"].get("made_by") == key:
         log.info("export is complete on disk: skipped")
         return done["summary"]
+    if done:
+        from selflengthen.evaluate import differences
+
+        log.warning("the export on disk was made with other settings (%s): exporting again",
+                    differences(done["summary"].get("made_by"), key))
     start = time.time()
     engine.set_adapters(adapters)
     ctx = CollectContext(s, last + 1, engine, adapters)
@@ -306,17 +361,18 @@ def collect(s: Settings, cc: CollectConfig, engine) -> dict:
     info = {"rows": len(rows), "final_round": last, "from_rounds": sum(r["source"] == "extend" for r in rows),
             "from_collect": sum(r["source"] == "collect" for r in rows), "kinds": kinds,
             "rewritten": sum(r["rewritten"] for r in rows), "config": dataclasses.asdict(cc),
-            "seconds": time.time() - start}
+            "made_by": key, "seconds": time.time() - start}
     return export(rows, s.run_dir / EXPORT_DIR, info)["summary"]
 
 
 def run_collect(s: Settings, cc: CollectConfig) -> dict:
-    from selflengthen.eval import engine_for, warn_on_drift
+    from selflengthen import cli, engine_session
     from selflengthen.store import RunLock
 
-    warn_on_drift(s)
+    cli.warn_on_drift(s)
     with RunLock(s.run_dir):
-        engine = engine_for(s)
+        cli.record_config(s, "collect")
+        engine, _ = engine_session.for_settings(s)
         try:
             info = collect(s, cc, engine)
         finally:
@@ -327,6 +383,6 @@ def run_collect(s: Settings, cc: CollectConfig) -> dict:
 
 
 if __name__ == "__main__":  # vLLM spawns worker processes: the guard keeps them from rerunning the job
-    from selflengthen.eval import cli
+    from selflengthen import cli
 
-    cli("collect", lambda cfg, s: run_collect(s, collect_config(cfg)))
+    cli.main("collect", lambda s: run_collect(s, s.collect))

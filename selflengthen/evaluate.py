@@ -2,27 +2,48 @@
 
 Round 0 is the base model; round r is the base model plus `round_00r/summary.json["adapters_out"]` (the
 generator adapter). Every finished round answers the same held-out prompts (`eval.prompt_file`, or the
-shipped `prompts.eval_file`): a JSONL file whose rows carry a `prompt` and a length constraint (`type`
-plus `target`, or `low`/`high` for a range). Each prompt gets the same seed in every round, so rounds
-differ by their adapters, not by their dice.
+shipped `prompts.eval_file`): a JSONL file with one `prompt` per row and either a length constraint
+(`type` plus `target`, or `"type": "range"` with `low`/`high`) or none (no `type`, or `"type": "none"`: an
+open long-writing prompt). Each prompt gets the same seed in every round, so rounds differ by their
+adapters, not by their dice.
 
-Artifact: `iterations/<run>/eval/round_NNN.json` (written atomically; its presence means "done"), with one
-row per prompt (words, `length_score`, `s_l`, quality-filter verdict, text) and the aggregates
-`mean_words`, `median_words`, `repetition_pass_rate`, `length_score`, `s_l`. A rerun computes only the
-rounds whose file is missing; the engine is loaded only if there is one.
+Scores. Every row: words, filter verdict. Constrained rows also: `length_score` and `s_l`. The document
+reports the two groups apart, `open` and `constrained`, each with `n`, `mean_words`, `median_words`,
+`max_words`, `repetition_pass_rate` (the constrained group also `length_score`, `s_l`); an empty group has
+`n = 0` and None elsewhere. The top-level aggregates stay for older readers: `n`, `mean_words`,
+`median_words`, `max_words` and `repetition_pass_rate` over *all* rows; `length_score` and `s_l` over the
+constrained rows only (None when the file has none).
+
+What made a result. An eval is a function of its `key` (`eval_key`): the prompt file's sha256, `eval.limit`,
+`eval.max_new_tokens`, the decoding settings, the model path and engine, the generator adapter (its path
+relative to the run folder and a sha256 of its weights and config, so a retrained adapter is noticed), the
+seed, and the prompt set's generate template and filter. Batch sizes and other throughput knobs are not
+in it. A stored result is reused only when its key equals today's; otherwise the round is evaluated
+again and a log line says which settings differ.
+
+Files. `eval/round_NNN.json` (written atomically; its presence means "done") holds the eval made with the
+settings asked for last, so the report and the README always read one file per round. When another
+key's result is about to replace it, the old file moves to `eval/by_key/<hash>/round_NNN.json` (hash: the
+first 12 hex digits of the key's sha256), and a later eval with that key brings it back instead of
+generating again: `eval.limit=2` for a quick look and the full eval coexist, and neither stands in for
+the other. A rerun computes only the rounds with no result for today's key; the engine is loaded only if
+there is one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
+import os
 import statistics
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from selflengthen import filters, ui
+from selflengthen import filters, layout, ui
 from selflengthen.engines.base import Request
-from selflengthen.methods.selflengthen import ROLES
 from selflengthen.length_control import Constraint, length_score, s_l
 from selflengthen.settings import ConfigError, Settings, read_prompt_rows, shipped_data
 from selflengthen.stages.common import RoundContext, derive_seed, mean
@@ -32,7 +53,40 @@ from selflengthen.text import count_words
 log = logging.getLogger(__name__)
 
 EVAL_DIR = "eval"
-AGGREGATES = ("n", "mean_words", "median_words", "repetition_pass_rate", "length_score", "s_l")
+BY_KEY_DIR = "by_key"
+OPEN = "none"  # the `type` of an open prompt (a row without `type` means the same)
+GROUP_STATS = ("n", "mean_words", "median_words", "max_words", "repetition_pass_rate")
+LENGTH_STATS = ("length_score", "s_l")
+GROUPS = ("open", "constrained")
+AGGREGATES = GROUP_STATS + LENGTH_STATS + GROUPS
+# what an eval file must hold to be read at all (files from before open prompts hold just these)
+REQUIRED = ("n", "mean_words", "median_words", "repetition_pass_rate", "length_score", "s_l", "rows")
+
+
+# --- the settings, checked before any generation ----------------------------------------------------------
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_eval_settings(ev) -> None:
+    """The `eval:` section's values, checked before anything loads: one ConfigError naming the key and the fix.
+    (An eval with `limit=-1` scored zero prompts and wrote all-zero files that later evals reused.)"""
+    def bad(key: str, value: Any, rule: str, fix: str) -> ConfigError:
+        return ConfigError(f"Config error: eval.{key}={value!r} — {rule}. Fix: {fix}.")
+
+    if ev.limit is not None and not (_whole(ev.limit) and ev.limit >= 1):
+        raise bad("limit", ev.limit, "must be a whole number >= 1, or null for every prompt in the file",
+                  "set eval.limit=null to evaluate the whole file, or e.g. eval.limit=8 for a quick look")
+    if not (_whole(ev.max_new_tokens) and ev.max_new_tokens >= 1):
+        raise bad("max_new_tokens", ev.max_new_tokens, "must be a whole number >= 1 (the answer budget in tokens)",
+                  "set eval.max_new_tokens=1024, or larger than the longest target in the prompt file needs")
+    if not isinstance(ev.every_round, bool):
+        raise bad("every_round", ev.every_round, "must be true or false",
+                  "set eval.every_round=false (evaluate with python -m selflengthen.eval) or true")
+    if ev.prompt_file is not None and not (isinstance(ev.prompt_file, str) and ev.prompt_file.strip()):
+        raise bad("prompt_file", ev.prompt_file, "must be a path to a JSONL file, or null",
+                  "set eval.prompt_file=null for the shipped held-out prompts, or a path to your own JSONL file")
 
 
 # --- the prompt file ------------------------------------------------------------------------------------
@@ -44,18 +98,29 @@ def prompt_path(s: Settings) -> Path:
     return shipped_data(s.prompts.get("eval_file", f"eval_{s.prompts['lang']}.jsonl"))
 
 
+def is_open(row: dict) -> bool:
+    """An open long-writing prompt: no length constraint."""
+    return row.get("type") in (None, OPEN)
+
+
 def load_prompts(path: Path, limit: Optional[int] = None) -> list[dict]:
-    """Rows `{prompt, type, target}` or `{prompt, type: range, low, high}`; every problem is a ConfigError
-    that names `eval.prompt_file`, the line and the fix."""
+    """Rows `{prompt, type, target}`, `{prompt, type: range, low, high}` or `{prompt, type: none}` (open);
+    every problem is a ConfigError that names `eval.prompt_file`, the line and the fix."""
     fix = ('give eval.prompt_file a JSONL file with one object per line, e.g. {"prompt": "...", '
            '"type": "about", "target": 300} (type: about, above, below; or "type": "range", "low": 200, '
-           '"high": 400), or set eval.prompt_file=null for the shipped one')
+           '"high": 400; or no type for an open prompt), or set eval.prompt_file=null for the shipped one')
 
     def bad(why: str) -> ConfigError:
         return ConfigError(f"Config error: eval.prompt_file={str(path)!r} — {why}. Fix: {fix}.")
 
     rows = []
     for n, row in read_prompt_rows(path, "eval.prompt_file", fix):
+        if is_open(row):
+            numbers = sorted(k for k in ("target", "low", "high") if row.get(k) is not None)
+            if numbers:  # a forgotten `type`, not an open prompt: scoring it as open would hide the constraint
+                raise bad(f"line {n} has {', '.join(numbers)} but no length-constraint type")
+            rows.append({"prompt": row["prompt"].strip(), "type": OPEN})
+            continue
         try:
             constraint = Constraint.from_dict(row)
         except KeyError as exc:
@@ -65,43 +130,113 @@ def load_prompts(path: Path, limit: Optional[int] = None) -> list[dict]:
         rows.append({"prompt": row["prompt"].strip(), **constraint.to_dict()})
     if not rows:
         raise bad("it holds no prompts")
+    return _spread(rows, limit)
+
+
+def _spread(rows: list[dict], limit: Optional[int]) -> list[dict]:
+    """`limit` rows evenly spread over the file (not its head), each group (open, constrained) getting its
+    share, so a short eval still covers both groups and every constraint kind. File order is kept."""
     if not limit or limit >= len(rows):
         return rows
-    # evenly spread over the file (not its head), so a short eval still covers every constraint kind
-    return [rows[(i * len(rows)) // limit] for i in range(limit)]
+    groups = [g for g in ([i for i, r in enumerate(rows) if is_open(r)],
+                          [i for i, r in enumerate(rows) if not is_open(r)]) if g]
+    if len(groups) == 2 and limit >= 2:  # proportional, at least one each, adding up to `limit`
+        first = min(max(1, round(limit * len(groups[0]) / len(rows))), limit - 1)
+        shares = [first, limit - first]
+    else:
+        shares = [limit]
+    picked = [g[(i * len(g)) // k] for g, k in zip(groups, shares) for i in range(k)]
+    return [rows[i] for i in sorted(picked)]
 
 
 # --- which rounds there are -------------------------------------------------------------------------------
 
 def finished_rounds(run_dir: Path) -> dict[int, dict]:
-    """Round number -> generator adapters, for round 0 (the base model) and every finished round 1, 2, ...
-    Read-only: a round without a readable summary ends the list (later rounds build on it)."""
-    out: dict[int, dict] = {0: {role: None for role in ROLES}}
-    r = 1
-    while True:
-        path = Path(run_dir) / f"round_{r:03d}" / "summary.json"
-        if not path.exists():
-            return out
-        try:
-            out[r] = dict(read_json(path)["adapters_out"])
-        except (CorruptArtifact, KeyError, TypeError) as exc:
-            log.warning("round %d summary is not usable (%s): evaluating up to round %d", r, exc, r - 1)
-            return out
-        r += 1
+    """Round number -> adapters (absolute paths), for round 0 (the base model: no adapters) and every
+    finished round 1, 2, ... (layout.finished_rounds). Read-only."""
+    out: dict[int, dict] = {0: {}}
+    for r, summary in layout.finished_rounds(run_dir).items():
+        out[r] = summary["adapters_out"]
+    return out
 
 
 def eval_file(run_dir: Path, r: int) -> Path:
-    return Path(run_dir) / EVAL_DIR / f"round_{r:03d}.json"
+    return layout.eval_dir(run_dir) / f"round_{r:03d}.json"
 
 
-def read_round(run_dir: Path, r: int) -> Optional[dict]:
-    """The finished eval of round r, or None (missing or unreadable: it will be redone)."""
-    path = eval_file(run_dir, r)
+# --- what made a result ---------------------------------------------------------------------------------------
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def resolve_adapter(run_dir: Path, path: Optional[str]) -> Optional[str]:
+    """An adapter folder as the engine needs it: a relative path is relative to the run folder."""
+    if not path:
+        return None
+    return str(Path(path) if Path(path).is_absolute() else Path(run_dir) / path)
+
+
+def adapter_identity(run_dir: Path, path: Optional[str]) -> Optional[dict]:
+    """`{path, sha256}` of an adapter folder: its path relative to the run folder (a moved or copied run keeps
+    its identity) and a digest of its config and weights (a retrained adapter at the same path is noticed).
+    None for the base model. A missing folder has sha256 None (the engine will say it is missing)."""
+    if not path:
+        return None
+    folder = Path(resolve_adapter(run_dir, path))
+    try:
+        rel = os.path.relpath(folder.resolve(), Path(run_dir).resolve())
+    except ValueError:  # another drive (Windows): no relative path exists
+        rel = str(folder)
+    if not folder.is_dir():
+        return {"path": rel, "sha256": None}
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    # peft writes adapter_config.json + adapter_model.*; its README model card carries no weights
+    weights = [p for p in files if p.name == "adapter_config.json" or p.name.startswith("adapter_model")] or files
+    h = hashlib.sha256()
+    for p in weights:
+        h.update(f"{p.relative_to(folder).as_posix()}\x00{sha256_file(p)}\n".encode())
+    return {"path": rel, "sha256": h.hexdigest()}
+
+
+def eval_key(s: Settings, adapters: dict, path: Optional[Path] = None) -> dict:
+    """Everything that changes an eval's result (see the module docstring), as plain JSON."""
+    path = path or prompt_path(s)
+    tpl = s.prompts["generate"]
+    return {
+        "prompt_file_sha256": sha256_file(path), "limit": s.eval.limit, "max_new_tokens": s.eval.max_new_tokens,
+        "decoding": dataclasses.asdict(s.decoding), "model": s.model_path, "engine": (s.engine or {}).get("name"),
+        "adapter": adapter_identity(s.run_dir, adapters.get("generator")), "seed": s.seed,
+        "template": {"system": tpl.get("system"), "user": tpl["user"]}, "filter": s.prompts.get("filter"),
+    }
+
+
+def key_hash(key: dict) -> str:
+    return sha256_json(key)[:12]
+
+
+def differences(old: Any, new: dict) -> str:
+    """Which settings of two keys differ, for the log line that says why a result is recomputed."""
+    if not isinstance(old, dict):
+        return "it records no settings (made before results recorded them)"
+    return "changed: " + ", ".join(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
+# --- stored results -----------------------------------------------------------------------------------------
+
+def keyed_file(run_dir: Path, r: int, h: str) -> Path:
+    """Where round r's eval made with key hash `h` waits while another key's result is the current one."""
+    current = eval_file(run_dir, r)
+    return current.parent / BY_KEY_DIR / h / current.name
+
+
+def _read_doc(path: Path) -> Optional[dict]:
+    """An eval document, or None (missing, or unreadable: it will be redone)."""
     if not path.exists():
         return None
     try:
         doc = read_json(path)
-        if not all(k in doc for k in AGGREGATES + ("rows",)):
+        if not isinstance(doc, dict) or not all(k in doc for k in REQUIRED):
             raise CorruptArtifact(f"{path} lacks some aggregates")
         return doc
     except CorruptArtifact as exc:
@@ -109,89 +244,140 @@ def read_round(run_dir: Path, r: int) -> Optional[dict]:
         return None
 
 
+def _make_current(run_dir: Path, r: int, doc: dict, old: Optional[dict]) -> None:
+    """Write `doc` as round r's current eval; the result `old` it replaces keeps its own keyed file."""
+    current = eval_file(run_dir, r)
+    if old is not None and isinstance(old.get("key"), dict) and old["key"] != doc["key"]:
+        aside = keyed_file(run_dir, r, key_hash(old["key"]))
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(current, aside)
+    atomic_write_json(current, doc)  # its presence is the done record
+    keyed_file(run_dir, r, key_hash(doc["key"])).unlink(missing_ok=True)  # brought back (or redone): one copy
+
+
 def aggregates_of(doc: dict) -> dict:
     """The numbers a round summary and the report carry (no rows)."""
-    return {k: doc[k] for k in AGGREGATES + ("seconds",) if k in doc}
+    return {k: doc[k] for k in AGGREGATES + ("seconds", "key_hash") if k in doc}
 
 
 # --- scoring ------------------------------------------------------------------------------------------
 
 def score_row(prompt: dict, text: str, fcfg: filters.FilterConfig) -> dict:
     text = text.strip()
-    c = Constraint.from_dict(prompt)
     words = count_words(text)
     verdict = filters.check(text, fcfg)
-    return {**prompt, "words": words, "length_score": length_score(c, words), "s_l": s_l(c.reference(), words),
-            "passes_filter": verdict.ok, "reason": verdict.reason, "text": text}
+    if is_open(prompt):
+        scores = {"length_score": None, "s_l": None}
+    else:
+        c = Constraint.from_dict(prompt)
+        scores = {"length_score": length_score(c, words), "s_l": s_l(c.reference(), words)}
+    return {**prompt, "words": words, **scores, "passes_filter": verdict.ok, "reason": verdict.reason, "text": text}
+
+
+def group_stats(rows: list[dict], lengths: bool = False) -> dict:
+    """n, mean/median/longest words and filter pass rate of `rows` (None when empty); with `lengths`, also
+    the mean length score and S_l (a range's midpoint is its L, done per row in `score_row`)."""
+    words = [r["words"] for r in rows]
+    out: dict = {"n": len(rows), "mean_words": None, "median_words": None, "max_words": None,
+                 "repetition_pass_rate": None}
+    if lengths:
+        out.update(length_score=None, s_l=None)
+    if not rows:
+        return out
+    out.update(mean_words=mean(words), median_words=float(statistics.median(words)), max_words=max(words),
+               repetition_pass_rate=mean([1.0 if r["passes_filter"] else 0.0 for r in rows]))
+    if lengths:
+        out.update(length_score=mean([r["length_score"] for r in rows]), s_l=mean([r["s_l"] for r in rows]))
+    return out
 
 
 def aggregate(rows: list[dict]) -> dict:
-    """Means over prompts; `s_l` uses a range's midpoint as L (done per row in `score_row`)."""
-    words = [r["words"] for r in rows]
-    return {"n": len(rows), "mean_words": mean(words), "median_words": float(statistics.median(words)) if words else 0.0,
-            "repetition_pass_rate": mean([1.0 if r["passes_filter"] else 0.0 for r in rows]),
-            "length_score": mean([r["length_score"] for r in rows]), "s_l": mean([r["s_l"] for r in rows])}
+    """Both groups, plus the top-level aggregates: words and pass rate over all rows, length score and S_l
+    over the constrained rows (the only ones that ask for a length)."""
+    constrained = group_stats([r for r in rows if not is_open(r)], lengths=True)
+    return {**group_stats(rows), "length_score": constrained["length_score"], "s_l": constrained["s_l"],
+            "open": group_stats([r for r in rows if is_open(r)]), "constrained": constrained}
 
 
 # --- running ------------------------------------------------------------------------------------------
 
 def evaluate_round(s: Settings, engine, r: int, adapters: dict, prompts: Optional[list[dict]] = None) -> dict:
-    """Round r's eval document: read from disk if there, else one wave of generation, scored and written."""
-    done = read_round(s.run_dir, r)
-    if done is not None:
-        return done
+    """Round r's eval document: the stored one if today's settings made it, else one wave of generation,
+    scored and written."""
+    check_eval_settings(s.eval)
     path = prompt_path(s)
     prompts = prompts if prompts is not None else load_prompts(path, s.eval.limit)
+    key = eval_key(s, adapters, path)
+    current = _read_doc(eval_file(s.run_dir, r))
+    if current is not None and current.get("key") == key:
+        return current
+    kept = _read_doc(keyed_file(s.run_dir, r, key_hash(key)))
+    if kept is not None and kept.get("key") == key:
+        log.info("eval of round %d: the result made earlier with these settings is brought back", r)
+        _make_current(s.run_dir, r, kept, current)
+        return kept
+    if current is not None:
+        log.warning("eval of round %d on disk was made with other settings (%s): evaluating again; the old result "
+                    "stays in %s", r, differences(current.get("key"), key), eval_file(s.run_dir, r).parent / BY_KEY_DIR)
     start = time.time()
     ctx = RoundContext(s, r, engine, adapters)  # for decoding params and the chat message shape
     tpl = s.prompts["generate"]
     requests = [Request.chat(f"eval{r:03d}.{i:05d}", ctx.messages(tpl.get("system"), tpl["user"].format(instruction=p["prompt"])),
                              ctx.params(s.eval.max_new_tokens, derive_seed(s.seed, "eval", i)), adapter="generator")
                 for i, p in enumerate(prompts)]
-    engine.set_adapters(adapters)
+    engine.set_adapters({role: resolve_adapter(s.run_dir, a) for role, a in adapters.items()})
     with ui.progress(f"eval · round {r}", len(requests)) as advance:
         texts = engine.generate(requests, advance)
     fcfg = filters.FilterConfig.from_dict(s.prompts["filter"])
     rows = [score_row(p, t, fcfg) for p, t in zip(prompts, texts)]
-    doc = {"round": r, **aggregate(rows), "adapter": adapters.get("generator"), "prompt_file": str(path),
-           "prompt_file_sha256": sha256_file(path)[:16], "max_new_tokens": s.eval.max_new_tokens,
-           "seconds": time.time() - start, "rows": rows}
-    atomic_write_json(eval_file(s.run_dir, r), doc)  # its presence is the done record
+    doc = {"round": r, **aggregate(rows), "adapter": (key["adapter"] or {}).get("path"), "prompt_file": str(path),
+           "prompt_file_sha256": key["prompt_file_sha256"], "max_new_tokens": s.eval.max_new_tokens,
+           "limit": s.eval.limit, "key_hash": key_hash(key), "key": key, "seconds": time.time() - start, "rows": rows}
+    _make_current(s.run_dir, r, doc, current)
     return doc
 
 
 def evaluate_run(s: Settings, engine, rounds: Optional[list[int]] = None) -> dict[int, dict]:
     """Evaluate round 0 and every finished round (or just `rounds`); returns round -> aggregates.
     The caller owns the engine (creates it lazily, closes it)."""
+    check_eval_settings(s.eval)
+    path = prompt_path(s)
+    prompts = load_prompts(path, s.eval.limit)  # a bad file fails before any model
     available = finished_rounds(s.run_dir)
     wanted = sorted(available) if rounds is None else [r for r in rounds if r in available]
-    missing = [r for r in wanted if read_round(s.run_dir, r) is None]
-    prompts = load_prompts(prompt_path(s), s.eval.limit) if missing else None  # a bad file fails before any model
-    out = {}
-    for r in wanted:
-        doc = evaluate_round(s, engine, r, available[r], prompts)
-        if r not in missing:
-            _warn_if_stale(s, doc)
-        out[r] = aggregates_of(doc)
-    return out
+    return {r: aggregates_of(evaluate_round(s, engine, r, available[r], prompts)) for r in wanted}
 
 
-def _warn_if_stale(s: Settings, doc: dict) -> None:
-    path = prompt_path(s)
-    if path.exists() and doc.get("prompt_file_sha256") not in (None, sha256_file(path)[:16]):
-        log.warning("eval of round %d was made with another prompt file (%s); delete %s to redo it",
-                    doc["round"], doc.get("prompt_file"), eval_file(s.run_dir, doc["round"]))
+# --- the table --------------------------------------------------------------------------------------------
+
+def _fmt(value: Any, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _groups(a: dict) -> tuple[Optional[dict], dict]:
+    """(open, constrained) of an aggregates dict; one from before open prompts (or cut down to the top-level
+    numbers) scored every row as constrained."""
+    if "constrained" in a:
+        return a.get("open"), a["constrained"]
+    return None, a
 
 
 def table(results: dict[int, dict]):
-    """A rich table of round -> aggregates."""
+    """A rich table of round -> aggregates: open prompts (words) and constrained prompts (words, length)."""
     from rich import box
     from rich.table import Table
 
     t = Table(title="Held-out eval (round 0 = base model)", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("round", "prompts", "mean\nwords", "median\nwords", "filter\npass", "length\nscore", "S_l"):
+    columns = ("round", "open\nprompts", "open\nmean", "open\nmedian", "open\nlongest", "open\nfilter pass",
+               "constr.\nprompts", "constr.\nmean", "constr.\nmedian", "constr.\nfilter pass", "length\nscore", "S_l")
+    for col in columns:
         t.add_column(col, justify="right")
     for r, a in sorted(results.items()):
-        t.add_row(str(r), str(a["n"]), f"{a['mean_words']:.0f}", f"{a['median_words']:.0f}",
-                  f"{a['repetition_pass_rate']:.0%}", f"{a['length_score']:.3f}", f"{a['s_l']:.1f}")
+        o, c = _groups(a)
+        o = o or {"n": 0}
+        t.add_row(str(r), str(o["n"]), _fmt(o.get("mean_words"), ".0f"), _fmt(o.get("median_words"), ".0f"),
+                  _fmt(o.get("max_words"), "d"), _fmt(o.get("repetition_pass_rate"), ".0%"),
+                  str(c["n"]), _fmt(c.get("mean_words"), ".0f"), _fmt(c.get("median_words"), ".0f"),
+                  _fmt(c.get("repetition_pass_rate"), ".0%"), _fmt(c.get("length_score"), ".3f"),
+                  _fmt(c.get("s_l"), ".1f"))
     return t

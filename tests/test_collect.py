@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import FAKE, REPO, compose, fake_engine, finished_run
+from conftest import FAKE, REPO, compose, fake_engine, fake_settings, finished_run
 from selflengthen import collect
 from selflengthen.engines.fake import FakeEngine
 from selflengthen.length_control import Constraint, kind_of_phrase, length_score
@@ -78,14 +79,14 @@ def test_every_extended_pair_and_every_new_answer_is_in(collected):
     chat = read_jsonl(s.run_dir / "export/chat.jsonl")
     have = {(norm(r["instruction"]), norm(r["messages"][-1]["content"])) for r in chat}
     want = {(norm(row["instruction"]), norm(row["text"])) for r in (1, 2)
-            for row in read_jsonl(s.run_dir / f"round_{r:03d}/03_extend/extended.jsonl")}
+            for row in read_jsonl(s.run_dir / f"round_{r:03d}/extend/extended.jsonl")}
     answers = read_jsonl(s.run_dir / "collect/02_answers/answers.jsonl")
     want |= {(norm(a["instruction"]), norm(a["text"])) for a in answers}
     assert have == want
     assert info["from_collect"] == len(answers) > 0
-    fresh = {norm(i["prompt"]) for i in read_jsonl(s.run_dir / "collect/01_self_instruct/instructions.jsonl")}
+    fresh = {norm(i["prompt"]) for i in read_jsonl(s.run_dir / "collect/self_instruct/instructions.jsonl")}
     earlier = {norm(i["prompt"]) for r in (1, 2)
-               for i in read_jsonl(s.run_dir / f"round_{r:03d}/01_self_instruct/instructions.jsonl")}
+               for i in read_jsonl(s.run_dir / f"round_{r:03d}/self_instruct/instructions.jsonl")}
     assert len(fresh) == 3 and not fresh & earlier  # fresh instructions, none repeated from the rounds
 
 
@@ -170,3 +171,62 @@ def test_cli_collects_a_run(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "x/export/done.json").exists() and (tmp_path / "x/export/hf_dataset").is_dir()
     assert (tmp_path / "x/.hydra/collect/config.yaml").exists()
+
+
+# --- the export records what made it ----------------------------------------------------------------------
+
+def export_files(s) -> dict:
+    return {p.relative_to(s.run_dir): p.read_bytes() for p in (s.run_dir / "export").rglob("*")
+            if p.is_file() and p.name != "done.json"}
+
+
+@pytest.mark.parametrize("override, changed", [("seed=7", "seed"), ("model.path=other-model", "model"),
+                                               ("decoding.temperature=0.3", "decoding")])
+def test_a_foreign_collection_is_redone_for_the_runs_own_config(tmp_path, caplog, override, changed):
+    s = finished_run(tmp_path, "iterations=1")
+    cc = collect.CollectConfig(num_new=2)
+    own = collect.collect(s, cc, fake_engine())
+    own_files = export_files(s)
+
+    foreign = fake_settings(tmp_path, "iterations=1", override)
+    engine = fake_engine()
+    with caplog.at_level("WARNING", logger="selflengthen.collect"):
+        info = collect.collect(foreign, cc, engine)
+    assert engine.inner is not None  # generated again, not "complete on disk: skipped"
+    assert "made with other settings" in caplog.text and changed in caplog.text
+    assert info["made_by"] != own["made_by"]
+    assert json.loads((tmp_path / "export/done.json").read_text())["summary"]["made_by"] == info["made_by"]
+
+    caplog.clear()
+    engine = fake_engine()
+    with caplog.at_level("WARNING", logger="selflengthen.collect"):
+        again = collect.collect(s, cc, engine)  # the run's own config: its own export, not the foreign one
+    assert engine.inner is not None and "made with other settings" in caplog.text
+    assert again["made_by"] == own["made_by"] and export_files(s) == own_files
+
+
+def test_a_retrained_adapter_is_collected_again(tmp_path):
+    from selflengthen.evaluate import finished_rounds
+
+    s = finished_run(tmp_path, "iterations=1")
+    cc = collect.CollectConfig(num_new=2)
+    collect.collect(s, cc, fake_engine())
+    config = Path(finished_rounds(s.run_dir)[1]["generator"]) / "adapter_config.json"
+    config.write_text(config.read_text().replace('"digest": "', '"digest": "retrained-'))
+    engine = fake_engine()
+    info = collect.collect(s, cc, engine)
+    assert engine.inner is not None
+    assert info["made_by"]["adapters"]["generator"]["path"] == "round_001/train/generator/adapter"
+
+
+def test_the_same_config_is_skipped_and_only_the_export_follows_rewrite(tmp_path):
+    s = finished_run(tmp_path, "iterations=1")
+    collect.collect(s, collect.CollectConfig(num_new=2), fake_engine())
+    answers = (tmp_path / "collect/02_answers/answers.jsonl").read_bytes()
+    engine = fake_engine()
+    collect.collect(fake_settings(tmp_path, "iterations=1", "run.checkpoint_every=5"), collect.CollectConfig(num_new=2),
+                    engine)  # a throughput knob
+    assert engine.inner is None
+    info = collect.collect(s, collect.CollectConfig(num_new=2, rewrite=True), fake_engine())
+    assert info["made_by"]["rewrite"] is True
+    assert (tmp_path / "collect/02_answers/answers.jsonl").read_bytes() == answers  # the answers were kept

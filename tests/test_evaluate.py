@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import FAKE, REPO, fake_settings, finished_run
-from selflengthen import evaluate, recipe
+from selflengthen import engine_session, evaluate, recipe
 from selflengthen.length_control import Constraint, length_score, s_l
 from selflengthen.settings import ConfigError
 from selflengthen.text import count_words
@@ -20,7 +20,7 @@ from selflengthen.text import count_words
 ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
 
 
-class Recorder(recipe.LazyEngine):
+class Recorder(engine_session.LazyEngine):
     """The fake engine, remembering every wave and the adapters it ran with."""
 
     def __init__(self):
@@ -74,15 +74,17 @@ def test_aggregates_are_recomputed_from_the_rows(evaluated):
 
 def test_one_wave_per_round_with_that_rounds_generator(evaluated):
     s, engine, _ = evaluated
-    summaries = [json.loads((s.run_dir / f"round_{r:03d}/summary.json").read_text()) for r in (1, 2)]
-    expected = [{"generator": None, "extender": None}] + [x["adapters_out"] for x in summaries]
+    finished = evaluate.finished_rounds(s.run_dir)  # round -> the adapters, as the engine gets them
+    expected = [finished[r] for r in (0, 1, 2)]
+    assert not expected[0].get("generator") and expected[1]["generator"] != expected[2]["generator"]
     assert [adapters for adapters, _ in engine.waves] == expected
     for _, requests in engine.waves:
         assert all(q.adapter == "generator" and q.params.max_new_tokens == s.eval.max_new_tokens for q in requests)
         assert len({q.params.seed for q in requests}) == len(requests)  # a seed per prompt ...
     seeds = [[q.params.seed for q in requests] for _, requests in engine.waves]
     assert seeds[0] == seeds[1] == seeds[2]  # ... the same in every round: rounds differ by adapters only
-    assert json.loads((s.run_dir / "eval/round_001.json").read_text())["adapter"] == expected[1]["generator"]
+    adapter = json.loads((s.run_dir / "eval/round_001.json").read_text())["adapter"]
+    assert adapter == os.path.relpath(expected[1]["generator"], s.run_dir) and not os.path.isabs(adapter)
 
 
 def test_rerun_is_a_noop_and_a_missing_round_alone_is_redone(evaluated):
@@ -157,3 +159,127 @@ def test_cli_evaluates_a_run_and_keeps_the_runs_own_hydra_record(tmp_path):
     done = subprocess.run(cmd + [f"eval.prompt_file={tmp_path / 'bad.jsonl'}"], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "eval.prompt_file" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- the cache key: a stored result stands only for the settings that made it ---------------------------------
+
+BASE = ("iterations=1", "eval.limit=4")
+
+
+def eval_docs(s) -> dict[int, dict]:
+    return {r: json.loads(evaluate.eval_file(s.run_dir, r).read_text()) for r in (0, 1)}
+
+
+@pytest.fixture
+def evaluated_small(tmp_path):
+    s = finished_run(tmp_path, *BASE)
+    evaluate.evaluate_run(s, Recorder())
+    return s
+
+
+@pytest.mark.parametrize("override, changed", [
+    ("eval.limit=3", "limit"), ("eval.max_new_tokens=300", "max_new_tokens"), ("model.path=other-model", "model"),
+    ("decoding.temperature=0.3", "decoding"), ("seed=7", "seed"),
+])
+def test_a_changed_setting_is_evaluated_again_never_served_from_the_old_result(evaluated_small, caplog, override,
+                                                                             changed):
+    s = evaluated_small
+    before = eval_docs(s)
+    other = fake_settings(s.run_dir, *BASE, override)
+    engine = Recorder()
+    with caplog.at_level("WARNING", logger="selflengthen.evaluate"):
+        evaluate.evaluate_run(other, engine)
+    assert len(engine.waves) == 2  # round 0 and round 1, both generated again
+    assert caplog.text.count("made with other settings") == 2 and changed in caplog.text
+    after = eval_docs(other)
+    for r in (0, 1):
+        assert after[r]["key"] == evaluate.eval_key(other, evaluate.finished_rounds(s.run_dir)[r])
+        assert after[r]["key"] != before[r]["key"] and after[r]["key_hash"] != before[r]["key_hash"]
+    assert after[0]["n"] == (3 if changed == "limit" else 4)
+
+    # the first settings' results were kept aside: asking for them again brings them back, no generation
+    engine = Recorder()
+    assert evaluate.evaluate_run(s, engine) == {r: evaluate.aggregates_of(before[r]) for r in (0, 1)}
+    assert engine.inner is None and eval_docs(s) == before
+    engine = Recorder()
+    evaluate.evaluate_run(other, engine)  # and the other way round
+    assert engine.inner is None and eval_docs(other) == after
+
+
+def test_the_same_settings_reuse_the_stored_result(evaluated_small):
+    s = evaluated_small
+    before = {p: p.read_bytes() for p in (s.run_dir / "eval").rglob("*.json")}
+    engine = Recorder()
+    evaluate.evaluate_run(fake_settings(s.run_dir, *BASE, "run.checkpoint_every=5"), engine)  # throughput only
+    assert engine.inner is None
+    assert {p: p.read_bytes() for p in (s.run_dir / "eval").rglob("*.json")} == before
+
+
+def test_a_quick_limited_eval_never_stands_in_for_the_full_one(evaluated_small):
+    s = evaluated_small
+    full = fake_settings(s.run_dir, "iterations=1")
+    engine = Recorder()
+    results = evaluate.evaluate_run(full, engine)
+    n = len(evaluate.load_prompts(evaluate.prompt_path(full)))
+    assert len(engine.waves) == 2 and results[0]["n"] == results[1]["n"] == n > 4
+
+
+def test_a_retrained_adapter_is_noticed(evaluated_small):
+    s = evaluated_small
+    config = evaluate.Path(evaluate.finished_rounds(s.run_dir)[1]["generator"]) / "adapter_config.json"
+    config.write_text(config.read_text().replace('"digest": "', '"digest": "retrained-'))  # same path, new weights
+    engine = Recorder()
+    evaluate.evaluate_run(s, engine)
+    assert [adapters for adapters, _ in engine.waves] == [evaluate.finished_rounds(s.run_dir)[1]]  # round 1 only
+    assert eval_docs(s)[1]["key"]["adapter"]["sha256"] == evaluate.adapter_identity(
+        s.run_dir, evaluate.finished_rounds(s.run_dir)[1]["generator"])["sha256"]
+
+
+def test_an_eval_file_that_records_no_settings_is_redone(evaluated_small):
+    s = evaluated_small
+    path = evaluate.eval_file(s.run_dir, 1)
+    doc = json.loads(path.read_text())
+    legacy = {k: v for k, v in doc.items() if k not in ("key", "key_hash", "open", "constrained", "max_words")}
+    path.write_text(json.dumps(legacy))
+    engine = Recorder()
+    evaluate.evaluate_run(s, engine)
+    again = json.loads(path.read_text())
+    assert len(engine.waves) == 1 and again.pop("seconds") and again == {k: v for k, v in doc.items() if k != "seconds"}
+
+
+def test_invalid_eval_values_stop_before_any_generation(evaluated_small):
+    import dataclasses
+
+    s = evaluated_small
+    for field, value in (("limit", 0), ("limit", -1), ("limit", "abc"), ("max_new_tokens", 0)):
+        bad = dataclasses.replace(s, eval=dataclasses.replace(s.eval, **{field: value}))
+        engine = Recorder()
+        for call in (lambda: evaluate.evaluate_run(bad, engine), lambda: evaluate.evaluate_round(bad, engine, 2, {})):
+            with pytest.raises(ConfigError, match=f"eval.{field}="):
+                call()
+        assert engine.inner is None and not evaluate.eval_file(s.run_dir, 2).exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "abc", "2.5"])
+def test_cli_refuses_a_bad_limit_without_writing_an_eval(tmp_path, value):
+    cmd = [sys.executable, "-m", "selflengthen.eval", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x",
+           f"eval.limit={value}"]
+    done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "eval.limit" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "x/eval").exists() or not any((tmp_path / "x/eval").rglob("*.json"))
+
+
+def test_open_prompts_in_a_run_eval(tmp_path):
+    s = finished_run(tmp_path, "iterations=1", f"eval.prompt_file={evaluate.shipped_data('eval_mixed_en.jsonl')}",
+                     "eval.limit=6")
+    results = evaluate.evaluate_run(s, Recorder())
+    doc = eval_docs(s)[1]
+    open_rows = [r for r in doc["rows"] if r["type"] == "none"]
+    constrained = [r for r in doc["rows"] if r["type"] != "none"]
+    assert results[1]["open"]["n"] == len(open_rows) >= 1 and results[1]["constrained"]["n"] == len(constrained) >= 1
+    assert len(doc["rows"]) == doc["n"] == 6
+    assert doc["open"]["mean_words"] == pytest.approx(sum(r["words"] for r in open_rows) / len(open_rows))
+    assert doc["open"]["max_words"] == max(r["words"] for r in open_rows)
+    assert all(r["length_score"] is None and r["s_l"] is None for r in open_rows)
+    assert doc["length_score"] == doc["constrained"]["length_score"] == pytest.approx(
+        sum(r["length_score"] for r in constrained) / len(constrained))
