@@ -111,6 +111,9 @@ def test_the_table_shows_both_groups_and_old_results():
     console.print(evaluate.table({0: old, 1: new}))
     out = console.export_text()
     assert "open" in out and "constr." in out and "412" in out and "100.0" in out and "–" in out
+    narrow = Console(width=80, record=True)
+    narrow.print(evaluate.table({0: old, 1: new}))
+    assert "…" not in narrow.export_text()  # fits a plain terminal: no header cut short
 
 
 @dataclasses.dataclass(frozen=True)
