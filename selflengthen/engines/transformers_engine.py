@@ -1,20 +1,36 @@
-"""TransformersEngine: batched `model.generate` on CPU or one GPU, with peft LoRA adapters per role.
+"""TransformersEngine: continuous batching on CPU or one GPU, with peft LoRA adapters per role.
 
-How a call is scheduled: requests are grouped by (adapter, sampling params without the seed), so a batch
-never mixes adapters or decoding settings; inside a group they are sorted by prompt length (less padding)
-and cut into batches of `batch_size` (fewer if `max_batch_tokens` caps prompt+answer tokens). Prompts are
-left-padded. Texts come back in the original request order.
+Two decode loops, picked by `engine.loop`:
+- "slots" (default): our own decode loop (`_SlotDecoder`) with up to `batch_size` slots. Each request is
+  prefilled alone (batch 1), then decoded together with the others; a slot whose request ends (eos, stop
+  string, budget) yields its Completion at once and is refilled from the queue, so the batch never waits
+  for its longest answer. Why not transformers' own continuous batching (`generate_batch`): it has no
+  repetition penalty (its logits processors see one token, not the history), no per-request seed and one
+  do_sample for all requests. Why not `model.generate`: on a 2-core CPU at 1,000 tokens of context a step
+  cost ~1.9 s, >85% of it in the GQA key/value expansion copies and bf16 SDPA with a padding mask, plus
+  the cache's `torch.cat` growth; the matmuls of the weights were ~7% (bench/README.md "stream_engine").
+  The slot loop keeps one key/value tensor per layer, contiguous over the allocated columns, writes each
+  new token in place at its row's own position, and attends with two batched matmuls per layer (query
+  heads grouped over their shared key head, no copies) under an additive mask. It runs the model's own
+  modules (so peft LoRA layers apply), for Llama-family decoders (llama, mistral without sliding window,
+  qwen2, qwen3); other architectures fall back to "static".
+- "static": `model.generate` on static batches, grouped by (adapter, sampling params), sorted by prompt
+  length, left-padded; a batch runs until its longest answer ends. Kept for architectures the slot loop
+  does not know. `max_batch_tokens` caps batch size x (longest prompt + max_new_tokens).
 
 Adapters: each role's folder is loaded with peft under its own name (role + hash of the folder and its
 weights file), so round 2's adapter never collides with round 1's; folders no longer named are unloaded.
-Base-model requests run inside `disable_adapter()`. Until an adapter is set the model is plain transformers.
+The slot loop serves requests of different adapters in one batch through peft's mixed-batch forward
+(`adapter_names=`, "__base__" for base requests); base requests (adapter None, or a name with no folder)
+run without any adapter. Until an adapter is set the model is plain transformers.
 
-Seeds: `torch.manual_seed` is set once per batch from the first request's seed, so a sampled request is
-reproducible for the same batch composition, not on its own (per-request generators are not supported by
-`generate`). Greedy requests (temperature <= 0) do not depend on seeds or on the batch (in float32).
+Seeds: in the slot loop each sampled request draws from its own `torch.Generator` seeded with its own
+`params.seed` (one uniform per token, everything else row-local), so its text does not depend on which
+requests share its batch; greedy requests are batch-independent too (in float32; bf16 matmuls may round
+differently by batch size). The "static" loop seeds a whole batch from its first request's seed.
 
 dtype "auto": bfloat16 on CUDA; on CPU only where the CPU has native bf16 matmul (avx512_bf16 or AMX).
-Elsewhere bf16 is emulated and far slower: on this AVX2 EPYC a bf16 matmul ran at ~1 GFLOP/s against
+Elsewhere bf16 is emulated and far slower: on an AVX2 EPYC a bf16 matmul ran at ~1 GFLOP/s against
 ~100 GFLOP/s in float32 (bench/generation.py measures it), so "auto" picks float32 there.
 """
 
@@ -26,12 +42,14 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
-from selflengthen.engines.base import (GenerationStats, Progress, Request, SamplingParams, cut_at_stop,
-                                       render_prompt)
+from selflengthen.engines.base import (Completion, GenerationStats, Progress, Request, RequestQueue,
+                                       SamplingParams, cut_at_stop, generate_via_stream, render_prompt,
+                                       stream_in_batches)
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+_LOOPS = ("slots", "static")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -48,12 +66,15 @@ def cpu_has_fast_bf16() -> bool:
 
 
 class TransformersEngine:
-    """The Engine protocol (base.py) on top of transformers' `generate` and peft."""
+    """The Engine protocol (base.py) on transformers models and peft: a continuous-batching slot loop, or
+    `model.generate` on static batches."""
 
     def __init__(self, model_path: str, dtype: str = "auto", batch_size: int = 16, device: str = "auto",
-                 max_batch_tokens: Optional[int] = None, threads: Optional[int] = None):
+                 max_batch_tokens: Optional[int] = None, threads: Optional[int] = None, loop: str = "slots"):
         if dtype not in _DTYPES:
             raise ValueError(f"Config error: engine.dtype={dtype!r}; use one of {', '.join(_DTYPES)}.")
+        if loop not in _LOOPS:
+            raise ValueError(f"Config error: engine.loop={loop!r}; use one of {', '.join(_LOOPS)}.")
         if batch_size < 1:
             raise ValueError(f"Config error: engine.batch_size={batch_size}; it must be >= 1.")
         self.model_path = str(model_path)
@@ -62,12 +83,15 @@ class TransformersEngine:
         self.device = device
         self.max_batch_tokens = max_batch_tokens
         self.threads = threads
+        self.loop = loop
         self.stats = GenerationStats()
         self.model = None
         self.tokenizer = None
         # Extra keyword arguments for every `model.generate` call (benchmarks use min_new_tokens to force a
-        # fixed answer length). Not part of the Engine protocol.
+        # fixed answer length; the slot loop honours that key only, other keys send a call to "static").
+        # Not part of the Engine protocol.
         self.generate_overrides: dict = {}
+        self._slots_ok: Optional[bool] = None  # can the slot loop run this model? decided on first use
         self._adapters: dict[str, str] = {}  # peft adapter name -> folder
         self._roles: dict[str, Optional[str]] = {}  # adapter name the method uses -> peft adapter name
         self._torch_dtype = None
@@ -91,6 +115,7 @@ class TransformersEngine:
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self._torch_dtype)
         self.model = model.to(self.device).eval()
         self.tokenizer = tok
+        self._slots_ok = None
         self.stats.extra.update(dtype=str(self._torch_dtype).replace("torch.", ""), device=self.device)
 
     def _resolve_dtype(self, torch) -> str:
@@ -122,6 +147,7 @@ class TransformersEngine:
         self._pending = None
         self.model = None
         self.tokenizer = None
+        self._slots_ok = None
         self._adapters.clear()
         self._roles = {}
         import gc
@@ -174,7 +200,46 @@ class TransformersEngine:
         self._adapters[name] = folder
 
     # ---- generation ------------------------------------------------------------------------------
+    def stream(self, queue: RequestQueue) -> Iterator[Completion]:
+        """Yield each completion as soon as it finishes; requests added to `queue` meanwhile are served too."""
+        self._reload_if_released()
+        self._require_loaded()
+        if not self._use_slots():
+            return stream_in_batches(self, queue, self.batch_size)
+        return _SlotDecoder(self).run(queue)
+
     def generate(self, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
+        """One text per request, in request order (the slot loop's stream, or static batches)."""
+        self._reload_if_released()
+        self._require_loaded()
+        if self._use_slots():
+            return generate_via_stream(self, requests, progress)
+        return self.generate_static(requests, progress)
+
+    def _use_slots(self) -> bool:
+        """The slot loop, unless engine.loop=static, the architecture is not one it knows, or
+        generate_overrides holds keys other than min_new_tokens."""
+        if self.loop != "slots" or set(self.generate_overrides) - {"min_new_tokens"}:
+            return False
+        if self._slots_ok is None:
+            why = _slot_loop_unsupported(self._base_model())
+            if why:
+                import logging
+
+                logging.getLogger(__name__).warning("engine.loop=slots: %s; using static batches", why)
+            self._slots_ok = not why
+        return self._slots_ok
+
+    def _base_model(self):
+        """The transformers model under peft's wrapper (its modules carry the LoRA layers)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def _peft_name(self, adapter: Optional[str]) -> Optional[str]:
+        """The peft adapter a request runs with: None for base requests and names with no folder."""
+        return self._roles.get(adapter) if adapter else None
+
+    def generate_static(self, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
+        """The "static" loop: `model.generate` on batches grouped by adapter and sampling params."""
         import torch
 
         self._reload_if_released()
@@ -185,8 +250,7 @@ class TransformersEngine:
         encoded: list[list[int]] = []
         for i, req in enumerate(requests):
             encoded.append(self._encode(req))
-            key = (self._roles.get(req.adapter) if req.adapter else None,
-                   dataclasses.replace(req.params, seed=None))
+            key = (self._peft_name(req.adapter), dataclasses.replace(req.params, seed=None))
             groups.setdefault(key, []).append(i)
         with torch.inference_mode():
             for (adapter, params), idxs in groups.items():
@@ -286,3 +350,313 @@ def _adapter_name(role: str, folder: str) -> str:
             key += f":{st.st_size}:{st.st_mtime_ns}"
             break
     return f"{role}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+# ---- the slot loop ---------------------------------------------------------------------------------
+
+_SLOT_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # decoder layers whose forward _SlotDecoder reproduces
+_CAP_STEP = 128  # key/value columns are allocated in steps of this many: fewer regrowth copies vs more masked work
+
+
+def _slot_loop_unsupported(model) -> str:
+    """Why the slot loop cannot run `model` ('' when it can): it reproduces the Llama-family decoder layer."""
+    cfg = model.config
+    if cfg.model_type not in _SLOT_TYPES:
+        return f"model_type {cfg.model_type!r} is not one of {', '.join(_SLOT_TYPES)}"
+    windowed = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", cfg.model_type == "mistral")
+    if windowed or "sliding_attention" in (getattr(cfg, "layer_types", None) or ()):
+        return "sliding-window attention"
+    inner = getattr(model, "model", None)
+    if inner is None or not all(hasattr(inner, a) for a in ("layers", "embed_tokens", "norm", "rotary_emb")):
+        return "unexpected module layout"
+    return ""
+
+
+def _lin(module, x, names):
+    """A linear layer; peft LoRA layers get the per-row adapter names (peft's mixed-batch forward)."""
+    if names is not None and hasattr(module, "lora_A"):
+        return module(x, adapter_names=names)
+    return module(x)
+
+
+@dataclasses.dataclass
+class _Slot:
+    """One request in flight: its row's state between decode steps."""
+
+    req: Request
+    prompt: list[int]
+    lora: str  # peft adapter name, or "__base__"
+    gen: Optional[object]  # torch.Generator of a sampled request, seeded with its own params.seed
+    stops: list[str]
+    window: int  # tokens decoded from the tail to look for a stop string
+    out: list[int] = dataclasses.field(default_factory=list)
+    length: int = 0  # tokens in the key/value cache
+    next_tok: int = -1  # chosen, not yet in the cache
+
+
+class _SlotDecoder:
+    """Continuous batching for one `stream` call: up to `batch_size` requests decode together, each in its
+    own row of one key/value tensor per layer ([layers, rows, kv heads, columns, head dim]); active rows are
+    always rows 0..n-1, so every step works on contiguous views. A request is prefilled alone (batch 1) into
+    its row; a finished row is filled by moving the last row into it, and new requests append rows."""
+
+    def __init__(self, engine: TransformersEngine):
+        import sys
+
+        import torch
+
+        self.torch, self.engine, self.tok = torch, engine, engine.tokenizer
+        model = engine._base_model()
+        self.inner, self.lm_head, cfg = model.model, model.lm_head, model.config
+        self.layers = list(self.inner.layers)
+        attn = self.layers[0].self_attn
+        self.hd, self.scaling = attn.head_dim, attn.scaling
+        self.nh, self.kvh = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        self.dtype, self.device = model.lm_head.weight.dtype, model.lm_head.weight.device
+        self.vocab = model.lm_head.out_features
+        self.rows = engine.batch_size
+        self.peft = bool(engine._adapters)
+        self.eos = set(engine._eos_ids())
+        self.eos_t = torch.tensor(sorted(self.eos), device=self.device)
+        self.min_new = int(engine.generate_overrides.get("min_new_tokens") or 0)
+        self.seen = torch.zeros(self.rows, self.vocab, dtype=torch.bool, device=self.device)  # repetition penalty
+        self.K = self.V = None
+        self.cap = 0
+        self.slots: list[_Slot] = []
+        self.held: Optional[Request] = None  # taken from the queue, waiting for room under max_batch_tokens
+
+    # ---- scheduling ------------------------------------------------------------------------------
+    def run(self, queue: RequestQueue) -> Iterator[Completion]:
+        stats = self.engine.stats
+        while True:
+            started = time.perf_counter()
+            with self.torch.inference_mode():  # only around our work: the consumer runs between yields
+                done = self.fill(queue)
+                if self.slots:
+                    done += self.step()
+            stats.seconds += time.perf_counter() - started
+            yield from done
+            if not self.slots and not queue and self.held is None:
+                return
+
+    def fill(self, queue: RequestQueue) -> list[Completion]:
+        done = []
+        while len(self.slots) < self.rows and (queue or self.held is not None):
+            req = self.held if self.held is not None else queue.take(1)[0]
+            self.held = None
+            prompt = self.engine._encode(req)
+            budget = self.engine.max_batch_tokens
+            if budget and self.slots and self._reserved() + len(prompt) + req.params.max_new_tokens > budget:
+                self.held = req
+                break
+            finished = self.admit(req, prompt)
+            if finished is not None:
+                done.append(finished)
+        return done
+
+    def _reserved(self) -> int:
+        return sum(len(s.prompt) + s.req.params.max_new_tokens for s in self.slots)
+
+    def admit(self, req: Request, prompt: list[int]) -> Optional[Completion]:
+        """Prefill `req` into a new last row and choose its first token."""
+        torch, p = self.torch, req.params
+        if p.max_new_tokens <= 0:
+            return self._completion(req, prompt, [], "length")
+        gen = None
+        if not p.greedy:
+            seed = p.seed if p.seed is not None else int(torch.randint(2 ** 62, ()))
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+        stops = [s for s in p.stop if s]
+        lora = self.engine._peft_name(req.adapter) or "__base__"
+        slot = _Slot(req, prompt, lora, gen, stops, 4 + 3 * max((len(s) for s in stops), default=0))
+        row = len(self.slots)
+        self.slots.append(slot)
+        self._ensure_cap(len(prompt) + 1)
+        self.seen[row].zero_()
+        ids = torch.tensor(prompt, device=self.device)
+        self.seen[row, ids] = True
+        logits = self._prefill(row, ids, lora)
+        slot.length = len(prompt)
+        tok = self._choose(logits, [slot], slice(row, row + 1))[0]
+        self.seen[row, tok] = True
+        finished = self._accept(slot, tok)
+        if finished is not None:
+            self.slots.pop()
+        return finished
+
+    def step(self) -> list[Completion]:
+        """One decode step for every active row; finished rows are removed (the last row moves in)."""
+        torch, slots = self.torch, self.slots
+        n = len(slots)
+        pos = [s.length for s in slots]
+        self._ensure_cap(max(pos) + 1)
+        toks = torch.tensor([s.next_tok for s in slots], device=self.device)
+        logits = self._decode(toks, torch.tensor(pos, device=self.device))
+        for s in slots:
+            s.length += 1
+        chosen = self._choose(logits, slots, slice(0, n))
+        self.seen[torch.arange(n, device=self.device), torch.tensor(chosen, device=self.device)] = True
+        finished = [(row, c) for row, (s, t) in enumerate(zip(slots, chosen)) if (c := self._accept(s, t))]
+        for row, _ in reversed(finished):
+            self._drop(row)
+        extra = self.engine.stats.extra
+        extra["decode_steps"] = extra.get("decode_steps", 0) + 1
+        extra["decode_rows"] = extra.get("decode_rows", 0) + n  # / decode_steps = mean batch actually decoded
+        return [c for _, c in finished]
+
+    def _drop(self, row: int) -> None:
+        last = len(self.slots) - 1
+        if row != last:
+            cols = self.slots[last].length
+            self.K[:, row, :, :cols] = self.K[:, last, :, :cols]
+            self.V[:, row, :, :cols] = self.V[:, last, :, :cols]
+            self.seen[row] = self.seen[last]
+            self.slots[row] = self.slots[last]
+        self.slots.pop()
+        longest = max((s.length for s in self.slots), default=0) + 1
+        if self.cap > _round_up(longest, _CAP_STEP) + _CAP_STEP:  # the longest answers left: attend over less
+            self._resize(_round_up(longest, _CAP_STEP))
+
+    # ---- one token per row -----------------------------------------------------------------------
+    def _accept(self, slot: _Slot, tok: int) -> Optional[Completion]:
+        """Append the chosen token; a Completion when the request ends here (eos, stop string, budget)."""
+        if tok in self.eos:  # eos ends the answer and is not part of its text
+            return self._completion(slot.req, slot.prompt, slot.out, "stop", slot.stops)
+        slot.out.append(tok)
+        if slot.stops:
+            tail = self.tok.decode(slot.out[-slot.window:], skip_special_tokens=True)
+            if any(s in tail for s in slot.stops):
+                return self._completion(slot.req, slot.prompt, slot.out, "stop", slot.stops)
+        if len(slot.out) >= slot.req.params.max_new_tokens:
+            return self._completion(slot.req, slot.prompt, slot.out, "length", slot.stops)
+        slot.next_tok = tok
+        return None
+
+    def _completion(self, req, prompt, out, reason, stops=()) -> Completion:
+        stats = self.engine.stats
+        stats.requests += 1
+        stats.prompt_tokens += len(prompt)
+        stats.new_tokens += len(out)
+        text = cut_at_stop(self.tok.decode(out, skip_special_tokens=True), stops)
+        return Completion(req.id, text, len(prompt), len(out), reason)
+
+    def _choose(self, logits, slots: list[_Slot], rows: slice) -> list[int]:
+        """Next token per row, HF's order: repetition penalty (over prompt + answer), then greedy argmax, or
+        temperature, top-k, top-p and one uniform draw from the row's own generator."""
+        torch = self.torch
+        params = [s.req.params for s in slots]
+        if any(p.repetition_penalty != 1.0 for p in params):
+            pen = torch.tensor([p.repetition_penalty for p in params], device=self.device)[:, None]
+            penalised = torch.where(logits < 0, logits * pen, logits / pen)
+            logits = torch.where(self.seen[rows], penalised, logits)
+        if self.min_new:  # benchmarks force a length: no eos before min_new_tokens
+            early = [i for i, s in enumerate(slots) if len(s.out) + 1 < self.min_new]
+            if early:
+                logits[torch.tensor(early)[:, None], self.eos_t[None, :]] = float("-inf")
+        chosen = logits.argmax(-1)
+        sampled = [i for i, p in enumerate(params) if not p.greedy]
+        if sampled:
+            chosen[torch.tensor(sampled)] = self._sample(logits[sampled], [slots[i] for i in sampled])
+        return chosen.tolist()
+
+    def _sample(self, logits, slots: list[_Slot]):
+        torch = self.torch
+        params = [s.req.params for s in slots]
+        ks = [p.top_k if p.top_k and p.top_k > 0 else self.vocab for p in params]
+        k = min(self.vocab, max(ks))
+        temp = torch.tensor([p.temperature for p in params], device=self.device)[:, None]
+        vals, ids = (logits / temp).topk(k, dim=-1)  # sorted, largest first
+        if min(ks) < k:
+            vals = vals.masked_fill(torch.arange(k)[None, :] >= torch.tensor(ks)[:, None], float("-inf"))
+        probs = vals.softmax(-1)
+        if any(p.top_p < 1.0 for p in params):  # keep the smallest prefix whose mass reaches top_p (HF's rule)
+            top_p = torch.tensor([p.top_p for p in params], device=self.device)[:, None]
+            drop = (probs.cumsum(-1) - probs) >= top_p
+            drop[:, 0] = False
+            probs = probs.masked_fill(drop, 0.0)
+        cdf = probs.cumsum(-1)
+        u = torch.stack([torch.rand((), generator=s.gen, device=self.device) for s in slots])
+        pick = (cdf < (u * cdf[:, -1])[:, None]).sum(-1).clamp_(max=k - 1)
+        return ids.gather(1, pick[:, None])[:, 0]
+
+    # ---- the model ---------------------------------------------------------------------------------
+    def _prefill(self, row: int, ids, lora: str):
+        """Run one prompt (batch 1, causal attention without a mask), write its keys/values into `row`,
+        return the last position's logits [1, vocab]."""
+        torch, T = self.torch, ids.shape[0]
+        names = [lora] if self.peft else None
+        x = self.inner.embed_tokens(ids[None])
+        cos, sin = self.inner.rotary_emb(x, torch.arange(T, device=self.device)[None])
+        for i, layer in enumerate(self.layers):
+            a = layer.self_attn
+            q, k, v = self._qkv(a, layer.input_layernorm(x), names, cos, sin)
+            self.K[i, row, :, :T] = k[0]
+            self.V[i, row, :, :T] = v[0]
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
+                                                                 scale=self.scaling)
+            x = x + _lin(a.o_proj, o.transpose(1, 2).reshape(1, T, -1), names)
+            x = x + self._mlp(layer, x, names)
+        return self.lm_head(self.inner.norm(x[:, -1:]))[:, -1].float()
+
+    def _decode(self, toks, pos):
+        """One token for each of the n active rows at its own position; logits [n, vocab]."""
+        torch, n = self.torch, toks.shape[0]
+        names = [s.lora for s in self.slots] if self.peft else None
+        x = self.inner.embed_tokens(toks[:, None])
+        cos, sin = self.inner.rotary_emb(x, pos[:, None])
+        # Each row attends to its own columns 0..pos (its new token included); the rest are masked.
+        cols = torch.arange(self.cap, device=self.device)
+        bias = torch.zeros(n, 1, 1, self.cap, device=self.device).masked_fill_(
+            (cols[None, :] > pos[:, None]).view(n, 1, 1, self.cap), float("-inf"))
+        rows = torch.arange(n, device=self.device)
+        g = self.nh // self.kvh
+        for i, layer in enumerate(self.layers):
+            a = layer.self_attn
+            q, k, v = self._qkv(a, layer.input_layernorm(x), names, cos, sin)
+            K, V = self.K[i, :n], self.V[i, :n]  # contiguous [n, kv heads, cap, head dim]
+            K[rows, :, pos] = k[:, :, 0]
+            V[rows, :, pos] = v[:, :, 0]
+            # Query heads grouped over their shared key head: two batched matmuls, no repeat_kv copies.
+            scores = torch.matmul(q.reshape(n, self.kvh, g, self.hd), K.transpose(-1, -2)).float()
+            probs = (scores * self.scaling + bias).softmax(-1).to(self.dtype)
+            o = torch.matmul(probs, V).reshape(n, 1, self.nh * self.hd)
+            x = x + _lin(a.o_proj, o, names)
+            x = x + self._mlp(layer, x, names)
+        return self.lm_head(self.inner.norm(x))[:, -1].float()
+
+    def _qkv(self, a, h, names, cos, sin):
+        n, T = h.shape[:2]
+        q = _lin(a.q_proj, h, names).view(n, T, -1, self.hd)
+        k = _lin(a.k_proj, h, names).view(n, T, -1, self.hd)
+        v = _lin(a.v_proj, h, names).view(n, T, -1, self.hd)
+        if hasattr(a, "q_norm"):  # qwen3
+            q, k = a.q_norm(q), a.k_norm(k)
+        q, k = self.rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        return q, k, v.transpose(1, 2)
+
+    @staticmethod
+    def _mlp(layer, x, names):
+        mlp = layer.mlp
+        h = layer.post_attention_layernorm(x)
+        return _lin(mlp.down_proj, mlp.act_fn(_lin(mlp.gate_proj, h, names)) * _lin(mlp.up_proj, h, names), names)
+
+    # ---- the key/value tensors ---------------------------------------------------------------------
+    def _ensure_cap(self, columns: int) -> None:
+        if columns > self.cap:
+            self._resize(_round_up(columns, _CAP_STEP))
+
+    def _resize(self, cap: int) -> None:
+        """Reallocate the key/value tensors with `cap` columns (zeros: masked columns must stay finite)."""
+        shape = (len(self.layers), self.rows, self.kvh, cap, self.hd)
+        K = self.torch.zeros(shape, dtype=self.dtype, device=self.device)
+        V = self.torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if self.K is not None:
+            keep = min(cap, self.cap)
+            K[..., :keep, :] = self.K[..., :keep, :]
+            V[..., :keep, :] = self.V[..., :keep, :]
+        self.K, self.V, self.cap = K, V, cap
+
+
+def _round_up(x: int, step: int) -> int:
+    return -(-x // step) * step
