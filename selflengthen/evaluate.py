@@ -92,9 +92,14 @@ def check_eval_settings(ev) -> None:
 # --- the prompt file ------------------------------------------------------------------------------------
 
 def prompt_path(s: Settings) -> Path:
-    """`eval.prompt_file`, or the shipped held-out file of the prompt set's language."""
+    """`eval.prompt_file`, or the shipped held-out file of the prompt set's language. A bare file name that is
+    not a file here names a shipped one (`eval.prompt_file=eval_mixed_en.jsonl`), so a preset can point at
+    shipped prompts wherever the package is installed."""
     if s.eval.prompt_file:
-        return Path(s.eval.prompt_file).expanduser()
+        path = Path(s.eval.prompt_file).expanduser()
+        if not path.exists() and path.name == s.eval.prompt_file and shipped_data(path.name).is_file():
+            return shipped_data(path.name)
+        return path
     return shipped_data(s.prompts.get("eval_file", f"eval_{s.prompts['lang']}.jsonl"))
 
 
@@ -160,8 +165,28 @@ def finished_rounds(run_dir: Path) -> dict[int, dict]:
     return out
 
 
-def eval_file(run_dir: Path, r: int) -> Path:
-    return layout.eval_dir(run_dir) / f"round_{r:03d}.json"
+FINAL = "final"  # the final model's row (stages/final.py), next to rounds 0, 1, 2, ...
+
+
+def label(r: int | str) -> str:
+    return r if isinstance(r, str) else f"round_{r:03d}"
+
+
+def eval_file(run_dir: Path, r: int | str) -> Path:
+    return layout.eval_dir(run_dir) / f"{label(r)}.json"
+
+
+def final_adapters(s: Settings) -> Optional[dict]:
+    """The final model's adapters when the run has one (stages/final.py), else None."""
+    role = s.method.answer_role
+    done = layout.final_dir(s.run_dir) / "train" / role / "done.json"
+    if not done.exists():
+        return None
+    try:
+        adapter = read_json(done)["summary"].get("adapter")
+    except (CorruptArtifact, KeyError, TypeError):
+        return None
+    return {role: layout.absolute(s.run_dir, adapter)} if adapter else None
 
 
 # --- what made a result ---------------------------------------------------------------------------------------
@@ -206,7 +231,7 @@ def eval_key(s: Settings, adapters: dict, path: Optional[Path] = None) -> dict:
     return {
         "prompt_file_sha256": sha256_file(path), "limit": s.eval.limit, "max_new_tokens": s.eval.max_new_tokens,
         "decoding": dataclasses.asdict(s.decoding), "model": s.model_path, "engine": (s.engine or {}).get("name"),
-        "adapter": adapter_identity(s.run_dir, adapters.get("generator")), "seed": s.seed,
+        "adapter": adapter_identity(s.run_dir, adapters.get(s.method.answer_role)), "seed": s.seed,
         "template": {"system": tpl.get("system"), "user": tpl["user"]}, "filter": s.prompts.get("filter"),
     }
 
@@ -313,17 +338,18 @@ def evaluate_round(s: Settings, engine, r: int, adapters: dict, prompts: Optiona
         return current
     kept = _read_doc(keyed_file(s.run_dir, r, key_hash(key)))
     if kept is not None and kept.get("key") == key:
-        log.info("eval of round %d: the result made earlier with these settings is brought back", r)
+        log.info("eval of %s: the result made earlier with these settings is brought back", label(r))
         _make_current(s.run_dir, r, kept, current)
         return kept
     if current is not None:
-        log.warning("eval of round %d on disk was made with other settings (%s): evaluating again; the old result "
+        log.warning("eval of %s on disk was made with other settings (%s): evaluating again; the old result "
                     "stays in %s", r, differences(current.get("key"), key), eval_file(s.run_dir, r).parent / BY_KEY_DIR)
     start = time.time()
     ctx = RoundContext(s, r, engine, adapters)  # for decoding params and the chat message shape
     tpl = s.prompts["generate"]
-    requests = [Request.chat(f"eval{r:03d}.{i:05d}", ctx.messages(tpl.get("system"), tpl["user"].format(instruction=p["prompt"])),
-                             ctx.params(s.eval.max_new_tokens, derive_seed(s.seed, "eval", i)), adapter="generator")
+    role = s.method.answer_role
+    requests = [Request.chat(f"eval-{label(r)}.{i:05d}", ctx.messages(tpl.get("system"), tpl["user"].format(instruction=p["prompt"])),
+                             ctx.params(s.eval.max_new_tokens, derive_seed(s.seed, "eval", i)), adapter=role)
                 for i, p in enumerate(prompts)]
     engine.set_adapters({role: resolve_adapter(s.run_dir, a) for role, a in adapters.items()})
     with ui.progress(f"eval · round {r}", len(requests)) as advance:
@@ -343,8 +369,11 @@ def evaluate_run(s: Settings, engine, rounds: Optional[list[int]] = None) -> dic
     check_eval_settings(s.eval)
     path = prompt_path(s)
     prompts = load_prompts(path, s.eval.limit)  # a bad file fails before any model
-    available = finished_rounds(s.run_dir)
-    wanted = sorted(available) if rounds is None else [r for r in rounds if r in available]
+    available: dict = finished_rounds(s.run_dir)
+    final = final_adapters(s)
+    if final is not None:
+        available[FINAL] = final
+    wanted = list(available) if rounds is None else [r for r in rounds if r in available]
     return {r: aggregates_of(evaluate_round(s, engine, r, available[r], prompts)) for r in wanted}
 
 
@@ -374,7 +403,7 @@ def table(results: dict[int, dict]):
     for col in ("round", "open\nn", "\nmean", "\nmedian", "\nlongest", "\npass",
                 "constr.\nn", "\nmean", "\npass", "length\nscore", "\nS_l"):
         t.add_column(col, justify="right")
-    for r, a in sorted(results.items()):
+    for r, a in sorted(results.items(), key=lambda kv: (isinstance(kv[0], str), kv[0])):
         o, c = _groups(a)
         o = o or {"n": 0}
         t.add_row(str(r), str(o["n"]), _fmt(o.get("mean_words"), ".0f"), _fmt(o.get("median_words"), ".0f"),

@@ -270,8 +270,8 @@ def test_cli_refuses_a_bad_limit_without_writing_an_eval(tmp_path, value):
 
 
 def test_open_prompts_in_a_run_eval(tmp_path):
-    s = finished_run(tmp_path, "iterations=1", f"eval.prompt_file={evaluate.shipped_data('eval_mixed_en.jsonl')}",
-                     "eval.limit=6")
+    s = finished_run(tmp_path, "iterations=1", "eval.prompt_file=eval_mixed_en.jsonl", "eval.limit=6")
+    assert evaluate.prompt_path(s) == evaluate.shipped_data("eval_mixed_en.jsonl")  # a bare name: the shipped file
     results = evaluate.evaluate_run(s, Recorder())
     doc = eval_docs(s)[1]
     open_rows = [r for r in doc["rows"] if r["type"] == "none"]
