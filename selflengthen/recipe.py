@@ -54,7 +54,7 @@ def run(s: Settings, engine: Optional[engine_session.LazyEngine] = None,
                     log.info("round %d is complete on disk: skipped", r)
                 adapters = layout.adapters_abs(s.run_dir, summary["adapters_out"])
                 summaries.append(summary)
-            if method.final_stages:
+            if method.final_stages and getattr(s.sections.get("final"), "enabled", False):
                 ran |= run_final(RoundContext(s, s.iterations + 1, engine, adapters, method, trainer, s.train,
                                               model_path, folder=layout.final_dir(s.run_dir)))
         finally:
@@ -85,13 +85,16 @@ def run_round(ctx: RoundContext) -> dict:
 
 
 def run_final(ctx: RoundContext) -> bool:
-    """The method's stages after the last round (in `final/`); True when one of them ran."""
-    ran = False
-    for stage in ctx.method.final_stages:
-        t0 = time.time()
-        stage.run(ctx)
-        ran |= time.time() - t0 > 0.5
-    return ran
+    """The method's stages after the last round (in `final/`, switched on by its `final.enabled`), then the
+    final model's held-out eval when evals run every round. True when a stage ran."""
+    ui.console.rule("[bold]final model")
+    ctx.engine.set_adapters(ctx.adapters)
+    done_before = all((ctx.stage_dir(st.name) / "done.json").exists() for st in ctx.method.final_stages)
+    sections = {stage.name: stage.run(ctx) for stage in ctx.method.final_stages}
+    if ctx.s.eval.every_round:
+        evaluate.evaluate_round(ctx.s, ctx.engine, evaluate.FINAL, ctx.adapters_out)
+    log.info("final stages: %s", "; ".join(f"{st.name}: {st.brief(sections[st.name])}" for st in ctx.method.final_stages))
+    return not done_before
 
 
 def finished_round(run_dir: Path, r: int, method: Method) -> Optional[dict]:

@@ -40,10 +40,11 @@ def _summaries(run_dir: Path) -> list[dict]:
 def _evals(run_dir: Path) -> dict[int, dict]:
     """Round -> eval document (with rows), for every eval file on disk (the newest per round)."""
     out = {}
-    for path in sorted(layout.eval_dir(run_dir).glob("round_*.json"), key=lambda p: p.stat().st_mtime):
+    paths = sorted(layout.eval_dir(run_dir).glob("round_*.json")) + sorted(layout.eval_dir(run_dir).glob("final.json"))
+    for path in paths:
         try:
             doc = read_json(path)
-            out[int(doc["round"])] = doc
+            out[doc["round"] if doc["round"] == "final" else int(doc["round"])] = doc
         except Exception as exc:  # a damaged eval file is left out of the report, not fatal
             log.warning("%s is not readable (%s): left out of the report", path, exc)
     return out
@@ -72,11 +73,12 @@ def build_report(run_dir: Path, method=None) -> dict:
     method = method or method_of(run_dir)
     evals = _evals(run_dir)
     rounds = [_round_row(s, evals.get(s["round"]), method) for s in _summaries(run_dir)]
-    base = evals.get(0)
+    base, final = evals.get(0), evals.get("final")
     export = layout.export_dir(run_dir) / "done.json"
     return {
         "run": run_dir.name, "run_dir": str(run_dir), "method": method.name, "rounds": rounds,
         "base_eval": None if base is None else _round_row({"round": 0}, base, method)["eval"],
+        "final_eval": None if final is None else _round_row({"round": "final"}, final, method)["eval"],
         "export": read_json(export).get("summary") if export.exists() else None,
     }
 
@@ -118,6 +120,8 @@ def eval_table(report: dict):
     evals = {r["round"]: r["eval"] for r in report["rounds"] if r["eval"]}
     if report.get("base_eval"):
         evals[0] = report["base_eval"]
+    if report.get("final_eval"):
+        evals["final"] = report["final_eval"]
     return table(evals) if evals else None
 
 
@@ -200,20 +204,32 @@ def _plot_lengths(run_dir: Path, rounds: list[int], path: Path, method) -> Path:
     return _save(fig, path)
 
 
-def _plot_eval(evals: dict[int, dict], path: Path) -> Path:
+def _plot_eval(evals: dict, path: Path) -> Path:
     from matplotlib.figure import Figure
 
+    evals = {r: e for r, e in evals.items() if isinstance(r, int)}  # the final model has no x position
     fig = Figure(figsize=(9, 3.8))
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.2)
     words_ax, score_ax = fig.subplots(1, 2)
     rounds = sorted(evals)
+
+    def series(group: str | None, key: str, scale: float = 1.0) -> list:
+        out = []
+        for r in rounds:
+            src = evals[r].get(group) if group and isinstance(evals[r].get(group), dict) else evals[r]
+            v = src.get(key) if src else None
+            out.append(float("nan") if v is None else v * scale)  # a gap, never a crash
+        return out
+
     if rounds:
-        words_ax.plot(rounds, [evals[r]["mean_words"] for r in rounds], "o-", label="mean")
-        words_ax.plot(rounds, [evals[r]["median_words"] for r in rounds], "s--", label="median")
+        has_open = any((evals[r].get("open") or {}).get("n") for r in rounds)
+        group = "open" if has_open else None  # open prompts show the natural length best
+        words_ax.plot(rounds, series(group, "mean_words"), "o-", label="mean" + (" (open prompts)" if has_open else ""))
+        words_ax.plot(rounds, series(group, "median_words"), "s--", label="median")
         words_ax.legend()
-        score_ax.plot(rounds, [evals[r]["length_score"] for r in rounds], "o-", label="length score")
-        score_ax.plot(rounds, [evals[r]["s_l"] / 100 for r in rounds], "s--", label="S_l / 100")
-        score_ax.plot(rounds, [evals[r]["repetition_pass_rate"] for r in rounds], "^:", label="filter pass rate")
+        score_ax.plot(rounds, series(None, "length_score"), "o-", label="length score")
+        score_ax.plot(rounds, series(None, "s_l", 0.01), "s--", label="S_l / 100")
+        score_ax.plot(rounds, series(None, "repetition_pass_rate"), "^:", label="filter pass rate")
         score_ax.set_ylim(-0.02, 1.02)
         score_ax.legend()
         for ax in (words_ax, score_ax):
@@ -239,20 +255,21 @@ def _plot_requested(evals: dict[int, dict], path: Path) -> Path:
     fig = Figure(figsize=(5.5, 5))
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.11, top=0.93)
     ax = fig.add_subplot()
-    points = [(r, _requested(row), max(1, row["words"])) for r in sorted(evals) for row in evals[r].get("rows", [])
+    order = sorted(evals, key=lambda r: (isinstance(r, str), r))
+    points = [(r, _requested(row), max(1, row["words"])) for r in order for row in evals[r].get("rows", [])
               if row.get("type") not in (None, "none")]  # open prompts ask for no length
     if points:
         import matplotlib
         from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
-        rounds = sorted(evals)
+        rounds = order
         many = len(rounds) > 10
         cmap = matplotlib.colormaps["viridis" if many else "tab10"]
         for i, r in enumerate(rounds):
             xs = [x for rr, x, _ in points if rr == r]
             ys = [y for rr, _, y in points if rr == r]
             ax.scatter(xs, ys, s=18, alpha=0.75, color=cmap(i / (len(rounds) - 1) if many else i),
-                       label="round 0 (base)" if r == 0 else f"round {r}")
+                       label="round 0 (base)" if r == 0 else (f"round {r}" if isinstance(r, int) else str(r)))
         lo = min(min(x for _, x, _ in points), min(y for _, _, y in points)) * 0.8
         hi = max(max(x for _, x, _ in points), max(y for _, _, y in points)) * 1.25
         ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="y = x")

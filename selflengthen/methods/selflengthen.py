@@ -6,7 +6,7 @@ continuing from its adapter of the previous round.
 
 from selflengthen.methods.base import Method, Stage
 from selflengthen.sampling import Sampling
-from selflengthen.stages import extend, initial, self_instruct, sft_data
+from selflengthen.stages import extend, final, initial, self_instruct, sft_data
 from selflengthen.stages.train import train_stage
 
 ROLES = ("generator", "extender")
@@ -27,4 +27,5 @@ METHOD = Method(
     semantic_keys=("self_instruct", "generate", "extend", "sampling", "sft"),
     pairs=(extend.NAME, "extended.jsonl"),
     answer_role="generator",
+    final_stages=final.stages(),  # with final.enabled=true: the shipped model, trained on the collected data
 )

@@ -45,9 +45,10 @@ def free_memory() -> None:
         pass
 
 
-def train_stage(source: str) -> Stage:
-    """The train stage of a method whose training rows are `<source>/<role>.jsonl`."""
-    return Stage(NAME, lambda ctx: run(ctx, source), brief=brief)
+def train_stage(source: str, roles: tuple[str, ...] | None = None) -> Stage:
+    """The train stage of a method whose training rows are `<source>/<role>.jsonl` (every role of the method,
+    or just `roles`)."""
+    return Stage(NAME, lambda ctx: run(ctx, source, roles), brief=brief)
 
 
 def brief(section: dict) -> str:
@@ -58,12 +59,12 @@ def brief(section: dict) -> str:
     return ", ".join(parts)
 
 
-def run(ctx: RoundContext, source: str) -> dict:
+def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) -> dict:
     """Returns {role: {"loss", "adapter", "seconds", ...}}; skips roles already trained. Sets
     `ctx.adapters_out[role]` to each role's new adapter (absolute path)."""
     ctx.engine.release()  # give accelerator memory back before training (vLLM sleeps or shuts down)
     out = {}
-    for role in ctx.method.roles:
+    for role in roles or ctx.method.roles:
         free_memory()
         folder = ctx.stage_dir(NAME) / role
         done = stage_done(folder)

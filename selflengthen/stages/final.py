@@ -1,0 +1,134 @@
+"""final: the method's last step, after the rounds — the model a user would ship (DESIGN §1, last paragraph).
+
+With `final.enabled=true` the recipe runs these stages once, in `iterations/<run>/final/`, after the last
+round (and again when a later `iterations=` adds rounds: their inputs changed, so their records no longer
+match and they are redone):
+
+  final_data  the collection (collect.py: every round's long pairs, fresh answers by the final generator,
+              length control added to the queries) exported to `export/`, and its chat rows as the training
+              rows `final_data/<role>.jsonl` of the method's answering role;
+  train       that role trained on them (continuing from the last round's adapter, or from the base model
+              with `final.from_adapter=base`, which is what the paper's final fine-tune does);
+  merge       the adapter merged into the base weights: `final/merge/model/` is a plain model folder that
+              transformers and vLLM load with no peft (skipped with `final.merge=false`).
+
+The held-out eval shows the final model as its own row (`final`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selflengthen import layout, ui
+from selflengthen.config import rule
+from selflengthen.stages import train
+from selflengthen.stages.common import RoundContext, resumable
+from selflengthen.store import atomic_write_bytes, atomic_write_jsonl, fsync_dir, read_jsonl, reset_dir
+
+log = logging.getLogger(__name__)
+
+DATA, MERGE = "final_data", "merge"
+
+
+@dataclass(frozen=True)
+class Final:
+    """`final:` — train the shipped model on the collected, length-controlled pairs after the last round."""
+
+    enabled: bool = False
+    from_adapter: str = field(default="last", metadata=rule(choices=("last", "base"),
+                                                            fix="use final.from_adapter=last or base"))
+    merge: bool = True
+
+
+def _fingerprint(ctx: RoundContext) -> str:
+    """What the final stages were built from: the last round and its adapter. A run that gained rounds has a
+    new fingerprint, and the final stages are redone."""
+    role = ctx.method.answer_role
+    return f"{ctx.round_no - 1}:{layout.relative(ctx.s.run_dir, ctx.adapters.get(role))}"
+
+
+def _stale(ctx: RoundContext) -> bool:
+    marker = ctx.round_dir / "built_from.txt"
+    return marker.exists() and marker.read_text() != _fingerprint(ctx)
+
+
+def run_data(ctx: RoundContext) -> dict:
+    """Collect + export, then the training rows. Resets the final folder when it was built from other rounds."""
+    from selflengthen import collect
+
+    if _stale(ctx):
+        log.info("the run has new rounds since the final model was built: building it again")
+        reset_dir(ctx.round_dir)
+    atomic_write_bytes(ctx.round_dir / "built_from.txt", _fingerprint(ctx).encode())
+    info = collect.collect(ctx.s, ctx.s.collect, ctx.engine)
+    return _data(ctx, info)
+
+
+@resumable(DATA)
+def _data(ctx: RoundContext, folder: Path, info: dict) -> tuple[dict, list[str]]:
+    rows = read_jsonl(layout.export_dir(ctx.s.run_dir) / "chat.jsonl")
+    role = ctx.method.answer_role
+    atomic_write_jsonl(folder / f"{role}.jsonl", [{"id": r.get("id", f"final-{i:05d}"), "messages": r["messages"]}
+                                                   for i, r in enumerate(rows)])
+    return {"rows": len(rows), "kinds": info.get("kinds", {}), "from_rounds": info.get("from_rounds", 0),
+            "from_collect": info.get("from_collect", 0)}, [f"{role}.jsonl"]
+
+
+def run_train(ctx: RoundContext) -> dict:
+    if ctx.cfg("final").from_adapter == "base":
+        ctx.adapters = {k: None for k in ctx.adapters}
+    return train.run(ctx, DATA, (ctx.method.answer_role,))
+
+
+@resumable(MERGE)
+def _merge(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
+    adapter = ctx.adapters_out.get(ctx.method.answer_role)
+    if not adapter or not ctx.cfg("final").merge:
+        return {"merged": None, "why": "no adapter" if not adapter else "final.merge=false"}, []
+    if not any((Path(adapter) / w).exists() for w in ("adapter_model.safetensors", "adapter_model.bin")):
+        return {"merged": None, "why": "the adapter holds no weights (train.backend=fake)"}, []
+    start = time.time()
+    with ui.progress("final · merging the adapter into the base weights", 1) as bar:
+        merge_adapter(ctx.model_path(), adapter, folder / "model")
+        bar(1)
+    files = sorted(str(p.relative_to(folder)) for p in (folder / "model").rglob("*") if p.is_file())
+    return {"merged": layout.relative(ctx.s.run_dir, str(folder / "model")), "merge_seconds": time.time() - start}, files
+
+
+def merge_adapter(base: str, adapter: str, out: Path) -> None:
+    """Base weights + LoRA adapter -> a plain transformers folder at `out` (built aside, renamed into place)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out.parent / f".{out.name}.tmp"
+    reset_dir(tmp)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(str(tmp))
+    AutoTokenizer.from_pretrained(base).save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    fsync_dir(out.parent)
+
+
+def stages():
+    """The final stages, for a method's `final_stages`."""
+    from selflengthen.methods.base import Stage
+
+    return (Stage(DATA, run_data, brief_data, config=(("final", Final),)),
+            Stage(train.NAME, run_train, train.brief),
+            Stage(MERGE, _merge, brief_merge))
+
+
+def brief_data(section: dict) -> str:
+    return f"{section.get('rows', 0)} collected rows"
+
+
+def brief_merge(section: dict) -> str:
+    return f"merged model in {section['merged']}" if section.get("merged") else f"not merged ({section.get('why', '')})"
