@@ -106,14 +106,14 @@ def test_live_lock_refuses_a_second_process(tmp_path):
     # the holder died without releasing: its lock is stale and is taken over
     lock = RunLock(tmp_path)
     lock.acquire()
-    assert f"pid {os.getpid()}" in (tmp_path / "lock").read_text()
+    assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()  # our own small JSON
     lock.release()
 
 
 def test_stale_lock_file_is_taken_over(tmp_path, caplog):
-    (tmp_path / "lock").write_text("pid 999999 on somehost since 2020-01-01 00:00:00")
+    (tmp_path / "lock").write_text('{"pid": 999999, "host": "somehost", "since": "2020-01-01 00:00:00"}')
     with RunLock(tmp_path):
-        assert "stale" in caplog.text
+        assert "stale" in caplog.text and "pid 999999 on somehost" in caplog.text
     assert (tmp_path / "lock").read_text() == ""
 
 
