@@ -40,7 +40,7 @@ from selflengthen.engines.base import Request
 from selflengthen.length_control import make_constraint, phrase
 from selflengthen.settings import ConfigError, Settings
 from selflengthen.stages import self_instruct
-from selflengthen.stages.common import RoundContext, attempt_waves, derive_seed, preparer, resumable
+from selflengthen.stages.common import RoundContext, derive_seed, preparer, redraws, resumable
 from selflengthen.stages.initial import quality
 from selflengthen.store import (CorruptArtifact, StoreError, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,
                                 fsync_dir, mark_done, open_log, read_json, read_jsonl, reset_dir, stage_done)
@@ -192,9 +192,9 @@ def _answer(ctx: CollectContext, folder: Path, cc: CollectConfig) -> tuple[dict,
 
     attempts = open_log(folder / "attempts.jsonl")
     with ui.progress("collect · answers", len(items)) as advance:
-        passed = attempt_waves(attempts, items, request, quality(filters.FilterConfig.from_dict(ctx.s.prompts["filter"])),
-                               ctx.s.generate.max_attempts, ctx.engine, ctx.s.checkpoint_every, advance,
-                               prepare=preparer(ctx.s.generate.trim_to_sentence))
+        passed = redraws(attempts, items, request, quality(filters.FilterConfig.from_dict(ctx.s.prompts["filter"])),
+                         ctx.s.generate.max_attempts, ctx.engine, ctx.durability, advance,
+                         prepare=preparer(ctx.s.generate.trim_to_sentence))
     rows = [{"id": i, "instruction": items[i]["prompt"], "text": rec["text"].strip(),
              "words": count_words(rec["text"].strip())} for i, rec in passed.items() if rec]
     atomic_write_jsonl(folder / "answers.jsonl", rows)
@@ -268,7 +268,7 @@ def rewrite_queries(ctx: CollectContext, rows: list[dict]) -> list[dict]:
     folder = ctx.stage_dir(REWRITE)
     attempts = open_log(folder / "attempts.jsonl")
     with ui.progress("collect · rewrite queries", len(items)) as advance:
-        passed = attempt_waves(attempts, items, request, judge, 2, ctx.engine, ctx.s.checkpoint_every, advance)
+        passed = redraws(attempts, items, request, judge, 2, ctx.engine, ctx.durability, advance)
     out = []
     for r in rows:
         rec = passed.get(r["id"])

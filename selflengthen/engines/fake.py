@@ -5,20 +5,32 @@ resumed run must reproduce an uninterrupted one exactly. It is shaped like the r
 orchestration cares: completions that end in "Instruction 3:" give an instruction line, very short
 generations (the yes/no judge) give "Yes"/"No", everything else gives paragraphs whose length follows the
 longest message (so extension lengthens), some without a final full stop or with a repeated 10-gram, so
-the quality filter and the re-draw waves are exercised. An adapter makes answers longer, as training is
+the quality filter and the re-draws are exercised. An adapter makes answers longer, as training is
 meant to. Never used by default: `engine=fake` selects it.
+
+`stream(queue)` serves requests as they come (DESIGN §6). Without a latency model it answers them one at a
+time, in queue order (`delay` seconds each, in real time). With one (`max_slots` = C) it simulates a
+continuous-batching engine instead: at most C sequences in flight, each step emits one token for every
+sequence in flight and costs `step_seconds + token_seconds * B` simulated seconds for B sequences, a
+completion's length in tokens is `tokens(request, text)` (its word count, capped by max_new_tokens; a
+subclass may declare another), and a finished slot is refilled from the queue before the next step. The
+simulated clock and counters (`sim`) give the engine's utilization, tokens emitted / (steps x C), without
+a model: bench/scheduler.py measures the stages' scheduling with it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
-from selflengthen.engines.base import GenerationStats, Progress, Request
+from selflengthen.engines.base import (Completion, GenerationStats, Progress, Request, RequestQueue,
+                                       generate_via_stream)
 
 _WORDS = (
     "river market engine theory garden signal harbor ledger canvas orbit valley method chapter lantern "
@@ -31,13 +43,35 @@ _TOPICS = ("city planning", "a lighthouse keeper", "renewable energy", "a family
            "the history of maps", "a startup pitch", "ocean plastics", "a retirement speech", "chess openings")
 
 
+@dataclass
+class SimClock:
+    """The latency model's simulated time and counters."""
+
+    slots: int
+    seconds: float = 0.0  # simulated engine time
+    steps: int = 0  # decode steps run
+    tokens: int = 0  # tokens emitted (= busy slot-steps: one token per sequence in flight per step)
+    peak: int = 0  # most sequences in flight at once
+
+    @property
+    def utilization(self) -> float:
+        """Tokens emitted / (steps x slots): 1.0 when every slot decoded at every step."""
+        return self.tokens / (self.steps * self.slots) if self.steps else 0.0
+
+
 class FakeEngine:
     name = "fake"
 
-    def __init__(self, model_path: str = "fake", delay: float = 0.0, seed: int = 0, **_: object):
+    def __init__(self, model_path: str = "fake", delay: float = 0.0, seed: int = 0,
+                 max_slots: Optional[int] = None, step_seconds: float = 0.0, token_seconds: float = 0.0,
+                 **_: object):
+        if max_slots is None and (step_seconds or token_seconds):
+            raise ValueError("engine.step_seconds / engine.token_seconds need engine.max_slots (the latency model)")
         self.model_path = model_path
-        self.delay = delay  # seconds per request: lets fault-injection tests kill mid-stage
+        self.delay = delay  # real seconds per request: lets fault-injection tests kill mid-stage
         self.seed = seed
+        self.step_seconds, self.token_seconds = step_seconds, token_seconds
+        self.sim = SimClock(max_slots) if max_slots else None  # the latency model, when max_slots is set
         self.adapters: dict[str, Optional[str]] = {}
         self.stats = GenerationStats()
 
@@ -55,16 +89,47 @@ class FakeEngine:
         pass
 
     def generate(self, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
-        out = []
-        for r in requests:
-            if self.delay:
-                time.sleep(self.delay)
-            out.append(self._one(r))
-            if progress:
-                progress(1)
-        self.stats.requests += len(requests)
-        self.stats.new_tokens += sum(len(t.split()) for t in out)
-        return out
+        return generate_via_stream(self, requests, progress)
+
+    def stream(self, queue: RequestQueue) -> Iterator[Completion]:
+        return self._simulated(queue) if self.sim else self._one_by_one(queue)
+
+    def tokens(self, request: Request, text: str) -> int:
+        """A completion's length in tokens for the latency model: its words, within the request's budget."""
+        return max(1, min(len(text.split()), request.params.max_new_tokens))
+
+    def _finish(self, r: Request) -> Completion:
+        if self.delay:
+            time.sleep(self.delay)
+        text = self._one(r)
+        n = self.tokens(r, text)
+        self.stats.requests += 1
+        self.stats.new_tokens += n
+        return Completion(r.id, text, new_tokens=n)
+
+    def _one_by_one(self, queue: RequestQueue) -> Iterator[Completion]:
+        while queue:
+            yield self._finish(queue.take(1)[0])
+
+    def _simulated(self, queue: RequestQueue) -> Iterator[Completion]:
+        """Continuous batching in simulated time, event by event: between two finishes the batch is constant,
+        so the steps in between are accounted in one go."""
+        sim, order = self.sim, 0
+        flight: list[tuple[int, int, Completion]] = []  # (step it finishes at, order, completion)
+        while True:
+            for r in queue.take(sim.slots - len(flight)):
+                c = self._finish(r)
+                heapq.heappush(flight, (sim.steps + c.new_tokens, order, c))
+                order += 1
+            if not flight:
+                return
+            sim.peak = max(sim.peak, len(flight))
+            end, batch = flight[0][0], len(flight)
+            sim.seconds += (end - sim.steps) * (self.step_seconds + self.token_seconds * batch)
+            sim.tokens += (end - sim.steps) * batch
+            sim.steps = end
+            while flight and flight[0][0] == end:  # the consumer may queue more between these yields
+                yield heapq.heappop(flight)[2]
 
     def _one(self, r: Request) -> str:
         folder = self.adapters.get(r.adapter) if r.adapter else None

@@ -1,20 +1,22 @@
 """What every stage of a round shares: its context (folder, seeds, settings, engine, trainer), the decoding
-settings, the wave loop with re-draws, and the resumable wrapper."""
+settings, the stream scheduler (item chains fed by one engine stream, records made durable by a `Journal`),
+re-draws on top of it, and the resumable wrapper."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Iterator, Optional, Sequence
 
 from selflengthen import layout
 from selflengthen.config import rule
-from selflengthen.engines.base import Request, SamplingParams
-from selflengthen.store import ItemLog, iter_chunks, mark_done, stage_done
+from selflengthen.engines.base import Completion, Request, RequestQueue, SamplingParams, stream_in_batches
+from selflengthen.store import ItemLog, mark_done, stage_done
 
 if TYPE_CHECKING:  # pragma: no cover
     from selflengthen.methods.base import Method
@@ -79,18 +81,164 @@ class RoundContext:
     def messages(self, system: Optional[str], user: str) -> list[tuple[str, str]]:
         return ([("system", system)] if system else []) + [("user", user)]
 
+    @property
+    def durability(self) -> "Durability":
+        return Durability(self.s.run.checkpoint_every, self.s.run.checkpoint_seconds)
 
-def attempt_waves(log: ItemLog, items: dict[str, dict], make_request: Callable[[str, dict, int], Request],
-                  judge: Callable[[dict, str], tuple[bool, str]], max_attempts: int, engine, chunk: int,
-                  advance: Callable[[int], None],
-                  prepare: Callable[[str], str] = str.strip) -> dict[str, Optional[dict]]:
-    """Generate each item until a sample passes `judge` or `max_attempts` is reached.
 
-    Each wave sends every pending item together (in durable chunks of `chunk` requests); items that fail go
-    to the next wave. `prepare` cleans a generation before it is judged and saved. Records `{id: "<item>#<attempt>", item, attempt, text, ok, reason}` are appended to the
-    log after each chunk, so a restart resumes where it stopped. Returns item -> its passing record or None.
-    """
-    def state() -> tuple[dict, dict]:
+# --- the stream scheduler (DESIGN §6) ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Durability:
+    """How often a stage's buffered records reach the disk: every `every` records or `seconds` seconds,
+    whichever comes first (`run.checkpoint_every`, `run.checkpoint_seconds`). A crash loses at most that.
+    Never a batch size: the engine is fed the same way whatever these are."""
+
+    every: int = 64
+    seconds: float = 30.0
+
+
+class Journal:
+    """Records on their way to an item log: buffered, appended (fsynced) in groups of at most `every`, and
+    by a timer once the oldest buffered record is `seconds` old, so a slow stream is durable too; the rest
+    at `close()`. The records of one `add` are never split over two appends (a pass and its attempt's
+    verdict land together). After a failed append nothing more is written: later records of a chain must
+    never reach the log without its earlier ones."""
+
+    def __init__(self, log: ItemLog, durability: Durability):
+        self.log, self.every, self.seconds = log, max(1, durability.every), durability.seconds
+        self._buf: list[dict] = []
+        self._since = 0.0  # time.monotonic() of the oldest buffered record
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._timer = threading.Thread(target=self._tick, name="journal-flush", daemon=True)
+        self._timer.start()
+
+    def add(self, records: list[dict]) -> None:
+        with self._lock:
+            self._check()
+            if self._buf and len(self._buf) + len(records) > self.every:
+                self._flush()
+            if not self._buf:
+                self._since = time.monotonic()
+            self._buf.extend(records)
+            if len(self._buf) >= self.every:
+                self._flush()
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # after an error elsewhere, what is buffered was judged and is valid: keep it, unless an append already
+        # failed (then a chain's later record could land without its earlier one)
+        self.close(flush=self._error is None)
+
+    def close(self, flush: bool = True) -> None:
+        """Stop the timer; with `flush`, append what is buffered (raising an earlier append's error instead)."""
+        self._stop.set()
+        self._timer.join()
+        if flush:
+            with self._lock:
+                self._check()
+                self._flush()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _flush(self) -> None:
+        if not self._buf:
+            return
+        batch, self._buf = self._buf, []
+        try:
+            self.log.append(batch)
+        except BaseException as exc:
+            self._error = exc
+            raise
+
+    def _tick(self) -> None:
+        interval = min(1.0, max(0.005, self.seconds / 4))
+        while not self._stop.wait(interval):
+            with self._lock:
+                if self._error is None and self._buf and time.monotonic() - self._since >= self.seconds:
+                    try:
+                        self._flush()
+                    except BaseException:  # kept in self._error; the stage raises it at its next add/close
+                        return
+
+
+class Scheduler:
+    """One engine stream shared by many requests: `submit(request, then)` queues a request (at any time,
+    also from inside a `then`), and `run()` feeds the engine until nothing is queued or in flight, calling
+    each request's `then(completion)` as soon as it finishes. A request id is in flight at most once."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.queue = RequestQueue()
+        self._then: dict[str, Callable[[Completion], None]] = {}
+
+    def submit(self, request: Request, then: Callable[[Completion], None]) -> None:
+        if request.id in self._then:
+            raise ValueError(f"request {request.id} is already in flight")
+        self._then[request.id] = then
+        self.queue.add(request)
+
+    def run(self) -> None:
+        while self.queue:
+            for c in self._stream():
+                self._then.pop(c.id)(c)
+        if self._then:
+            raise RuntimeError(f"the engine's stream ended with {len(self._then)} request(s) unanswered "
+                               f"(e.g. {next(iter(self._then))})")
+
+
+    def _stream(self) -> Iterator[Completion]:
+        if hasattr(self.engine, "stream"):
+            return self.engine.stream(self.queue)
+        # a generate-only engine (a test double): static batches of whatever is queued
+        return stream_in_batches(self.engine, self.queue, max(1, len(self.queue)))
+
+
+# A chain is one item's state machine, written as a generator: it yields a Request and receives its
+# Completion, or yields a list of records (received: None) to be logged; it returns when the item is settled.
+Chain = Generator[Any, Optional[Completion], None]
+
+
+def run_chains(engine, log: ItemLog, chains: Iterable[Chain], durability: Durability,
+               advance: Optional[Callable[[int], None]] = None) -> None:
+    """Drive every chain to its end through one engine stream (DESIGN §6). A chain's next request is queued
+    the moment its previous completion has been judged, so the engine stays full and no chain waits for
+    another; records go to `log` through a `Journal` (durable every N records or T seconds, and at the
+    end). `advance(1)` is called as each chain ends."""
+    sched = Scheduler(engine)
+    with Journal(log, durability) as journal:
+        def step(chain: Chain, value: Optional[Completion]) -> None:
+            try:
+                while True:
+                    out = chain.send(value)
+                    if isinstance(out, Request):
+                        sched.submit(out, lambda c: step(chain, c))
+                        return
+                    journal.add(out)
+                    value = None
+            except StopIteration:
+                if advance is not None:
+                    advance(1)
+
+        for chain in chains:
+            step(chain, None)
+        sched.run()
+
+
+def redraws(log: ItemLog, items: dict[str, dict], make_request: Callable[[str, dict, int], Request],
+            judge: Callable[[dict, str], tuple[bool, str]], max_attempts: int, engine, durability: Durability,
+            advance: Callable[[int], None], prepare: Callable[[str], str] = str.strip) -> dict[str, Optional[dict]]:
+    """Sample each item until a sample passes `judge` or `max_attempts` is reached, every item a chain of its
+    own: a failed sample is re-drawn at once. `prepare` cleans a generation before it is judged and saved.
+    Records `{id: "<item>#<attempt>", item, attempt, text, ok, reason}`; a rerun continues every item from
+    its last record. Returns item -> its passing record or None."""
+    def state() -> tuple[Counter, dict]:
         tries: Counter = Counter()
         passed: dict[str, dict] = {}
         for r in log.records:
@@ -99,22 +247,20 @@ def attempt_waves(log: ItemLog, items: dict[str, dict], make_request: Callable[[
                 passed[r["item"]] = r
         return tries, passed
 
-    while True:
-        tries, passed = state()
-        pending = [i for i in items if i not in passed and tries[i] < max_attempts]
-        if not pending:
-            break
-        for part in iter_chunks(pending, chunk):
-            requests = [make_request(i, items[i], tries[i]) for i in part]
-            texts = engine.generate(requests)
-            records = []
-            for i, text in zip(part, map(prepare, texts)):
-                ok, reason = judge(items[i], text)
-                records.append({"id": f"{i}#{tries[i]}", "item": i, "attempt": tries[i], "text": text,
-                                "ok": ok, "reason": reason})
-                if ok or tries[i] + 1 >= max_attempts:
-                    advance(1)  # the item is settled: passed, or out of attempts
-            log.append(records)
+    def chain(i: str, first: int) -> Chain:
+        for attempt in range(first, max_attempts):
+            c = yield make_request(i, items[i], attempt)
+            text = prepare(c.text)
+            ok, reason = judge(items[i], text)
+            yield [{"id": f"{i}#{attempt}", "item": i, "attempt": attempt, "text": text, "ok": ok, "reason": reason}]
+            if ok:
+                return
+
+    tries, passed = state()
+    settled = [i for i in items if i in passed or tries[i] >= max_attempts]
+    advance(len(settled))
+    run_chains(engine, log, (chain(i, tries[i]) for i in items if i not in passed and tries[i] < max_attempts),
+               durability, advance)
     _, passed = state()
     return {i: passed.get(i) for i in items}
 

@@ -8,8 +8,10 @@ One pass over a text T:
   the candidate (stage-1 text + continuation) becomes the new T if it passes the filter and is longer
   than the best so far.
 An attempt runs `passes` passes and succeeds if the best text is more than `min_growth` × the initial
-length (in words); a failed attempt is re-drawn, up to `max_attempts`. Every pass of every pending item
-runs as one wave per stage (all stage-1 requests together, then all stage-2), in durable chunks.
+length (in words); a failed attempt is re-drawn, up to `max_attempts`. Every sample is a chain on the
+engine stream (DESIGN §6): its stage-2 request is queued the moment its stage-1 text is back, its next
+pass the moment a pass is judged, its re-drawn attempt the moment an attempt fails — no sample waits for
+another.
 
 Artifacts: `passes.jsonl` (one record per item, attempt and pass, plus one per finished attempt),
 `extended.jsonl` (kept after length-aware sampling).
@@ -27,9 +29,9 @@ from selflengthen import filters, ui
 from selflengthen.config import rule
 from selflengthen.engines.base import Request
 from selflengthen.sampling import keep_indices
-from selflengthen.stages.common import RoundContext, mean, preparer, resumable
+from selflengthen.stages.common import Chain, RoundContext, mean, preparer, resumable, run_chains
 from selflengthen.stages.initial import NAME as INITIAL
-from selflengthen.store import ItemLog, atomic_write_jsonl, iter_chunks, open_log, read_jsonl
+from selflengthen.store import ItemLog, atomic_write_jsonl, open_log, read_jsonl
 from selflengthen.text import count_words, split_paragraphs
 
 NAME = "extend"
@@ -73,20 +75,23 @@ class ItemState:
     done: Optional[dict] = None  # the successful final record, once there is one
     failed_attempts: int = 0
 
+    def take(self, r: dict) -> None:
+        """Advance past one of this item's records (a pass, or an attempt's verdict)."""
+        if r.get("final"):
+            if r["ok"]:
+                self.done = r
+            else:
+                self.failed_attempts += 1
+            self.attempt, self.next_pass = r["attempt"] + 1, 1
+            self.text, self.words = self.source["text"], self.source["words"]
+        elif r["attempt"] == self.attempt:
+            self.next_pass, self.text, self.words = r["pass"] + 1, r["text"], r["words"]
+
 
 def rebuild(items: dict[str, dict], log: ItemLog) -> dict[str, ItemState]:
     states = {i: ItemState(i, src, text=src["text"], words=src["words"]) for i, src in items.items()}
-    for r in log.records:  # records are in append order: later passes overwrite earlier ones
-        st = states[r["item"]]
-        if r.get("final"):
-            if r["ok"]:
-                st.done = r
-            else:
-                st.failed_attempts += 1
-            st.attempt, st.next_pass = r["attempt"] + 1, 1
-            st.text, st.words = st.source["text"], st.source["words"]
-        elif r["attempt"] == st.attempt:
-            st.next_pass, st.text, st.words = r["pass"] + 1, r["text"], r["words"]
+    for r in log.records:  # one item's records are in append order: later passes overwrite earlier ones
+        states[r["item"]].take(r)
     return states
 
 
@@ -99,67 +104,59 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     log = open_log(folder / "passes.jsonl")
 
     with ui.progress(f"round {ctx.round_no} · extension", len(items)) as advance:
-        settled = 0
-        while True:
-            states = rebuild(items, log)
-            now_settled = sum(1 for s in states.values() if s.done or s.failed_attempts >= cfg.max_attempts)
-            advance(now_settled - settled)
-            settled = now_settled
-            active = [s for s in states.values() if not s.done and s.failed_attempts < cfg.max_attempts]
-            if not active:
-                break
-            for part in iter_chunks(active, ctx.s.checkpoint_every):
-                log.append(one_pass(ctx, part, fcfg))
+        states = rebuild(items, log)
+        active = [st for st in states.values() if not st.done and st.failed_attempts < cfg.max_attempts]
+        advance(len(items) - len(active))
+        run_chains(ctx.engine, log, (sample(ctx, st, fcfg) for st in active), ctx.durability, advance)
 
     return _finish(ctx, folder, items, rebuild(items, log), log)
 
 
-def one_pass(ctx: RoundContext, states: list[ItemState], fcfg: filters.FilterConfig) -> list[dict]:
-    """Run the next pass of every given item: one stage-1 wave, one stage-2 wave. Returns log records."""
+def sample(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Chain:
+    """One extension sample as a chain: stage 1, stage 2, judge, the next pass, the attempt's verdict, a
+    re-drawn attempt — until it succeeds or runs out of attempts. `st` is where the log left it."""
     cfg, tpl = ctx.cfg("extend"), ctx.s.prompts["extend"]
-
-    def msgs(template: str, st: ItemState, text: str):
-        return ctx.messages(tpl.get("system"), template.format(instruction=st.source["instruction"], text=text))
-
-    def seed(stage: str, st: ItemState) -> int:
-        return ctx.seed(stage, st.item, st.attempt, st.next_pass)
-
-    stage1 = ctx.engine.generate([
-        Request.chat(st.item, msgs(tpl["stage1"], st, first_half(st.text)),
-                     ctx.params(cfg.max_new_tokens, seed("extend-1", st)), adapter="extender") for st in states])
-    prefixes = [keep_two_thirds(t.strip()) for t in stage1]
-    go = [(st, p) for st, p in zip(states, prefixes) if p]
-    stage2 = ctx.engine.generate([
-        Request.chat(st.item, msgs(tpl["stage2"], st, st.text),
-                     ctx.params(cfg.max_new_tokens, seed("extend-2", st)), adapter="extender",
-                     assistant_prefix=p + "\n\n") for st, p in go])
     prepare = preparer(cfg.trim_to_sentence)
-    candidates = {st.item: prepare(p + "\n\n" + cont.strip()) for (st, p), cont in zip(go, stage2)}
 
-    records = []
-    for st in states:
-        cand = candidates.get(st.item)
-        reason, accepted = "", False
-        if cand is None:
-            reason = "empty_stage1"
-        else:
-            result = filters.check(cand, fcfg)
-            words = count_words(cand)
-            if not result.ok:
-                reason = result.reason
-            elif words <= st.words:
-                reason = "not_longer"
-            else:
-                accepted, st.text, st.words = True, cand, words
-        records.append({"id": f"{st.item}#a{st.attempt}p{st.next_pass}", "item": st.item, "attempt": st.attempt,
-                        "pass": st.next_pass, "accepted": accepted, "reason": reason, "text": st.text,
-                        "words": st.words})
-        if st.next_pass >= cfg.passes:
+    def request(stage: str, template: str, text: str, prefix: str = "") -> Request:
+        messages = ctx.messages(tpl.get("system"), template.format(instruction=st.source["instruction"], text=text))
+        params = ctx.params(cfg.max_new_tokens, ctx.seed(stage, st.item, st.attempt, st.next_pass))
+        return Request.chat(st.item, messages, params, adapter="extender", assistant_prefix=prefix)
+
+    while not st.done and st.failed_attempts < cfg.max_attempts:
+        stage1 = yield request("extend-1", tpl["stage1"], first_half(st.text))
+        prefix = keep_two_thirds(stage1.text.strip())
+        candidate = None
+        if prefix:
+            stage2 = yield request("extend-2", tpl["stage2"], st.text, prefix + "\n\n")
+            candidate = prepare(prefix + "\n\n" + stage2.text.strip())
+        records = [judge_pass(st, candidate, fcfg)]
+        st.take(records[0])
+        if records[0]["pass"] >= cfg.passes:
             ok = st.words > cfg.min_growth * st.source["words"]
             records.append({"id": f"{st.item}#a{st.attempt}", "item": st.item, "attempt": st.attempt, "final": True,
                             "ok": ok, "reason": "" if ok else "too_little_growth", "text": st.text,
                             "words": st.words})
-    return records
+            st.take(records[1])
+        yield records  # a pass and its attempt's verdict reach the log together
+
+
+def judge_pass(st: ItemState, candidate: Optional[str], fcfg: filters.FilterConfig) -> dict:
+    """The pass record: the candidate becomes the new text if it passes the filter and is longer."""
+    reason, text, words = "", st.text, st.words
+    if candidate is None:
+        reason = "empty_stage1"
+    else:
+        result = filters.check(candidate, fcfg)
+        n = count_words(candidate)
+        if not result.ok:
+            reason = result.reason
+        elif n <= st.words:
+            reason = "not_longer"
+        else:
+            text, words = candidate, n
+    return {"id": f"{st.item}#a{st.attempt}p{st.next_pass}", "item": st.item, "attempt": st.attempt,
+            "pass": st.next_pass, "accepted": not reason, "reason": reason, "text": text, "words": words}
 
 
 def _requests(log: ItemLog) -> int:

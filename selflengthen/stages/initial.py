@@ -1,7 +1,7 @@
 """initial: the generator answers every new instruction, k samples each (DESIGN §1.2).
 
-A sample that fails the quality filter is re-drawn in the next wave, up to `max_attempts`; then
-length-aware sampling keeps mostly the longer passing answers.
+Every sample is a chain of its own on the engine stream: one that fails the quality filter is re-drawn at
+once, up to `max_attempts`; then length-aware sampling keeps mostly the longer passing answers.
 
 Artifacts: `attempts.jsonl` (every sample and its verdict, appended durably), `responses.jsonl` (kept).
 """
@@ -16,7 +16,7 @@ from selflengthen import filters, ui
 from selflengthen.config import rule
 from selflengthen.engines.base import Request
 from selflengthen.sampling import keep_indices
-from selflengthen.stages.common import RoundContext, attempt_waves, mean, preparer, rejection_counts, resumable
+from selflengthen.stages.common import RoundContext, mean, preparer, redraws, rejection_counts, resumable
 from selflengthen.stages.self_instruct import NAME as INSTRUCTIONS
 from selflengthen.store import atomic_write_jsonl, open_log, read_jsonl
 from selflengthen.text import count_words
@@ -54,9 +54,8 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
 
     log = open_log(folder / "attempts.jsonl")
     with ui.progress(f"round {ctx.round_no} · initial responses", len(items)) as advance:
-        passed = attempt_waves(log, items, request, quality(filters.FilterConfig.from_dict(ctx.s.prompts["filter"])),
-                               cfg.max_attempts, ctx.engine, ctx.s.checkpoint_every, advance,
-                               prepare=preparer(cfg.trim_to_sentence))
+        passed = redraws(log, items, request, quality(filters.FilterConfig.from_dict(ctx.s.prompts["filter"])),
+                         cfg.max_attempts, ctx.engine, ctx.durability, advance, prepare=preparer(cfg.trim_to_sentence))
 
     ok = [(i, rec) for i, rec in passed.items() if rec]
     texts = [rec["text"].strip() for _, rec in ok]

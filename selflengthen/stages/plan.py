@@ -1,8 +1,9 @@
 """plan: AgentWrite's first step (DESIGN §7) — the model plans each answer as one line per paragraph.
 
 Every instruction of the round gets `samples` plans; a plan that `selflengthen.plan.parse_plan` rejects
-(empty, unparseable, misnumbered, too many steps, a word count out of bounds) is re-drawn in the next wave,
-up to `max_attempts`. The bounds are shown to the model in the prompt and enforced by the parser.
+(empty, unparseable, misnumbered, too many steps, a word count out of bounds) is re-drawn at once (each
+sample is a chain on the engine stream), up to `max_attempts`. The bounds are shown to the model in the
+prompt and enforced by the parser.
 
 Artifacts: `attempts.jsonl` (every plan drawn and its verdict, appended durably), `plans.jsonl` (accepted:
 the instruction and its parsed steps).
@@ -18,7 +19,7 @@ from selflengthen import ui
 from selflengthen.config import need, rule
 from selflengthen.engines.base import Request
 from selflengthen.plan import parse_plan, plan_messages
-from selflengthen.stages.common import RoundContext, attempt_waves, mean, rejection_counts, resumable
+from selflengthen.stages.common import RoundContext, mean, redraws, rejection_counts, resumable
 from selflengthen.stages.self_instruct import NAME as INSTRUCTIONS
 from selflengthen.store import atomic_write_jsonl, open_log, read_jsonl
 
@@ -59,8 +60,7 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
 
     log = open_log(folder / "attempts.jsonl")
     with ui.progress(f"round {ctx.round_no} · plan", len(items)) as advance:
-        passed = attempt_waves(log, items, request, judge, cfg.max_attempts, ctx.engine, ctx.s.checkpoint_every,
-                               advance)
+        passed = redraws(log, items, request, judge, cfg.max_attempts, ctx.engine, ctx.durability, advance)
 
     rows = []
     for item, rec in passed.items():

@@ -2,8 +2,10 @@
 
 The model sees two instructions sampled from the pool as a numbered list in completion mode and writes a
 third; a chat-mode yes/no judge decides whether it suits a long article; it is kept if the judge says yes,
-its length is within the word bounds and it is not already in the pool. Waves of `per_wave` completions
-run until `num_new` are kept or `max_waves` is reached. If the waves end short and `fill_from_pool` is on,
+its length is within the word bounds and it is not already in the pool. Waves of `per_wave` proposals
+run until `num_new` are kept or `max_waves` is reached; inside a wave every proposal streams on its own
+(its judge is queued as soon as the proposal is back), and the kept instructions are the first `num_new`
+in proposal order, so finishing order never changes the result. If the waves end short and `fill_from_pool` is on,
 seed instructions that no round has used yet fill the gap (recorded as `source: pool`), so a weak model
 cannot starve a round.
 
@@ -19,11 +21,11 @@ from pathlib import Path
 from typing import Optional
 
 from selflengthen import ui
-from selflengthen.engines.base import Request
+from selflengthen.engines.base import Completion, Request
 from selflengthen import layout
 from selflengthen.config import rule
-from selflengthen.stages.common import RoundContext, rejection_counts, resumable
-from selflengthen.store import atomic_write_jsonl, iter_chunks, open_log, read_jsonl
+from selflengthen.stages.common import Journal, RoundContext, Scheduler, rejection_counts, resumable
+from selflengthen.store import atomic_write_jsonl, open_log, read_jsonl
 from selflengthen.text import count_words
 
 NAME = "self_instruct"
@@ -75,9 +77,7 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     cfg, tpl = ctx.cfg("self_instruct"), ctx.s.prompts["self_instruct"]
     earlier = earlier_instructions(ctx)
     pool = list(ctx.s.seeds) + earlier
-    seen = {_norm(p) for p in pool}
     log = open_log(folder / "candidates.jsonl")
-    seen |= {_norm(r["text"]) for r in log.records if r["ok"]}
 
     with ui.progress(f"round {ctx.round_no} · self-instruct", cfg.num_new) as advance:
         advance(sum(r["ok"] for r in log.records))
@@ -85,12 +85,10 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
             if sum(r["ok"] for r in log.records) >= cfg.num_new:
                 break
             ids = [f"w{wave:02d}.{j:05d}" for j in range(cfg.per_wave)]
-            for part in iter_chunks([i for i in ids if i not in log], ctx.s.checkpoint_every):
-                records = _propose_and_judge(ctx, part, pool, seen, tpl)
-                log.append(records)
-                advance(sum(r["ok"] for r in records))
+            if any(i not in log for i in ids):
+                _wave(ctx, log, ids, pool, tpl, advance)
 
-    kept = [r["text"] for r in log.records if r["ok"]][:cfg.num_new]
+    kept = [r["text"] for r in sorted(log.records, key=_order) if r["ok"]][:cfg.num_new]
     sources = ["self_instruct"] * len(kept)
     if len(kept) < cfg.num_new and cfg.fill_from_pool:
         used = {_norm(p) for p in earlier + kept}
@@ -107,41 +105,74 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     return summary, ["instructions.jsonl"]
 
 
-def _propose_and_judge(ctx: RoundContext, ids: list[str], pool: list[str], seen: set, tpl: dict) -> list[dict]:
+def _order(record: dict) -> tuple[int, int]:
+    """Proposal order, whatever order the stream finished them in: `w<wave>.<n>`."""
+    wave, n = record["id"][1:].split(".")
+    return int(wave), int(n)
+
+
+def _wave(ctx: RoundContext, log, ids: list[str], pool: list[str], tpl: dict, advance) -> None:
+    """One wave of proposals on one stream: each proposal is judged the moment it can be, and the yes/no
+    judge of a fresh one is queued at once. Whether a proposal is a duplicate is decided in id order (a
+    proposal is held until every earlier one of its wave is back), so the choice never depends on which
+    finished first: a duplicate repeats the pool, a kept instruction of an earlier wave, or an earlier
+    proposal of this wave that had the right length and was no duplicate itself."""
     cfg = ctx.cfg("self_instruct")
-    proposals = []
-    for i in ids:
-        a, b = random.Random(ctx.seed("si-pick", i)).sample(pool, 2)
-        prompt = tpl["fewshot"].format(ins1=a, ins2=b)
-        params = ctx.params(cfg.max_new_tokens, ctx.seed("si-gen", i), stop=tpl.get("stop", ()))
-        proposals.append(Request.completion(i, prompt, params, adapter=cfg.adapter))
-    texts = [parse_instruction(t) for t in ctx.engine.generate(proposals)]
-
-    records, to_judge = [], []
-    for i, text in zip(ids, texts):
-        words = count_words(text)
-        reason = ""
-        if not cfg.min_words < words < cfg.max_words:
-            reason = "instruction_length"
-        elif _norm(text) in seen:
-            reason = "duplicate_instruction"
-        records.append({"id": i, "text": text, "words": words, "ok": False, "reason": reason})
-        if not reason:
-            seen.add(_norm(text))  # a later proposal in this chunk that repeats it is a duplicate
-            to_judge.append(records[-1])
-
-    judge_params = lambda i: ctx.params(4, ctx.seed("si-judge", i))  # noqa: E731 — yes/no needs few tokens
-    answers = ctx.engine.generate([
-        Request.chat(r["id"], ctx.messages(None, tpl["judge"].format(instruction=r["text"])), judge_params(r["id"]),
-                     adapter=cfg.adapter) for r in to_judge])
+    done_before = {r["id"] for r in log.records}
+    seen = {_norm(p) for p in pool} | {_norm(r["text"]) for r in log.records if r["ok"] and r["id"] not in ids}
+    back: dict[str, str] = {}  # proposal id -> parsed instruction, until its turn comes
+    head = 0
     yes = tuple(w.lower() for w in tpl.get("judge_yes", ["yes"]))
-    for r, answer in zip(to_judge, answers):
-        r["judge"] = answer.strip()
-        r["ok"] = answer.strip().lower().startswith(yes)
-        r["reason"] = "" if r["ok"] else "judged_not_long_form"
-        if not r["ok"]:
-            seen.discard(_norm(r["text"]))
-    return records
+    sched = Scheduler(ctx.engine)
+
+    with Journal(log, ctx.durability) as journal:
+        def judged(record: dict, answer: Completion) -> None:
+            record["judge"] = answer.text.strip()
+            record["ok"] = record["judge"].lower().startswith(yes)
+            record["reason"] = "" if record["ok"] else "judged_not_long_form"
+            journal.add([record])
+            advance(int(record["ok"]))
+
+        def release() -> None:
+            """Decide every proposal whose earlier ones are all decided."""
+            nonlocal head
+            while head < len(ids) and (ids[head] in done_before or ids[head] in back):
+                i = ids[head]
+                head += 1
+                if i in done_before:  # decided before a restart
+                    r = log.by_id[i]
+                    if r["reason"] in ("", "judged_not_long_form"):
+                        seen.add(_norm(r["text"]))
+                    continue
+                text = back.pop(i)
+                words = count_words(text)
+                reason = ""
+                if not cfg.min_words < words < cfg.max_words:
+                    reason = "instruction_length"
+                elif _norm(text) in seen:
+                    reason = "duplicate_instruction"
+                record = {"id": i, "text": text, "words": words, "ok": False, "reason": reason}
+                if reason:
+                    journal.add([record])
+                    continue
+                seen.add(_norm(text))
+                params = ctx.params(4, ctx.seed("si-judge", i))  # yes/no needs few tokens
+                sched.submit(Request.chat(i, ctx.messages(None, tpl["judge"].format(instruction=text)), params,
+                                          adapter=cfg.adapter), lambda c, record=record: judged(record, c))
+
+        def proposed(c: Completion) -> None:
+            back[c.id] = parse_instruction(c.text)
+            release()
+
+        for i in ids:
+            if i in done_before:
+                continue
+            a, b = random.Random(ctx.seed("si-pick", i)).sample(pool, 2)
+            params = ctx.params(cfg.max_new_tokens, ctx.seed("si-gen", i), stop=tpl.get("stop", ()))
+            sched.submit(Request.completion(i, tpl["fewshot"].format(ins1=a, ins2=b), params, adapter=cfg.adapter),
+                         proposed)
+        release()
+        sched.run()
 
 
 def brief(section: dict) -> str:

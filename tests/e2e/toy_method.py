@@ -14,7 +14,7 @@ from selflengthen import filters, ui
 from selflengthen.config import rule
 from selflengthen.engines.base import Request
 from selflengthen.methods.base import Method, Stage
-from selflengthen.stages.common import RoundContext, attempt_waves, mean, resumable
+from selflengthen.stages.common import RoundContext, mean, redraws, resumable
 from selflengthen.stages.train import train_stage
 from selflengthen.store import atomic_write_jsonl, open_log
 from selflengthen.text import count_words
@@ -45,7 +45,7 @@ def run_draft(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
 
     log = open_log(folder / "attempts.jsonl")
     with ui.progress(f"round {ctx.round_no} · draft", len(items)) as advance:
-        passed = attempt_waves(log, items, request, judge, 5, ctx.engine, ctx.s.checkpoint_every, advance)
+        passed = redraws(log, items, request, judge, 5, ctx.engine, ctx.durability, advance)
     rows = [{"id": i, "messages": [{"role": "user", "content": items[i]}, {"role": "assistant", "content": rec["text"]}]}
             for i, rec in passed.items() if rec]
     atomic_write_jsonl(folder / "writer.jsonl", rows)
