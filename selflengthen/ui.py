@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 console = Console(stderr=True)
 
@@ -71,5 +72,7 @@ def round_table(summary: dict, method) -> Table:
 
 
 def print_error(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print one error paragraph. The message is plain text, never markup: a path holding `[/red]` or
+    `:smile:` prints as written (a Text object is not parsed for markup or emoji codes)."""
+    console.print(Text.assemble(("error:", "bold red"), " ", str(message)), highlight=False)
     sys.stderr.flush()
