@@ -63,8 +63,8 @@ def check_run_name(name: str) -> None:
         raise StoreError(
             f"run.name={name!r} is not a plain folder name: {why}. A run name names one folder inside "
             f"run.root, so it cannot be empty, be '.' or '..', hold '/' or '\\', start with '~', or hold "
-            f"control characters; to keep runs somewhere else, set run.root=<folder> instead. Nothing was "
-            f"started. Fix: choose a name such as run.name=my_run.")
+            f"control characters; to keep runs somewhere else, set run.root=<folder> instead. "
+            f"Fix: choose a name such as run.name=my_run.")
 
 
 def _bad_name(name: object) -> str:
@@ -98,7 +98,7 @@ def check_run_root(root: str) -> None:
         return
     raise StoreError(
         f"run.root={root!r} cannot hold runs: {why}. run.root is the folder under which each run gets its "
-        f"own folder run.root/<run.name>. Nothing was started. Fix: set run.root to a folder you can write "
+        f"own folder run.root/<run.name>. Fix: set run.root to a folder you can write "
         f"to (it is made if missing), e.g. run.root=iterations.")
 
 
