@@ -45,12 +45,22 @@ def bad_run_name(name: str) -> str | None:
     return None
 
 
+def bad_run_root(root: str) -> str | None:
+    from selflengthen.store import StoreError, check_run_root
+
+    try:
+        check_run_root(root)
+    except StoreError as exc:
+        return str(exc)
+    return None
+
+
 def usable_dir(root: str, name: str) -> str:
     """The run folder `root/name`, checked and write-probed before Hydra writes its own files there, so an
     unusable `run.root` or `run.name` is one clear message rather than a traceback from inside Hydra."""
     from selflengthen.store import write_probe
 
-    why = bad_run_name(str(name))
+    why = bad_run_root(str(root)) or bad_run_name(str(name))
     if why:
         ui.print_error(f"{why} Nothing was started.")
         sys.exit(2)
@@ -105,6 +115,7 @@ def main(name: str, job: Callable) -> None:
         ui.setup_logging()
         try:
             settings = Settings.from_config(cfg, Path(HydraConfig.get().runtime.output_dir))
+            check_model(settings)
             job(settings)
         except user_errors() as exc:
             ui.print_error(str(exc))
@@ -112,6 +123,15 @@ def main(name: str, job: Callable) -> None:
             sys.exit(2)
 
     _main()
+
+
+def check_model(s) -> None:
+    """model.path must be loadable before any lock, manifest or generation (the fake engine loads nothing)."""
+    if s.engine.get("name") == "fake":
+        return
+    from selflengthen.models import check_model_path
+
+    check_model_path(s.model_path, s.model_cache)
 
 
 def record_config(s, command: str = "run") -> None:
