@@ -90,11 +90,28 @@ def test_base_request_in_mixed_call_equals_base_alone(engine, adapters):
     """The upstream CPU bug: base tokens batched with adapter tokens got the last slot's adapter."""
     engine.set_adapters(adapters)
     alone = engine.generate([chat("b1", SEA), chat("b2", TRAINS)])
-    splits = engine.stats.extra.get("split_calls", 0)
+    drains = engine.stats.extra.get("guard_drains", 0)
     mixed = engine.generate([chat("g", SEA, "generator"), chat("b1", SEA), chat("e", TRAINS, "extender"),
                              chat("b2", TRAINS)])
     assert [mixed[1], mixed[3]] == alone
-    assert engine.stats.extra["split_calls"] == splits + 1
+    assert engine.stats.extra["guard_drains"] > drains
+
+
+def test_stream_takes_requests_added_while_it_runs(engine, adapters):
+    """The stream contract: a request queued between two completions (a chain's next step) is served by the
+    same stream, and a base request queued while adapter requests run still gets the base model's answer."""
+    from selflengthen.engines.base import RequestQueue
+
+    engine.set_adapters(adapters)
+    alone = engine.generate([chat("b", TRAINS)])[0]
+    queue = RequestQueue([chat("g", SEA, "generator"), chat("e", FRUIT, "extender")])
+    got = {}
+    for c in engine.stream(queue):
+        got[c.id] = c.text
+        if c.id in ("g", "e") and "b" not in got and len(got) == 1:
+            queue.add(chat("b", TRAINS))  # queued mid-stream, of the other kind
+        assert c.new_tokens > 0
+    assert set(got) == {"g", "e", "b"} and got["b"] == alone
 
 
 def test_role_without_folder_runs_on_base(engine, adapters):

@@ -6,9 +6,11 @@ What it owns:
 - adapters: each role maps to a `LoRARequest(name, id, folder)`. A new id is drawn whenever the folder (or
   the weights file inside it) changes, because vLLM caches loaded adapters by id: reusing round 1's id for
   round 2's folder would silently keep serving round 1's weights.
-- generation: every request is rendered with `render_prompt` (the tokenizer's chat template, then the
-  `assistant_prefix`), tokenized once here and sent as token ids, with its own sampling settings and its
-  own `lora_request`; vLLM batches them all. Continuations come back in request order.
+- generation: `stream(queue)` drives vLLM's own request queue (`LLMEngine.add_request` / `step`): requests
+  are added while vLLM has room (max_num_seqs in flight, so the caller's queue keeps its order), each one
+  rendered with `render_prompt` (the tokenizer's chat template, then the `assistant_prefix`), tokenized
+  once here and sent as token ids with its own sampling settings and `lora_request`; each finished request
+  is yielded at once, and requests queued meanwhile join at the next step. `generate` is built on it.
 - memory between generation and training: `release()` puts the engine to sleep where vLLM supports sleep
   mode (CUDA/ROCm: weights go to host RAM, the KV cache is dropped; waking takes seconds) and otherwise
   (this CPU) shuts it down completely, worker processes included; the next `generate()` wakes or restarts it.
@@ -17,12 +19,12 @@ The mixed-call guard. vLLM 0.32's CPU LoRA kernels (the PyTorch ops behind Punic
 adapter weights of each token with its slot index, and a token without an adapter has index -1, which
 Python indexing reads as "the last slot". A scheduler step that holds only base-model tokens skips LoRA
 entirely, so it is right; a step that mixes base tokens with adapter tokens applies the adapter in the
-last slot to the base tokens, silently. So this engine never puts base-model requests and adapter
-requests into one `LLM.generate` call: a call that has both is split into one call for the base requests
-and one for all adapter requests (several adapters in one call are correct and stay batched). The guard
-is applied on every platform, since it costs nothing when a call is single-role (as the pipeline's stages
-are) and keeps one tested code path. `tests/test_vllm_engine.py` proves a base request's greedy answer in a
-mixed call equals its answer alone.
+last slot to the base tokens, silently. So this engine never has base-model requests and adapter requests
+in flight at once: while one kind runs, a request of the other kind waits (and nothing new is admitted
+after it), and when the running kind has drained, the waiting kind goes next (several adapters together
+are correct and stay batched). The guard is applied on every platform, since it costs nothing when a
+stream is single-role (as the pipeline's stages are) and keeps one tested code path.
+`tests/test_vllm_engine.py` proves a base request's greedy answer in a mixed stream equals its answer alone.
 
 Data parallel: vLLM 0.32 refuses `LLM(data_parallel_size>1)` in one process (its offline data-parallel
 recipe runs one process per rank, each with its own share of the prompts), so `data_parallel_size > 1`
@@ -32,14 +34,15 @@ raises NotImplementedError here; use `tensor_parallel_size` to spread one model 
 from __future__ import annotations
 
 import gc
-import io
 import json
 import logging
 import time
+from collections import deque
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
-from selflengthen.engines.base import GenerationStats, Progress, Request, render_prompt
+from selflengthen.engines.base import (Completion, GenerationStats, Progress, Request, RequestQueue,
+                                       generate_via_stream, render_prompt)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,8 @@ class VllmEngine:
         self._use_sleep = False
         self._adapters: dict[str, Optional[tuple[str, int]]] = {}  # adapter name -> (path, id)
         self._adapter_ids: dict[tuple, int] = {}  # (path, weights mtime) -> id: a changed folder gets a new id
+        self._counter = 0  # vLLM request ids: ours may repeat (the same item in two calls), vLLM's must not
+        self._final_only = None  # vllm.sampling_params.RequestOutputKind.FINAL_ONLY, set by load()
 
     # lifecycle ----------------------------------------------------------------------------------------
 
@@ -99,9 +104,10 @@ class VllmEngine:
             import vllm
             from vllm.lora.request import LoRARequest
             from vllm.platforms import current_platform
+            from vllm.sampling_params import RequestOutputKind
         except ImportError as e:
             raise RuntimeError(f"{INSTALL_HINT}. Import failed with: {e}") from e
-        self._vllm, self._lora_cls = vllm, LoRARequest
+        self._vllm, self._lora_cls, self._final_only = vllm, LoRARequest, RequestOutputKind.FINAL_ONLY
         self._on_cpu = current_platform.is_cpu()
         can_sleep = current_platform.is_sleep_mode_available()
         if self.sleep_mode == "sleep" and not can_sleep:
@@ -203,42 +209,81 @@ class VllmEngine:
     # generation ---------------------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
-        if not requests:
-            return []
+        return generate_via_stream(self, requests, progress)
+
+    def stream(self, queue: RequestQueue) -> Iterator[Completion]:
+        """Drive vLLM's own request queue: add requests while it has room (up to its max_num_seqs in flight),
+        step it, and yield each request as soon as it finishes; requests the consumer queues meanwhile are
+        added at the next step. The mixed-call guard (module docstring): base and adapter requests are never
+        in flight together — requests of the other kind wait (in queue order) until the kind in flight drains."""
+        if not queue:
+            return
         self._ensure_running()
+        core = self._llm.llm_engine
+        limit = core.model_config.max_model_len
+        room = core.vllm_config.scheduler_config.max_num_seqs
+        flight: dict[str, tuple[Request, int]] = {}  # vLLM request id -> (request, prompt tokens)
+        kind: Optional[bool] = None  # what is in flight: True = adapter requests, False = base requests
+        other: deque[Request] = deque()  # taken from the queue while the other kind was in flight
         start = time.time()
-        prompts = [self._token_ids(r) for r in requests]
-        loras = [self._lora_request(r.adapter) for r in requests]
-        texts: list[str] = [""] * len(requests)
-        limit = self._llm.llm_engine.model_config.max_model_len
-        runnable = [i for i, ids in enumerate(prompts) if len(ids) < limit]
-        if len(runnable) < len(requests):
+        try:
+            while queue or other or flight:
+                if not flight and other:  # the kind in flight has drained: the waiting kind goes next
+                    kind = self._adapted(other[0])
+                    self.stats.extra["guard_drains"] = self.stats.extra.get("guard_drains", 0) + 1
+                elif not flight:
+                    kind = None
+                while len(flight) < room:
+                    if other and self._adapted(other[0]) == kind:
+                        r = other.popleft()
+                    elif queue and not other:  # while the other kind waits, nothing new is admitted
+                        r = queue.take(1)[0]
+                        kind = self._adapted(r) if kind is None else kind
+                        if self._adapted(r) != kind:
+                            other.append(r)
+                            continue
+                    else:
+                        break
+                    done = self._add(core, r, limit, flight)
+                    if done is not None:
+                        yield done
+                if not flight:
+                    continue
+                for out in core.step():
+                    if not out.finished:
+                        continue
+                    request, prompt_len = flight.pop(out.request_id)
+                    o = out.outputs[0]
+                    self.stats.requests += 1
+                    self.stats.prompt_tokens += prompt_len
+                    self.stats.new_tokens += len(o.token_ids)
+                    yield Completion(request.id, o.text, prompt_tokens=prompt_len, new_tokens=len(o.token_ids),
+                                     finish_reason="length" if o.finish_reason == "length" else "stop")
+        finally:
+            if flight:  # the consumer stopped early (an error): leave nothing running in vLLM
+                core.abort_request(list(flight))
+            self.stats.seconds += time.time() - start
+
+    def _adapted(self, request: Request) -> bool:
+        """Whether the request runs with a LoRA adapter (a role without a folder yet runs on the base model)."""
+        return self._lora_request(request.adapter) is not None
+
+    def _add(self, core, request: Request, limit: int, flight: dict) -> Optional[Completion]:
+        """Add one request to vLLM; a prompt that does not fit max_model_len is answered at once, empty."""
+        ids = self._token_ids(request)
+        if len(ids) >= limit:
             # An empty answer fails the quality filter ("empty") instead of stopping the whole stage.
-            log.warning("%d prompt(s) have >= max_model_len=%d tokens: answered with empty text",
-                        len(requests) - len(runnable), limit)
-            self.stats.extra["too_long"] = self.stats.extra.get("too_long", 0) + len(requests) - len(runnable)
-            if progress:
-                progress(len(requests) - len(runnable))
-        # The mixed-call guard (module docstring): base requests and adapter requests never share a call.
-        base = [i for i in runnable if loras[i] is None]
-        adapted = [i for i in runnable if loras[i] is not None]
-        if base and adapted:
-            self.stats.extra["split_calls"] = self.stats.extra.get("split_calls", 0) + 1
-        for group, with_lora in ((base, False), (adapted, True)):
-            if not group:
-                continue
-            outputs = self._llm.generate(
-                [{"prompt_token_ids": prompts[i]} for i in group],
-                [self._sampling_params(requests[i], len(prompts[i]), limit) for i in group],
-                lora_request=[loras[i] for i in group] if with_lora else None,
-                use_tqdm=_progress_bar(progress) if progress else False)
-            for i, out in zip(group, outputs):
-                texts[i] = out.outputs[0].text
-                self.stats.new_tokens += len(out.outputs[0].token_ids)
-        self.stats.requests += len(requests)
-        self.stats.prompt_tokens += sum(len(prompts[i]) for i in runnable)
-        self.stats.seconds += time.time() - start
-        return texts
+            log.warning("a prompt has %d >= max_model_len=%d tokens: answered with empty text", len(ids), limit)
+            self.stats.extra["too_long"] = self.stats.extra.get("too_long", 0) + 1
+            self.stats.requests += 1
+            return Completion(request.id, "", prompt_tokens=len(ids), finish_reason="length")
+        self._counter += 1
+        rid = str(self._counter)
+        params = self._sampling_params(request, len(ids), limit)
+        params.output_kind = self._final_only  # one output per request, when it finishes
+        core.add_request(rid, {"prompt_token_ids": ids}, params, lora_request=self._lora_request(request.adapter))
+        flight[rid] = (request, len(ids))
+        return None
 
     def _token_ids(self, request: Request) -> list[int]:
         text = render_prompt(self._tokenizer, request)
@@ -258,19 +303,3 @@ class VllmEngine:
 def _adapter_rank(folder: Path) -> int:
     cfg = json.loads((folder / "adapter_config.json").read_text())
     return max([int(cfg.get("r", 0))] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()])
-
-
-def _progress_bar(progress: Progress):
-    """A silent tqdm for `LLM.generate(use_tqdm=...)` that forwards each finished request to `progress`."""
-    from tqdm import tqdm
-
-    class _Bar(tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs["file"] = io.StringIO()
-            super().__init__(*args, **kwargs)
-
-        def update(self, n=1):
-            progress(int(n))
-            return super().update(n)
-
-    return _Bar
