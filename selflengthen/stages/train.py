@@ -17,6 +17,7 @@ from selflengthen import layout, ui
 from selflengthen.methods.base import Stage
 from selflengthen.stages.common import RoundContext
 from selflengthen.store import mark_done, read_json, read_jsonl, reset_dir, stage_done
+from selflengthen.training.save import recover_adapter
 
 NAME = "train"
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
             ctx.adapters_out[role] = layout.absolute(ctx.s.run_dir, done["summary"].get("adapter"))
             continue
         start = time.time()
+        recover_adapter(folder)  # killed mid-swap: the previous adapter goes back in place (training/save.py)
         rows = read_jsonl(ctx.stage_dir(source) / f"{role}.jsonl")
         previous = ctx.adapters.get(role)
         if not rows:
@@ -80,8 +82,8 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
                         ctx.round_no, role, role, previous or "base model")
             summary = {"loss": None, "skipped": "no training rows", "adapter": previous, "seconds": 0.0}
         elif (folder / "metrics.json").exists() and (folder / "adapter" / "adapter_config.json").exists():
-            # trained, then cut off before done.json: the adapter is complete (it is renamed into place
-            # before metrics.json is written), so it is used rather than trained twice
+            # trained, then cut off before done.json: the adapter is complete (it is swapped into place
+            # whole before metrics.json is written), so it is used rather than trained twice
             summary = _trained(read_json(folder / "metrics.json"), folder, rows, start, previous)
         else:
             # a crash mid-training leaves checkpoints the trainer resumes from; a stray adapter is redone

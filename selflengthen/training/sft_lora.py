@@ -10,8 +10,11 @@ On disk, inside `out_dir`:
   checkpoints/checkpoint-N/   Trainer checkpoints (adapter, optimizer, scheduler, RNG); a rerun after a crash
                               resumes from the last one; deleted after success.
   checkpoints/resume_key.json what the checkpoints were trained on; a mismatch restarts instead of resuming.
-  adapter/                    the final adapter, written as adapter.tmp and renamed, so it exists only whole.
-  metrics.json                loss, steps, tokens, tokens/s, padding share, truncated rows (atomic).
+  adapter/                    the final adapter, written aside and swapped in (training/save.py): it exists only
+                              whole, and the one it replaces is removed only after the swap.
+  metrics.json                loss, steps, tokens, tokens/s, padding share, truncated rows (store.atomic_write_json).
+
+A disk error while saving is one StoreError paragraph (store's disk-error message), not a traceback.
 
 Heavy libraries (torch, transformers, peft, trl, datasets) are imported inside the functions that use them.
 """
@@ -23,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from selflengthen.config import rule
+from selflengthen.store import _disk_error, atomic_write_json
+from selflengthen.training.save import save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +94,13 @@ def train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
     counter = _TokenCounter(trainer)
 
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
+    except OSError as exc:  # a checkpoint write failed (disk full, read-only, I/O): one clear paragraph
+        raise _disk_error(ckpt_dir, exc, "save a training checkpoint in") from exc
     seconds = time.perf_counter() - start
 
-    _save_adapter(trainer.model, out_dir)
+    save_adapter(out_dir, lambda folder: trainer.model.save_pretrained(str(folder)))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     metrics = {
         "loss": float(result.training_loss),  # mean over the steps of this call
@@ -109,7 +116,7 @@ def train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
         "truncated": truncated,
         "dtype": "bf16" if trainer.args.bf16 else "fp32",
     }
-    _atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -235,8 +242,7 @@ def _prepare_resume(ckpt_dir: Path, key: str) -> Optional[int]:
         log.warning("checkpoints in %s were trained on other data or settings; starting this training afresh",
                     ckpt_dir)
         shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_json(key_file, {"key": key})
+    atomic_write_json(key_file, {"key": key})
     return None
 
 
@@ -294,34 +300,3 @@ def _quiet_progress_bars():
     finally:
         if was_enabled:
             ds_logging.enable_progress_bar()
-
-
-def _save_adapter(model, out_dir: Path) -> None:
-    """Write the adapter to adapter.tmp, fsync it, then rename to adapter: a reader never sees half of one."""
-    tmp, final = out_dir / "adapter.tmp", out_dir / "adapter"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _fsync_dir(out_dir)
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
