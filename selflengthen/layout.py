@@ -138,12 +138,39 @@ def read_summary(run_dir: Path, r: int) -> Optional[dict]:
         return None
 
 
+def round_damage(run_dir: Path, r: int, summary: dict) -> Optional[str]:
+    """The first stage of finished round r whose record no longer vouches for its artifacts (its done.json
+    is missing, or an artifact it lists is missing or changed), as "stage" or "stage/role"; None when every
+    stage is intact. Checked with store.stage_done, which also removes a record that no longer matches, so
+    the next run redoes that stage."""
+    from selflengthen.store import DONE, stage_done
+
+    rd = round_dir(run_dir, r)
+    for name, section in (summary.get("stages") or {}).items():
+        folder = rd / name
+        roles = [k for k, v in section.items() if isinstance(v, dict)] if isinstance(section, dict) else []
+        if (folder / DONE).exists() or not any((folder / k).is_dir() for k in roles):
+            if stage_done(folder) is None:
+                return name
+        else:  # a stage with one record per role (train/<role>/done.json)
+            for role in roles:
+                if stage_done(folder / role) is None:
+                    return f"{name}/{role}"
+    return None
+
+
 def finished_rounds(run_dir: Path) -> dict[int, dict]:
     """Round number -> its summary, for every finished round 1, 2, ... in order. A round without a usable
-    summary ends the list: later rounds build on it. The adapters in the summaries are absolute paths."""
+    summary, or whose stages' artifacts no longer match their records (`round_damage`), ends the list:
+    later rounds build on it. The adapters in the summaries are absolute paths."""
     out: dict[int, dict] = {}
     r = 1
     while (summary := read_summary(run_dir, r)) is not None:
+        damaged = round_damage(run_dir, r, summary)
+        if damaged:
+            log.warning("round %d is not usable: its %s stage's artifacts no longer match their record. Rounds "
+                        "from %d on are left out until the loop (the same command) redoes that stage", r, damaged, r)
+            break
         summary = dict(summary)
         summary["adapters_out"] = adapters_abs(run_dir, summary["adapters_out"])
         summary["adapters_in"] = adapters_abs(run_dir, summary.get("adapters_in", {}))

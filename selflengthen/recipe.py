@@ -98,10 +98,17 @@ def run_final(ctx: RoundContext) -> bool:
 
 
 def finished_round(run_dir: Path, r: int, method: Method) -> Optional[dict]:
-    """Round r's summary if the round is complete and the adapters it produced are still there."""
+    """Round r's summary if the round is complete: every stage's artifacts still match their done record and
+    the adapters it produced are still there. A damaged stage is redone with every stage after it."""
     layout.migrate_round(run_dir, r)
     summary = layout.read_summary(run_dir, r)
     if summary is None:
+        return None
+    damaged = layout.round_damage(run_dir, r, summary)
+    if damaged:
+        log.warning("round %d: the %s stage's artifacts no longer match its record: redoing it and the stages "
+                    "after it", r, damaged)
+        _redo_from(run_dir, r, method, damaged.split("/")[0])
         return None
     for role in method.roles:  # the adapters the next round will use must still be there
         folder = layout.absolute(run_dir, summary["adapters_out"].get(role))
@@ -110,6 +117,19 @@ def finished_round(run_dir: Path, r: int, method: Method) -> Optional[dict]:
             layout.summary_path(run_dir, r).unlink(missing_ok=True)
             return None
     return summary
+
+
+def _redo_from(run_dir: Path, r: int, method: Method, stage: str) -> None:
+    """Unseal round r and drop the done records of `stage` and of every stage after it, so they run again
+    (each from its own item log where it has one: nothing already generated is generated twice)."""
+    from selflengthen.store import DONE
+
+    layout.summary_path(run_dir, r).unlink(missing_ok=True)
+    names = [st.name for st in method.stages]
+    for name in names[names.index(stage):] if stage in names else names:
+        folder = layout.stage_dir(run_dir, r, name)
+        for marker in [folder / DONE, *folder.glob(f"*/{DONE}")]:
+            marker.unlink(missing_ok=True)
 
 
 def _final_report(s: Settings, ran: bool) -> None:

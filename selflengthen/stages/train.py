@@ -17,7 +17,7 @@ from selflengthen import layout, ui
 from selflengthen.methods.base import Stage
 from selflengthen.stages.common import RoundContext
 from selflengthen.store import mark_done, read_json, read_jsonl, reset_dir, stage_done
-from selflengthen.training.save import recover_adapter
+from selflengthen.training.save import adapter_digest, recover_adapter
 
 NAME = "train"
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
             log.warning("round %d: no %s training rows survived the filters; the %s keeps its previous adapter (%s)",
                         ctx.round_no, role, role, previous or "base model")
             summary = {"loss": None, "skipped": "no training rows", "adapter": previous, "seconds": 0.0}
-        elif (folder / "metrics.json").exists() and (folder / "adapter" / "adapter_config.json").exists():
+        elif _trained_here(folder):
             # trained, then cut off before done.json: the adapter is complete (it is swapped into place
             # whole before metrics.json is written), so it is used rather than trained twice
             summary = _trained(read_json(folder / "metrics.json"), folder, rows, start, previous)
@@ -102,6 +102,18 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
         out[role] = summary
         ctx.adapters_out[role] = layout.absolute(ctx.s.run_dir, summary.get("adapter"))
     return out
+
+
+def _trained_here(folder: Path) -> bool:
+    """An adapter and its metrics.json are there, and the adapter is the one those metrics were written for
+    (trainers record its digest; one changed since, e.g. by hand, is trained again rather than trusted)."""
+    if not ((folder / "metrics.json").exists() and (folder / "adapter" / "adapter_config.json").exists()):
+        return False
+    want = read_json(folder / "metrics.json").get("adapter_sha256")
+    if want and want != adapter_digest(folder / "adapter"):
+        log.warning("%s does not match the adapter its training recorded: training it again", folder / "adapter")
+        return False
+    return True
 
 
 def _trained(metrics: dict, folder: Path, rows: list, start: float, previous) -> dict:

@@ -22,7 +22,7 @@ def fake_train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapt
                     progress=None) -> dict:
     """Writes a small, deterministic 'adapter' (a digest of its data and its parent) instead of training."""
     from selflengthen.store import atomic_write_json
-    from selflengthen.training.save import save_adapter
+    from selflengthen.training.save import adapter_digest, save_adapter
 
     if not rows:
         raise ValueError("no training rows")
@@ -36,8 +36,9 @@ def fake_train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapt
         if delay:
             time.sleep(delay)  # "training": the new adapter is aside, the old one still in place
 
-    save_adapter(out_dir, write)
+    adapter = save_adapter(out_dir, write)
     metrics = {"loss": int(digest[:6], 16) / 16**6, "steps": len(rows), "tokens": sum(
-        len(m["content"].split()) for r in rows for m in r["messages"]), "seconds": 0.0}
+        len(m["content"].split()) for r in rows for m in r["messages"]), "seconds": 0.0,
+        "adapter_sha256": adapter_digest(adapter)}
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -26,6 +26,19 @@ log = logging.getLogger(__name__)
 ADAPTER, NEW, OLD = "adapter", "adapter.new", "adapter.old"
 
 
+def adapter_digest(folder: Path) -> str:
+    """One sha256 over every file of an adapter folder (names and bytes): trainers put it in metrics.json,
+    so a stage that finds an adapter without its done record can tell whether it is the one trained."""
+    import hashlib
+
+    from selflengthen.store import sha256_file
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(folder)}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
 def recover_adapter(out_dir: Path) -> None:
     """After a crash mid-swap: `adapter/` missing but `adapter.old/` there -> the old one goes back."""
     out_dir = Path(out_dir)

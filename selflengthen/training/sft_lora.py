@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 
 from selflengthen.config import rule
 from selflengthen.store import _disk_error, atomic_write_json
-from selflengthen.training.save import save_adapter
+from selflengthen.training.save import adapter_digest, save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
         raise _disk_error(ckpt_dir, exc, "save a training checkpoint in") from exc
     seconds = time.perf_counter() - start
 
-    save_adapter(out_dir, lambda folder: trainer.model.save_pretrained(str(folder)))
+    adapter = save_adapter(out_dir, lambda folder: trainer.model.save_pretrained(str(folder)))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     metrics = {
         "loss": float(result.training_loss),  # mean over the steps of this call
@@ -115,6 +115,7 @@ def train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
         "tokens_per_s": round(counter.tokens / seconds, 2) if seconds > 0 else 0.0,
         "truncated": truncated,
         "dtype": "bf16" if trainer.args.bf16 else "fp32",
+        "adapter_sha256": adapter_digest(adapter),  # lets the train stage tell this adapter from a changed one
     }
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
