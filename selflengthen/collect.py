@@ -109,6 +109,13 @@ def final_round(run_dir: Path) -> tuple[int, dict]:
 
     rounds = finished_rounds(run_dir)
     last = max(rounds)
+    from selflengthen import layout
+
+    if layout.summary_path(run_dir, last + 1).exists():  # sealed, but its artifacts no longer match (logged)
+        raise StoreError(f"Round {last + 1} of {run_dir} is finished but damaged (a stage's artifacts no longer "
+                         f"match their record, see the warning above), so collecting now would silently leave "
+                         f"its pairs out. Run the loop again with the same overrides: it redoes the damaged stage "
+                         f"and what depends on it. Then collect again.")
     if last == 0:
         raise StoreError(f"{run_dir} has no finished round to collect from. Run the loop first "
                          f"(python -m selflengthen with the same overrides), then collect.")
