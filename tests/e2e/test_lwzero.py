@@ -8,7 +8,8 @@ import json
 from conftest import REPO, compose, finished_run
 from selflengthen.store import read_jsonl
 
-LW = ["method=lwzero", "iterations=2", "rl_prompts.per_round=0", "rl_prompts.words_min=100",
+# train=lora: the fake trainer (experiment=fake) stands in for LoRA and checks the LoRA keys, not GRPO's
+LW = ["method=lwzero", "train=lora", "iterations=2", "rl_prompts.per_round=0", "rl_prompts.words_min=100",
       "rl_prompts.words_max=400"]
 
 
@@ -48,7 +49,7 @@ def test_targets_past_the_trainers_l_max_are_dropped_and_counted(tmp_path):
     from selflengthen.stages.common import RoundContext
     from selflengthen.training.grpo_lora import GrpoConfig
 
-    s = finished_run(tmp_path / "run", "method=lwzero", "iterations=1", "rl_prompts.per_round=0")
+    s = finished_run(tmp_path / "run", "method=lwzero", "train=lora", "iterations=1", "rl_prompts.per_round=0")
     ctx = RoundContext(s=s, round_no=9, engine=None, adapters={}, method=s.method,
                        train_cfg=GrpoConfig.from_dict({"l_max_words": 1200}))
     section = rl_prompts.run(ctx)
