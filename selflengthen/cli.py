@@ -115,7 +115,7 @@ def main(name: str, job: Callable) -> None:
         ui.setup_logging()
         try:
             settings = Settings.from_config(cfg, Path(HydraConfig.get().runtime.output_dir))
-            check_model(settings)
+            check_inputs(settings, name)
             job(settings)
         except user_errors() as exc:
             ui.print_error(str(exc))
@@ -123,6 +123,18 @@ def main(name: str, job: Callable) -> None:
             sys.exit(2)
 
     _main()
+
+
+def check_inputs(s, command: str = "run") -> None:
+    """Every file a user named, before any lock, manifest or generation: model.path (check_model) and the
+    eval prompt file (when this command evaluates, or when one is set: a bad path must not wait for round
+    N's eval). data.seed_file was read by Settings already."""
+    check_model(s)
+    if command == "eval" or s.eval.every_round or s.eval.prompt_file:
+        from selflengthen import evaluate
+
+        evaluate.check_eval_settings(s.eval)
+        evaluate.load_prompts(evaluate.prompt_path(s), s.eval.limit)
 
 
 def check_model(s) -> None:

@@ -47,7 +47,7 @@ from selflengthen.engines.base import Request
 from selflengthen.length_control import Constraint, length_score, s_l
 from selflengthen.settings import ConfigError, Settings, read_prompt_rows, shipped_data
 from selflengthen.stages.common import RoundContext, derive_seed, mean
-from selflengthen.store import CorruptArtifact, atomic_write_json, read_json, sha256_file
+from selflengthen.store import CorruptArtifact, atomic_write_json, check_no_links, read_json, sha256_file
 from selflengthen.text import count_words
 
 log = logging.getLogger(__name__)
@@ -274,6 +274,8 @@ def _make_current(run_dir: Path, r: int, doc: dict, old: Optional[dict]) -> None
     current = eval_file(run_dir, r)
     if old is not None and isinstance(old.get("key"), dict) and old["key"] != doc["key"]:
         aside = keyed_file(run_dir, r, key_hash(old["key"]))
+        check_no_links(current)  # the move follows no link, in either place (store.py's rule for writes)
+        check_no_links(aside)
         aside.parent.mkdir(parents=True, exist_ok=True)
         os.replace(current, aside)
     atomic_write_json(current, doc)  # its presence is the done record

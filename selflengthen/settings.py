@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -72,6 +73,19 @@ class Collect:
 @dataclass(frozen=True)
 class Report:
     plots: bool = True
+
+
+@dataclass(frozen=True)
+class Data:
+    """`data:` — where the seed instructions come from."""
+
+    seed_file: Optional[str] = None
+
+
+# top-level keys of the config besides the method's sections (a `+typo=...` must not be silently ignored)
+TOP_KEYS = ("iterations", "seed", "run", "model", "engine", "prompts", "train", "method", "data", "decoding",
+            "eval", "collect", "report", "hydra")
+MAX_INPUT_BYTES = 256 << 20  # a prompt file larger than this is refused rather than read into memory
 
 
 @dataclass(frozen=True)
@@ -155,13 +169,21 @@ def read_prompt_rows(path: Path, key: str, fix: str) -> list[tuple[int, dict]]:
         return ConfigError(f"Config error: {key}={str(path)!r} — {why}. Fix: {fix}.")
 
     if path.is_symlink() and not path.exists():
-        raise bad("it is a broken link")
-    if not path.is_file():
-        raise bad("the file does not exist" if not path.exists() else "it is not a regular file")
+        raise bad("it is a broken link (or a loop of links)")
+    if path.is_dir():
+        raise bad("it is a folder, not a file")
+    if not path.is_file():  # a FIFO or a device would block or never end: never opened
+        raise bad("the file does not exist" if not path.exists() else "it is not a regular file (a pipe, socket "
+                  "or device)")
+    if path.stat().st_size > MAX_INPUT_BYTES:
+        raise bad(f"it is {path.stat().st_size >> 20} MiB; a prompt file over {MAX_INPUT_BYTES >> 20} MiB is "
+                  f"refused rather than read into memory")
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise bad(f"cannot be read as UTF-8 text ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise bad(f"it is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    except OSError as exc:
+        raise bad(f"it cannot be read ({exc.strerror or exc})") from exc
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -192,13 +214,95 @@ def shipped_data(name: str) -> Path:
     return Path(str(resources.files("selflengthen") / "data" / name))
 
 
+# --- prompts: every template is checked against the fields the code formats it with -------------------
+
+# template key -> (fields the code passes to str.format, fields it must use). A template naming another field
+# would stop mid-run with a KeyError; one without a required field ignores its input (every answer the same).
+_TEMPLATES = {
+    "self_instruct.fewshot": ({"ins1", "ins2"}, {"ins1", "ins2"}),
+    "self_instruct.judge": ({"instruction"}, {"instruction"}),
+    "generate.user": ({"instruction"}, {"instruction"}),
+    "extend.stage1": ({"instruction", "text"}, {"text"}),
+    "extend.stage2": ({"instruction", "text"}, {"text"}),
+    "length_control.about": ({"n"}, {"n"}),
+    "length_control.range": ({"low", "high"}, {"low", "high"}),
+    "length_control.above": ({"n"}, {"n"}),
+    "length_control.below": ({"n"}, {"n"}),
+    "length_control.join": ({"query", "constraint"}, {"query", "constraint"}),
+    "length_control.rewrite": ({"query", "constraint"}, {"query", "constraint"}),
+    "agentwrite.plan": ({"instruction", "max_steps", "min_words", "max_words"}, {"instruction"}),
+    "agentwrite.step_line": ({"n", "point", "words"}, {"point"}),
+    "agentwrite.write": ({"instruction", "plan", "written", "step", "words"}, {"step"}),
+    "judge.user": ({"instruction", "answer"}, {"answer"}),
+}
+_LISTS = ("length_control.about", "length_control.range", "length_control.above", "length_control.below")
+_TEXTS = {"generate.system": True, "extend.system": True, "agentwrite.system": True, "judge.system": True,
+          "agentwrite.nothing_written": False}  # key -> may be null
+_STRINGS = {"self_instruct.stop": False, "self_instruct.judge_yes": True}  # list of strings -> must be non-empty
+_TOP = {"lang": False, "seed_file": True, "eval_file": True}  # plain text -> may be null
+_REQUIRED = ("lang", "self_instruct", "generate", "extend", "filter")
+_FIX = "copy the matching section of conf/prompts/en.yaml and change only the text"
+
+
+@dataclass(frozen=True)
+class PromptFilter:
+    """`prompts.filter:` — checked here key by key; filters.FilterConfig adds its own rules."""
+
+    language: str = field(default="en", metadata=rule(choices=("en", "zh")))
+    terminal: str = "."
+    ngram: int = field(default=10, metadata=rule(ge=1))
+    ngram_unit: str = field(default="word", metadata=rule(choices=("word", "zh")))
+    meta_words: list = field(default_factory=list)
+    meta_head_lines: int = field(default=2, metadata=rule(ge=0))
+    meta_tail_lines: int = field(default=3, metadata=rule(ge=0))
+    min_words: int = field(default=1, metadata=rule(ge=0))
+
+
+def _template(key: str, value: Any, allowed: set, required: set) -> None:
+    import string
+
+    need(isinstance(value, str) and value.strip() != "", key, value, "must be a non-empty text template", _FIX)
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+    except ValueError as exc:  # a lone { or }
+        raise ConfigError(f"Config error: {key}={value[:60]!r}... — is not a valid template ({exc}; write a "
+                          f"literal brace as {{{{ or }}}}). Fix: {_FIX}") from exc
+    fields_ = {re.split(r"[.\[!:]", f, 1)[0] for f in names}
+    unknown = sorted(fields_ - allowed)
+    need(not unknown, key, value[:60] + "...", f"names the field {{{unknown[0] if unknown else ''}}}, which is not "
+         f"filled in (allowed: {', '.join('{' + a + '}' for a in sorted(allowed))})", _FIX)
+    missing = sorted(required - fields_)
+    need(not missing, key, value[:60] + "...", f"does not use {{{missing[0] if missing else ''}}}, so its input "
+         f"would be ignored", _FIX)
+
+
 def _prompts(cfg: Mapping) -> dict:
+    """`prompts:` — every key checked: templates against the fields they are formatted with, texts, lists of
+    strings, the filter settings. A missing optional section (length_control, agentwrite, judge) is fine
+    until a step that needs it runs; an unknown key is an error (a misspelt template would be ignored)."""
     prompts = as_dict(cfg.get("prompts"))
-    for k in ("lang", "self_instruct", "generate", "extend", "filter"):
+    for k in _REQUIRED:
         need(k in prompts, f"prompts.{k}", None, "is missing from the prompts config",
              "choose a shipped prompt set with prompts=en or prompts=zh, or copy one as a template")
+    sections = {k.split(".")[0] for k in (*_TEMPLATES, *_TEXTS, *_STRINGS)} | {"filter"}
+    for top, value in prompts.items():
+        if top in _TOP:
+            need(value is None and _TOP[top] or isinstance(value, str) and value.strip() != "", f"prompts.{top}",
+                 value, "must be a non-empty text" + (" (or null)" if _TOP[top] else ""), _FIX)
+            continue
+        need(top in sections, f"prompts.{top}", value, "is not a known key",
+             f"use one of {', '.join(sorted(sections | set(_TOP)))} (check the spelling)")
+        need(isinstance(value, Mapping), f"prompts.{top}", value, "must be a mapping of templates", _FIX)
+        if top == "filter":
+            continue
+        known = {k.split(".", 1)[1] for k in (*_TEMPLATES, *_TEXTS, *_STRINGS) if k.startswith(top + ".")}
+        for sub, v in value.items():
+            key = f"prompts.{top}.{sub}"
+            need(sub in known, key, v, "is not a known key", f"use one of {', '.join(sorted(known))} (check the spelling)")
+            _prompt_value(f"{top}.{sub}", key, v)
     from selflengthen.filters import FilterConfig
 
+    parse_section(PromptFilter, prompts["filter"], "prompts.filter")
     try:
         FilterConfig.from_dict(prompts["filter"])
     except (TypeError, ValueError, KeyError) as exc:
@@ -207,11 +311,45 @@ def _prompts(cfg: Mapping) -> dict:
     return prompts
 
 
-def _train(cfg: Mapping) -> tuple[str, Any]:
-    from selflengthen.training import parse_config
+def _prompt_value(name: str, key: str, v: Any) -> None:
+    if name in _TEMPLATES:
+        allowed, required = _TEMPLATES[name]
+        if name in _LISTS:
+            need(isinstance(v, list) and v, key, v, "must be a non-empty list of templates", _FIX)
+            for i, item in enumerate(v):
+                _template(f"{key}[{i}]", item, allowed, required)
+        else:
+            _template(key, v, allowed, required)
+    elif name in _TEXTS:
+        need(v is None and _TEXTS[name] or isinstance(v, str), key, v,
+             "must be a text" + (" (or null)" if _TEXTS[name] else ""), _FIX)
+    else:
+        ok = isinstance(v, list) and all(isinstance(x, str) and x for x in v) and (v or not _STRINGS[name])
+        need(ok, key, v, "must be a " + ("non-empty " if _STRINGS[name] else "") + "list of non-empty strings", _FIX)
 
+
+def _train(cfg: Mapping) -> tuple[str, Any]:
+    from selflengthen.training import BACKENDS, parse_config
+
+    train = as_dict(cfg.get("train"))
+    backend = train.get("backend", "trl")
+    need(isinstance(backend, str) and backend in BACKENDS, "train.backend", backend, "is not a known trainer",
+         f"use one of {', '.join(BACKENDS)} (train=lora selects trl)")
+    if backend == "fake":  # the stand-in takes the LoRA settings it stands in for: check them all the same
+        from selflengthen.training.sft_lora import TrainConfig
+
+        rest = {k: v for k, v in train.items() if k not in ("backend", "delay")}
+        parse_section(TrainConfig, rest, "train")
+        check_value("train.delay", train.get("delay", 0.0), float, {"ge": 0.0, "fix": "use train.delay=0"})
+    modules = train.get("target_modules")
+    need(not isinstance(modules, list) or (modules and all(isinstance(m, str) and m for m in modules)),
+         "train.target_modules", modules, "must be all-linear or a non-empty list of module names",
+         "use train.target_modules=all-linear")
+    if backend == "grpo" and isinstance(train.get("weights"), Mapping):  # name the weight, not the section
+        for k, v in train["weights"].items():
+            check_value(f"train.weights.{k}", v, float, {"ge": 0.0, "fix": "use a weight >= 0 (0 = reward off)"})
     try:
-        return parse_config(as_dict(cfg.get("train")))
+        return parse_config(train)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
@@ -222,7 +360,31 @@ def _train(cfg: Mapping) -> tuple[str, Any]:
 def _engine(cfg: Mapping) -> dict:
     from selflengthen.engines import parse_config
 
-    return parse_config(as_dict(cfg.get("engine")))
+    engine = as_dict(cfg.get("engine"))
+    need(isinstance(engine.get("name"), str), "engine.name", engine.get("name"), "must name an engine",
+         "pick one with engine=transformers, engine=vllm or engine=fake")
+    return parse_config(engine)
+
+
+def _all_sections() -> dict:
+    """Config key -> section class over every shipped method (selflengthen/methods/*.py), so a section of a
+    method not selected now is still checked when set: it must not hold nonsense the next run would use."""
+    import importlib
+    import pkgutil
+
+    import selflengthen.methods as pkg
+    from selflengthen.methods.base import Method
+
+    out: dict = {}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        try:
+            method = getattr(importlib.import_module(f"selflengthen.methods.{info.name}"), "METHOD", None)
+        except Exception:  # noqa: BLE001 — a method that cannot load is reported when it is selected
+            continue
+        if isinstance(method, Method):
+            for key, cls in method.config_sections().items():
+                out.setdefault(key, cls)
+    return out
 
 
 def _base_is_none(raw: Any) -> dict:
@@ -252,10 +414,16 @@ def _build(cfg: Mapping, run_dir: Path) -> Settings:
     except ValueError as exc:
         raise ConfigError(f"Config error: method.name={name!r} — {exc}. Fix: pick one with method=selflengthen "
                           f"(see conf/method/)") from exc
+    known = {**_all_sections(), **method.config_sections()}  # every method's sections are checked when set
+    unknown = sorted(k for k in as_dict(cfg) if k not in known and k not in TOP_KEYS)
+    need(not unknown, unknown[0] if unknown else "", cfg.get(unknown[0]) if unknown else None,
+         "is not a known config key", f"use one of {', '.join(sorted(set(known) | set(TOP_KEYS)))} (check the spelling)")
     sections = {key: parse_section(cls, _base_is_none(cfg.get(key)), key)
-                for key, cls in method.config_sections().items()}
+                for key, cls in known.items() if key in cfg or key in method.config_sections()}
     for key, sec in sections.items():  # an `adapter` setting names one of the method's roles, or none
         adapter = getattr(sec, "adapter", None)
+        if key not in method.config_sections():
+            continue  # another method's section: its adapter names that method's roles
         need(adapter is None or adapter in method.roles, f"{key}.adapter", adapter,
              f"must be null (the base model) or one of {', '.join(method.roles)}",
              f"use {key}.adapter=null (the paper uses the base model)")
@@ -264,9 +432,8 @@ def _build(cfg: Mapping, run_dir: Path) -> Settings:
     collect = parse_section(Collect, cfg.get("collect"), "collect")
     report = parse_section(Report, cfg.get("report"), "report")
 
-    data = as_dict(cfg.get("data"))
-    seed_file = data.get("seed_file")
-    need(seed_file is None or isinstance(seed_file, str), "data.seed_file", seed_file, "must be a file path",
+    seed_file = parse_section(Data, cfg.get("data"), "data").seed_file
+    need(seed_file is None or seed_file.strip() != "", "data.seed_file", seed_file, "must be a file path",
          "give data.seed_file a JSONL file, or null for the shipped seeds")
     seed_path = Path(seed_file).expanduser() if seed_file else shipped_data(prompts.get("seed_file", f"seeds_{prompts['lang']}.jsonl"))
     seeds = load_seed_file(seed_path)

@@ -434,6 +434,32 @@ class ItemLog:
             self.records.append(r)
 
 
+def append_bytes(path: Path, data: bytes) -> None:
+    """Append `data` to a plain file of the run (a trainer's metrics log) and fsync it: no link followed, no
+    file whose bytes another name shares; a failed write leaves the file as it was."""
+    path = Path(path)
+    check_no_links(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        raise _disk_error(path, exc, "append to") from exc
+    try:
+        _check_own_file(fd, path)
+        size = os.fstat(fd).st_size
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise _disk_error(path, exc, "append to") from exc
+    finally:
+        os.close(fd)
+
+
 def open_log(path: Path) -> ItemLog:
     """Open an item log; a damaged one is reported, set aside as `<name>.corrupt` and started again."""
     try:

@@ -85,5 +85,5 @@ def test_cli_unusable_run_root_is_one_clear_message(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "selflengthen", "experiment=fake", f"run.root={blocker}"],
                           cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 2
-    assert "Cannot use the run folder" in proc.stderr and "run.root" in proc.stderr
+    assert "cannot hold runs" in proc.stderr and "run.root" in proc.stderr  # store.check_run_root's message
     assert "Traceback" not in proc.stderr

@@ -17,8 +17,9 @@ The held-out eval shows the final model as its own row (`final`).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,9 @@ from pathlib import Path
 from selflengthen import layout, ui
 from selflengthen.config import rule
 from selflengthen.stages import train
+from selflengthen.settings import NON_SEMANTIC_TRAIN
 from selflengthen.stages.common import RoundContext, resumable
-from selflengthen.store import atomic_write_bytes, atomic_write_jsonl, fsync_dir, read_jsonl, reset_dir
+from selflengthen.store import atomic_write_bytes, atomic_write_jsonl, check_no_links, fsync_dir, read_jsonl, reset_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +47,31 @@ class Final:
 
 
 def _fingerprint(ctx: RoundContext) -> str:
-    """What the final stages were built from: the last round and its adapter. A run that gained rounds has a
-    new fingerprint, and the final stages are redone."""
-    role = ctx.method.answer_role
-    return f"{ctx.round_no - 1}:{layout.relative(ctx.s.run_dir, ctx.adapters.get(role))}"
+    """What the final stages were built from: the last round, its adapter (path and content), and the settings
+    that change the final data or model (final, collect, train). When any of it changes, the final folder is
+    redone as a whole (its stages hand data to each other, so a partial redo would mix two builds)."""
+    from selflengthen.evaluate import adapter_identity
+
+    role, fin = ctx.method.answer_role, ctx.cfg("final")
+    train = {k: v for k, v in (dataclasses.asdict(ctx.train_cfg) if dataclasses.is_dataclass(ctx.train_cfg)
+                               else dict(ctx.train_cfg or {})).items() if k not in NON_SEMANTIC_TRAIN}
+    return json.dumps({"round": ctx.round_no - 1, "adapter": adapter_identity(ctx.s.run_dir, ctx.adapters.get(role)),
+                       "from_adapter": fin.from_adapter, "merge": fin.merge,
+                       "collect": dataclasses.asdict(ctx.s.collect), "train": train}, sort_keys=True, default=str)
+
+
+def _legacy_fingerprint(ctx: RoundContext) -> str:
+    """The marker older versions wrote (round and adapter path only)."""
+    return f"{ctx.round_no - 1}:{layout.relative(ctx.s.run_dir, ctx.adapters.get(ctx.method.answer_role))}"
 
 
 def _stale(ctx: RoundContext) -> bool:
     marker = ctx.round_dir / "built_from.txt"
-    return marker.exists() and marker.read_text() != _fingerprint(ctx)
+    check_no_links(marker)
+    if not marker.exists():
+        return False
+    text = marker.read_text(encoding="utf-8", errors="replace")
+    return text != _fingerprint(ctx) and text != _legacy_fingerprint(ctx)  # a legacy marker is upgraded below
 
 
 def run_data(ctx: RoundContext) -> dict:
@@ -106,13 +124,13 @@ def merge_adapter(base: str, adapter: str, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = out.parent / f".{out.name}.tmp"
-    reset_dir(tmp)
+    reset_dir(tmp)  # no link followed (store): save_pretrained below writes into a fresh real folder
+    check_no_links(tmp / "config.json")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     merged.save_pretrained(str(tmp))
     AutoTokenizer.from_pretrained(base).save_pretrained(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
+    reset_dir(out)
     tmp.rename(out)
     fsync_dir(out.parent)
 

@@ -29,8 +29,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ from typing import Any, Callable, Optional
 
 from selflengthen import rewards as R
 from selflengthen.filters import DEFAULTS as FILTER_DEFAULTS
-from selflengthen.store import atomic_write_json, fsync_dir
+from selflengthen.store import append_bytes, atomic_write_bytes, atomic_write_json, check_no_links, reset_dir
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +146,7 @@ def train_grpo(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
     a rerun with a larger `max_steps` continues from there too."""
     out_dir = Path(out_dir)
     examples = to_examples(rows, cfg)  # fail on bad rows before touching the disk
+    check_no_links(out_dir / "metrics.jsonl")  # a linked out_dir is refused before anything is made in it
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
     resume = _prepare_resume(ckpt_dir, _resume_key(model_path, examples, init_adapter, cfg))
@@ -160,7 +159,7 @@ def train_grpo(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
     seconds = time.perf_counter() - start
 
     _save_adapter(trainer.model, out_dir)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    reset_dir(ckpt_dir)
     metrics = {
         "loss": float(result.training_loss),
         "steps": int(trainer.state.global_step),
@@ -306,9 +305,7 @@ class MetricsLog:
                     break  # a torn last line: the process died mid-write
                 if row.get("step", 0) <= keep_until:
                     kept.append(line + "\n")
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, "".join(kept).encode("utf-8"))  # no link followed (store)
         self.rows: list[dict] = []
         self._last: Optional[tuple[float, float]] = None  # (time, num_tokens) at the previous line
 
@@ -322,10 +319,7 @@ class MetricsLog:
             row["tokens_per_s"] = round((tokens - self._last[1]) / (now - self._last[0]), 2)
         if tokens is not None:
             self._last = (now, tokens)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_bytes(self.path, (json.dumps(row) + "\n").encode("utf-8"))
         self.rows.append(row)
 
     def callback(self):
@@ -382,8 +376,7 @@ def _prepare_resume(ckpt_dir: Path, key: str) -> Optional[int]:
             log.info("resuming GRPO from %s", ckpt_dir / f"checkpoint-{steps[-1]}")
             return steps[-1]
         log.warning("checkpoints in %s were trained on other prompts or settings; starting afresh", ckpt_dir)
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+        reset_dir(ckpt_dir)
     atomic_write_json(key_file, {"key": key})
     return None
 
@@ -406,13 +399,7 @@ def _progress_callback(progress: Optional[ProgressFn]):
 def _save_adapter(model, out_dir: Path) -> None:
     """Write the trained adapter to adapter.tmp, fsync it, then rename to adapter. Only the "default"
     adapter is saved: with beta > 0 and an init adapter, TRL keeps a frozen "ref" copy next to it."""
-    tmp, final = out_dir / "adapter.tmp", out_dir / "adapter"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=["default"])
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    fsync_dir(out_dir)
+    from selflengthen.training.save import save_adapter
+
+    # written aside and swapped in whole by the shared helper (no link followed, the old one kept until then)
+    save_adapter(out_dir, lambda folder: model.save_pretrained(str(folder), selected_adapters=["default"]))
