@@ -43,7 +43,7 @@ DATA = REPO / "selflengthen" / "data"
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(REPO / "iterations" / "bench_grpo_length"))
-    p.add_argument("--steps", type=int, default=12, help="GRPO optimizer steps")
+    p.add_argument("--steps", type=int, default=10, help="GRPO optimizer steps")
     p.add_argument("--group", type=int, default=6, help="num_generations (answers per prompt)")
     p.add_argument("--prompts-per-step", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=160, help="answer budget in tokens, training and eval")
@@ -84,7 +84,7 @@ def eval_rows(args) -> list[dict]:
 
 
 def generate(model_path: str, adapter: str | None, rows: list[dict], args) -> list[list[str]]:
-    """`args.samples` sampled answers per row (temperature 0.8, as in training), seeded per sample."""
+    """`args.samples` sampled answers per row (temperature 0.8, as in training), seeded."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -99,16 +99,15 @@ def generate(model_path: str, adapter: str | None, rows: list[dict], args) -> li
     model.eval()
     texts = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
                                      add_generation_prompt=True) for r in rows]
-    out: list[list[str]] = [[] for _ in rows]
-    for s in range(args.samples):
-        torch.manual_seed(args.seed * 1000 + s)
-        batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            ids = model.generate(**batch, do_sample=True, temperature=0.8, top_p=1.0, top_k=0,
-                                 max_new_tokens=args.max_tokens, pad_token_id=tok.pad_token_id)
-        for i, seq in enumerate(ids[:, batch["input_ids"].shape[1]:]):
-            out[i].append(tok.decode(seq, skip_special_tokens=True))
-    return out
+    # every sample of every prompt in one batch: one decoding loop instead of one per sample
+    torch.manual_seed(args.seed)
+    batch = tok([t for t in texts for _ in range(args.samples)], return_tensors="pt", padding=True,
+                add_special_tokens=False)
+    with torch.no_grad():
+        ids = model.generate(**batch, do_sample=True, temperature=0.8, top_p=1.0, top_k=0,
+                             max_new_tokens=args.max_tokens, pad_token_id=tok.pad_token_id)
+    decoded = [tok.decode(seq, skip_special_tokens=True) for seq in ids[:, batch["input_ids"].shape[1]:]]
+    return [decoded[i * args.samples:(i + 1) * args.samples] for i in range(len(rows))]
 
 
 def score(rows: list[dict], answers: list[list[str]], l_max: int) -> dict:
