@@ -23,6 +23,31 @@ _RULES = {
 }
 
 
+# Keys every engine takes, handled by the run rather than the engine class (selflengthen/ranks.py): how many
+# engine processes generate side by side, how they are started, and how many GPUs each one gets.
+RANK_KEYS = {
+    "data_parallel_size": (int, {"ge": 1, "fix": "use engine.data_parallel_size=1 (one engine) or the number of "
+                                                  "GPUs / tensor-parallel groups"}, 1),
+    "rank_launcher": (str, {"choices": ("local", "srun"), "fix": "use engine.rank_launcher=local (subprocesses on "
+                                                                 "this node) or srun (Slurm steps)"}, "local"),
+    "gpus_per_rank": ("Optional[int]", {"ge": 0, "fix": "use engine.gpus_per_rank=null (= tensor_parallel_size), "
+                                                       "1, or 0 (do not pin GPUs)"}, None),
+}
+
+
+def _rank_settings(cfg: dict) -> dict:
+    from typing import Optional
+
+    from selflengthen.config import check_value
+
+    out = {}
+    for key, (typ, rules, default) in RANK_KEYS.items():
+        if key in cfg:
+            typ = Optional[int] if typ == "Optional[int]" else typ
+            out[key] = check_value(f"engine.{key}", cfg.pop(key), typ, rules, default)
+    return out
+
+
 def parse_config(engine_cfg: Mapping) -> dict:
     """Check `engine:` before anything loads: a known name, only keyword arguments the engine takes, each of
     the right type and range, and the engine's own checks (it is constructed, which is cheap: nothing loads).
@@ -34,6 +59,7 @@ def parse_config(engine_cfg: Mapping) -> dict:
     from selflengthen.config import ConfigError, check_value, need
 
     cfg = dict(engine_cfg)
+    ranks = _rank_settings(cfg)
     name = cfg.get("name")
     need(name in _ENGINES, "engine.name", name, f"unknown engine (known: {', '.join(_ENGINES)})",
          "pick one with engine=transformers or engine=vllm")
@@ -59,14 +85,14 @@ def parse_config(engine_cfg: Mapping) -> dict:
     except (ValueError, TypeError, NotImplementedError) as exc:
         msg = str(exc)
         raise ConfigError(msg if msg.startswith("Config error") else f"Config error: engine — {msg}") from exc
-    return out
+    return {**out, **ranks}
 
 
 def make_engine(engine_cfg: Mapping, model_path: str) -> Engine:
     """Build (not load) the engine named by `engine_cfg["name"]`; the other keys are its keyword args."""
     import importlib
 
-    cfg = dict(engine_cfg)
+    cfg = {k: v for k, v in engine_cfg.items() if k not in RANK_KEYS}  # the run's business, not the engine's
     name = cfg.pop("name", None)
     if name not in _ENGINES:
         raise ValueError(f"Config error: engine.name={name!r} is not a known engine (known: {', '.join(_ENGINES)}). "

@@ -27,8 +27,9 @@ stream is single-role (as the pipeline's stages are) and keeps one tested code p
 `tests/test_vllm_engine.py` proves a base request's greedy answer in a mixed stream equals its answer alone.
 
 Data parallel: vLLM 0.32 refuses `LLM(data_parallel_size>1)` in one process (its offline data-parallel
-recipe runs one process per rank, each with its own share of the prompts), so `data_parallel_size > 1`
-raises NotImplementedError here; use `tensor_parallel_size` to spread one model over several GPUs.
+recipe runs one process per rank, each with its own share of the prompts). The run does exactly that:
+`engine.data_parallel_size=N` starts N engine processes (selflengthen/ranks.py), each constructing this
+class with one rank's GPUs, so the class itself still refuses `data_parallel_size > 1`.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ class VllmEngine:
         if data_parallel_size != 1:
             raise NotImplementedError(
                 f"engine.data_parallel_size={data_parallel_size}: vLLM's offline engine runs one data-parallel "
-                "rank per process, which this engine does not orchestrate. Use engine.tensor_parallel_size "
-                "to spread the model over several GPUs, or run independent jobs (Hydra multirun) per GPU.")
+                "rank per process: set engine.data_parallel_size in the config, which starts one engine "
+                "process per rank (selflengthen/ranks.py), rather than passing it to VllmEngine itself; "
+                "engine.tensor_parallel_size splits one model over several GPUs inside a rank.")
         if sleep_mode not in SLEEP_MODES:
             raise ValueError(f"engine.sleep_mode={sleep_mode!r}: must be one of {SLEEP_MODES}")
         self.model_path = str(model_path)

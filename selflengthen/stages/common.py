@@ -210,7 +210,13 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain], durability: Durabi
     """Drive every chain to its end through one engine stream (DESIGN §6). A chain's next request is queued
     the moment its previous completion has been judged, so the engine stays full and no chain waits for
     another; records go to `log` through a `Journal` (durable every N records or T seconds, and at the
-    end). `advance(1)` is called as each chain ends."""
+    end). `advance(1)` is called as each chain ends. With `engine.data_parallel_size` > 1 the chains run on
+    engine ranks instead, each writing its own shard, merged into `log` here (selflengthen/ranks.py)."""
+    from selflengthen import ranks
+
+    chains = ranks.share(engine, log, chains, advance)
+    if chains is None:  # every rank ran its share: their records are in `log`
+        return
     sched = Scheduler(engine)
     with Journal(log, durability) as journal:
         def step(chain: Chain, value: Optional[Completion]) -> None:
@@ -229,6 +235,7 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain], durability: Durabi
         for chain in chains:
             step(chain, None)
         sched.run()
+    ranks.finished(log)  # in a rank process the stage ends here; the coordinator writes its artifacts
 
 
 def redraws(log: ItemLog, items: dict[str, dict], make_request: Callable[[str, dict, int], Request],
@@ -285,7 +292,10 @@ def resumable(name: str):
             if done:
                 return done["summary"]
             start = time.time()
-            summary, files = body(ctx, folder, *args)
+            from selflengthen import ranks
+
+            with ranks.stage(run, ctx, folder, args):  # lets run_chains hand the stage's items to engine ranks
+                summary, files = body(ctx, folder, *args)
             summary["seconds"] = time.time() - start
             mark_done(folder, files, summary=summary)
             return summary
