@@ -175,3 +175,45 @@ def test_summary_records_what_the_trainer_was_given(two_rounds):
     assert two["adapters_in"] == summaries[0]["adapters_out"]
     assert two["adapters_out"] == {role: f"round_002/train/{role}/adapter" for role in ROLES}
     assert len(trainer.calls) == 4
+
+
+# --- a cut-off stage continues from its log -----------------------------------------------------------------
+
+class Killed(Exception):
+    pass
+
+
+class DiesMidStage(RecordingEngine):
+    """Raises (as a kill would end the process) at the `after`+1-th request that names `adapter`."""
+
+    def __init__(self, adapter: str, after: int):
+        super().__init__()
+        self.adapter_name, self.left = adapter, after
+
+    def _answer(self, r) -> str:
+        if r.adapter == self.adapter_name:
+            if self.left == 0:
+                raise Killed(r.id)
+            self.left -= 1
+        return super()._answer(r)
+
+
+@pytest.mark.parametrize("stage, log_name, adapter, after", [("initial", "attempts.jsonl", "generator", 5),
+                                                             ("extend", "passes.jsonl", "extender", 9)])
+def test_a_cut_off_stage_continues_from_its_log(tmp_path, monkeypatch, stage, log_name, adapter, after):
+    over = ("iterations=1", "run.checkpoint_every=1")
+    _, whole, _ = recorded_run(tmp_path / "ref", monkeypatch, *over)
+    total = sum(c.adapter == adapter for c in whole.calls())
+    with pytest.raises(Killed):
+        recipe.run(fake_settings(tmp_path / "cut", *over), DiesMidStage(adapter, after), lambda: "fake-model")
+    log = tmp_path / "cut/round_001" / stage / log_name
+    saved = [r for r in read_jsonl(log) if not r.get("final")]
+    assert saved and not (log.parent / "done.json").exists()  # the kill landed inside the stage
+    _, resumed, _ = recorded_run(tmp_path / "cut", monkeypatch, *over)
+    again = sum(c.adapter == adapter for c in resumed.calls())
+    # every saved record stands for at least one request that is not made again
+    assert again <= total - len(saved), (again, total, len(saved))
+    assert {json.dumps(r, sort_keys=True) for r in saved} <= {json.dumps(r, sort_keys=True) for r in read_jsonl(log)}
+    from test_recipe import tree
+
+    assert tree(tmp_path / "cut") == tree(tmp_path / "ref")
