@@ -5,7 +5,8 @@ resumed run must reproduce an uninterrupted one exactly. It is shaped like the r
 orchestration cares: completions that end in "Instruction 3:" give an instruction line, very short
 generations (the yes/no judge) give "Yes"/"No", everything else gives paragraphs whose length follows the
 longest message (so extension lengthens), some without a final full stop or with a repeated 10-gram, so
-the quality filter and the re-draws are exercised. An adapter makes answers longer, as training is
+the quality filter and the re-draws are exercised. AgentWrite's plan prompts get plan lines (some malformed)
+and its write prompts one paragraph of about the step's planned words. An adapter makes answers longer, as training is
 meant to. Never used by default: `engine=fake` selects it.
 
 `stream(queue)` serves requests as they come (DESIGN §6). Without a latency model it answers them one at a
@@ -24,6 +25,7 @@ import hashlib
 import heapq
 import json
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,12 @@ _WORDS = (
 ).split()
 _TOPICS = ("city planning", "a lighthouse keeper", "renewable energy", "a family recipe", "remote work",
            "the history of maps", "a startup pitch", "ocean plastics", "a retirement speech", "chess openings")
+
+# AgentWrite's prompts (conf/prompts/*.yaml, agentwrite.plan / agentwrite.write), known by their plan lines:
+# the plan prompt's example line holds a "[...]" placeholder, the write prompt holds real step lines.
+_PLAN_ASK = re.compile(r"^(?:Paragraph|段落)\s*1 - (?:Main Point: |要点：)\[", re.MULTILINE)
+_STEP_LINE = re.compile(r"^(?:Paragraph|段落)\s*\d+ - (?:Main Point: |要点：).*(?:Word Count: |字数：)(\d+)",
+                        re.MULTILINE)
 
 
 @dataclass
@@ -139,6 +147,12 @@ class FakeEngine:
             return self._instruction(rng)
         if r.params.max_new_tokens <= 8:
             return "Yes, it is." if rng.random() < 0.8 else "No."
+        user = r.messages[-1][1] if r.messages else ""
+        if _PLAN_ASK.search(user):  # AgentWrite's plan prompt: its example line has a [placeholder]
+            return self._plan(rng, extra=1 if folder else 0)
+        steps = _STEP_LINE.findall(user)
+        if steps:  # AgentWrite's write prompt: the plan, then (last) the step to write now
+            return self._step(rng, int(steps[-1]), r.params.max_new_tokens, 1.3 if folder else 1.0)
         source = max((len(c.split()) for _, c in r.messages), default=20)
         factor = rng.uniform(0.7, 2.2) * (1.4 if folder else 1.0)
         n = min(int(source * factor) + 30, int(r.params.max_new_tokens * 0.75))
@@ -159,6 +173,36 @@ class FakeEngine:
         n = rng.randint(5, 25)
         words = " ".join(rng.choice(_WORDS) for _ in range(n))
         return f" Write a detailed, multi-section article about {rng.choice(_TOPICS)}, covering {words}.\n"
+
+    @staticmethod
+    def _plan(rng: random.Random, extra: int) -> str:
+        """A plan in AgentWrite's format (2-5 steps of 200-500 words); about one in five is malformed (prose
+        only, a count out of the default bounds, a skipped number) so the plan stage's re-draws are exercised."""
+        roll = rng.random()
+        if roll < 0.1:
+            return "Sure, I will plan this answer carefully before writing it."
+        numbers = list(range(1, rng.randint(2, 5) + extra + 1))
+        if roll < 0.15:
+            numbers[-1] += 1  # misnumbered
+        lines = [f"Paragraph {n} - Main Point: Cover the {' '.join(rng.choice(_WORDS) for _ in range(4))}. - "
+                 f"Word Count: {rng.randrange(200, 550, 50)} words" for n in numbers]
+        if 0.15 <= roll < 0.2:
+            lines[0] = lines[0].rsplit("Word Count:", 1)[0] + "Word Count: 40 words"  # under plan.min_words
+        return "Here is the plan:\n" + "\n".join(lines)
+
+    @staticmethod
+    def _step(rng: random.Random, planned: int, max_new_tokens: int, factor: float) -> str:
+        """One paragraph of about the planned words (within the token budget); sometimes echoing a header
+        (cleaned by the write stage) or cut off without a full stop (re-drawn)."""
+        n = max(5, min(int(planned * rng.uniform(0.6, 1.1) * factor), int(max_new_tokens * 0.75)))
+        words = [rng.choice(_WORDS) for _ in range(n)]
+        text = " ".join(" ".join(words[i:i + 20]).capitalize() + "." for i in range(0, n, 20))
+        roll = rng.random()
+        if roll < 0.12:
+            return text.rstrip(".")
+        if roll < 0.2:
+            return f"Paragraph {rng.randint(1, 5)}:\n{text}"
+        return text
 
     @staticmethod
     def _paragraphs(rng: random.Random, n: int) -> str:

@@ -80,5 +80,5 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
 
 
 def brief(section: dict) -> str:
-    return (f"{section.get('planned', 0)} plans of {section.get('items', 0)}, "
+    return (f"{section.get('planned', 0)} plans of {section.get('items', 0)} ({section.get('plans_drawn', 0)} drawn), "
             f"{section.get('mean_steps', 0):.1f} steps, {section.get('mean_planned_words', 0):.0f} words planned")

@@ -1,10 +1,10 @@
 """write: AgentWrite's second step (DESIGN §7) — each plan is written one step (paragraph) per call.
 
-An item is a chain: step 1, then step 2 given step 1, and so on. Every wave sends the next step of every
-unfinished item (in durable chunks of `run.checkpoint_every` requests), so one wave advances every chain
-by one step; each finished step is appended to the item log at once, and a crash resumes every item at its
-next step, not at its start. (When the engines stream, the same chains can be fed through
-`engine.stream`; the log format does not change.)
+An item is a chain (DESIGN §6, `stages.common.run_chains`): step 1, then step 2 given step 1, and so on;
+a step's next request is queued on the engine stream as soon as the previous one is judged, so the items
+advance independently and the engine stays full. Every judged step is a record of the item log (durable
+every `run.checkpoint_every` records or `run.checkpoint_seconds` seconds), and a crash resumes every item
+at its next step, not at its start.
 
 A step's text is cleaned (`plan.clean_step`: echoed "Paragraph 3:" headers and word-count notes removed)
 and must pass the quality filter on its own, meta-words aside (a lone paragraph may well mention a
@@ -32,9 +32,9 @@ from selflengthen.config import rule
 from selflengthen.engines.base import Request
 from selflengthen.plan import PlanStep, clean_step, join_steps, write_messages
 from selflengthen.sampling import keep_indices
-from selflengthen.stages.common import RoundContext, mean, preparer, resumable
+from selflengthen.stages.common import RoundContext, mean, preparer, resumable, run_chains
 from selflengthen.stages.plan import NAME as PLANS
-from selflengthen.store import ItemLog, atomic_write_jsonl, iter_chunks, open_log, read_jsonl
+from selflengthen.store import ItemLog, atomic_write_jsonl, open_log, read_jsonl
 from selflengthen.text import count_words
 
 NAME = "write"
@@ -58,7 +58,6 @@ class Chain:
     texts: list = field(default_factory=list)
     tries: int = 0  # attempts spent on step len(texts)
     generations: int = 0  # all write calls spent on the item
-
 
     def add(self, record: dict) -> None:
         """Take one logged step record (records of a step other than the next one are ignored)."""
@@ -105,28 +104,25 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     def open_(c: Chain, it: dict) -> bool:
         return len(c.texts) < len(it["steps"]) and c.tries < cfg.max_attempts
 
+    def chain(i: str, c: Chain):
+        """One item's steps in order (see stages.common.run_chains): ask, judge, log, go on or re-draw."""
+        while open_(c, items[i]):
+            step, tries = len(c.texts), c.tries
+            done = yield request(i, c)
+            text = prepare(clean_step(done.text))
+            verdict = filters.check(text, step_cfg)
+            record = {"id": f"{i}@{step}#{tries}", "item": i, "step": step, "attempt": tries, "text": text,
+                      "ok": verdict.ok, "reason": "" if verdict.ok else f"step_{verdict.reason}"}
+            yield [record]
+            c.add(record)
+
     log = open_log(folder / "steps.jsonl")
+    state = chains(log, items)
     with ui.progress(f"round {ctx.round_no} · write", len(items)) as advance:
-        state = chains(log, items)
         advance(sum(not open_(state[i], items[i]) for i in items))
-        while True:
-            pending = [i for i in items if open_(state[i], items[i])]
-            if not pending:
-                break
-            for part in iter_chunks(pending, ctx.s.checkpoint_every):
-                requests = [request(i, state[i]) for i in part]
-                records = []
-                for i, text in zip(part, ctx.engine.generate(requests)):
-                    c, step = state[i], len(state[i].texts)
-                    text = prepare(clean_step(text))
-                    verdict = filters.check(text, step_cfg)
-                    records.append({"id": f"{i}@{step}#{c.tries}", "item": i, "step": step, "attempt": c.tries,
-                                    "text": text, "ok": verdict.ok,
-                                    "reason": "" if verdict.ok else f"step_{verdict.reason}"})
-                log.append(records)
-                for r in records:
-                    state[r["item"]].add(r)
-                advance(sum(not open_(state[i], items[i]) for i in part))
+        run_chains(ctx.engine, log, (chain(i, state[i]) for i in items if open_(state[i], items[i])),
+                   ctx.durability, advance)
+    state = chains(log, items)  # as the log has it (with engine ranks, their shards merged into it)
 
     rejections: Counter = Counter(r["reason"] for r in log.records if not r["ok"])
     passed = []
@@ -162,5 +158,6 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
 
 
 def brief(section: dict) -> str:
-    return (f"{section.get('kept', 0)} kept of {section.get('items', 0)} plans, "
-            f"{section.get('mean_words', 0):.0f} words avg, {section.get('step_generations', 0)} step calls")
+    return (f"{section.get('kept', 0)} kept of {section.get('items', 0)} plans ({section.get('written', 0)} "
+            f"written, {section.get('passed', 0)} passed), {section.get('mean_words', 0):.0f} words avg, "
+            f"{section.get('step_generations', 0)} step calls")
