@@ -145,7 +145,9 @@ class Settings:
 # Resuming with a different value is "drift" (see manifest.py); everything else (engine, batch sizes, run
 # folder, eval, iterations) is a throughput or reporting knob.
 SEMANTIC_KEYS = ("method.name", "model.path", "seed", "prompts", "data", "decoding", "train")
-NON_SEMANTIC_TRAIN = ("save_steps", "gradient_checkpointing", "dtype")
+NON_SEMANTIC_TRAIN = ("save_steps", "gradient_checkpointing", "dtype",
+                      # how many processes train: the effective batch stays the same (training/launch.py)
+                      "launcher", "accelerate_config", "num_processes", "num_machines", "main_process_port")
 
 
 def semantic_config(cfg: Mapping, extra_keys: tuple[str, ...] = (), seed_file_sha256: Optional[str] = None) -> dict:

@@ -37,6 +37,8 @@ from typing import Any, Callable, Optional
 from selflengthen import rewards as R
 from selflengthen.filters import DEFAULTS as FILTER_DEFAULTS
 from selflengthen.store import append_bytes, atomic_write_bytes, atomic_write_json, check_no_links, reset_dir
+from selflengthen.training import launch
+from selflengthen.training.launch import Launch
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def _rule(**kw) -> dict:
 
 
 @dataclass
-class GrpoConfig:
+class GrpoConfig(Launch):
     """GRPO settings (`train:` with backend grpo); defaults follow the LongWriter-Zero paper where it gives
     one. Every value is type- and range-checked (config.parse_section) before anything loads."""
 
@@ -102,6 +104,7 @@ class GrpoConfig:
     def check(self) -> None:
         """Cross-field rules (parse_section reports a ValueError here as a ConfigError)."""
         n = self.prompts_per_step * self.num_generations
+        self.check_launch(n // self.batch_size if n % self.batch_size == 0 else None)  # training/launch.py
         if n % self.batch_size:
             raise ValueError(f"batch_size={self.batch_size} must divide prompts_per_step * num_generations = {n}. "
                              f"Fix: use a divisor of {n}")
@@ -150,6 +153,8 @@ def train_grpo(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
     resume = _prepare_resume(ckpt_dir, _resume_key(model_path, examples, init_adapter, cfg))
+    if launch.should_launch(cfg):  # accelerate launch: N processes run this function again; rank 0 saves
+        return launch.launch("selflengthen.training.grpo_lora:train_grpo", model_path, rows, out_dir, init_adapter, cfg)
     metrics_log = MetricsLog(out_dir / "metrics.jsonl", keep_until=resume or 0)
     trainer = build_trainer(model_path, examples, ckpt_dir, init_adapter, cfg,
                             callbacks=[_progress_callback(progress), metrics_log.callback()])
@@ -158,7 +163,11 @@ def train_grpo(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
 
-    _save_adapter(trainer.model, out_dir)
+    if launch.launched():  # every process helps gather the weights; rank 0 alone writes adapter and metrics
+        if launch.save(trainer, out_dir) is None:
+            return {}
+    else:
+        _save_adapter(trainer.model, out_dir)
     reset_dir(ckpt_dir)
     metrics = {
         "loss": float(result.training_loss),
@@ -257,7 +266,8 @@ def build_trainer(model_path: str, examples: list[dict], ckpt_dir: Path, init_ad
         output_dir=str(ckpt_dir), learning_rate=cfg.lr, max_steps=cfg.max_steps, lr_scheduler_type=cfg.scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
         per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=completions_per_step // cfg.batch_size,  # one optimizer step per group batch
+        # one optimizer step per group batch, split over the processes when launched (same effective batch)
+        gradient_accumulation_steps=launch.grad_accum(completions_per_step // cfg.batch_size),
         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta, epsilon=cfg.epsilon,
         loss_type=cfg.loss_type, num_iterations=cfg.num_iterations,
@@ -332,7 +342,8 @@ class MetricsLog:
                 metrics_log._last = (time.perf_counter(), state.num_input_tokens_seen or 0)
 
             def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and any(k.startswith("rewards/") for k in logs):  # step logs, not the final summary
+                # step logs, not the final summary; with several processes rank 0 writes them
+                if logs and state.is_world_process_zero and any(k.startswith("rewards/") for k in logs):
                     metrics_log.add(state.global_step, logs)
 
         return MetricsCallback()

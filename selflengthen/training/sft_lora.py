@@ -34,7 +34,9 @@ from typing import Any, Callable, Optional
 
 from selflengthen.config import rule
 from selflengthen.store import _disk_error, atomic_write_json
-from selflengthen.training.save import adapter_digest, save_adapter
+from selflengthen.training import launch
+from selflengthen.training.launch import Launch
+from selflengthen.training.save import adapter_digest
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ ProgressFn = Callable[[int, int], None]  # (steps done, total steps)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Launch):
     """LoRA SFT settings (`train:` with backend trl); defaults follow the paper where it gives one. Every
     value is type- and range-checked at start-up (config.parse_section), before any generation runs."""
 
@@ -69,6 +71,7 @@ class TrainConfig:
     logging_steps: int = field(default=1, metadata=rule(ge=1))
 
     def check(self) -> None:
+        self.check_launch(self.grad_accum)  # train.launcher & co. (training/launch.py)
         if self.max_steps == 0:
             raise ValueError("max_steps=0 would save an untrained adapter. Fix: use -1 (epochs decide) or >= 1")
 
@@ -90,6 +93,8 @@ def train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
     resume = _prepare_resume(ckpt_dir, _resume_key(model_path, rows, init_adapter, cfg))
+    if launch.should_launch(cfg):  # accelerate launch: N processes run this function again; rank 0 saves
+        return launch.launch("selflengthen.training.sft_lora:train_lora", model_path, rows, out_dir, init_adapter, cfg)
     trainer, truncated = build_trainer(model_path, rows, ckpt_dir, init_adapter, cfg, progress)
     counter = _TokenCounter(trainer)
 
@@ -100,7 +105,11 @@ def train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
         raise _disk_error(ckpt_dir, exc, "save a training checkpoint in") from exc
     seconds = time.perf_counter() - start
 
-    adapter = save_adapter(out_dir, lambda folder: trainer.model.save_pretrained(str(folder)))
+    counter.tokens, counter.answer_tokens, counter.padding_tokens = launch.sum_over_processes(
+        counter.tokens, counter.answer_tokens, counter.padding_tokens)  # several processes: each saw its share
+    adapter = launch.save(trainer, out_dir)
+    if adapter is None:  # a launched process other than rank 0: rank 0 writes the adapter and metrics
+        return {}
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     metrics = {
         "loss": float(result.training_loss),  # mean over the steps of this call
@@ -142,7 +151,8 @@ def build_trainer(model_path: str, rows: list[dict], ckpt_dir: Path, init_adapte
         output_dir=str(ckpt_dir), max_length=cfg.max_length, learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, lr_scheduler_type=cfg.scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=launch.grad_accum(cfg.grad_accum),  # split over processes: same effective batch
         gradient_checkpointing=cfg.gradient_checkpointing,  # SFTConfig's default is True: always set it
         bf16=use_bf16, use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
