@@ -337,11 +337,8 @@ def _train(cfg: Mapping) -> tuple[str, Any]:
     backend = train.get("backend", "trl")
     need(isinstance(backend, str) and backend in BACKENDS, "train.backend", backend, "is not a known trainer",
          f"use one of {', '.join(BACKENDS)} (train=lora selects trl)")
-    if backend == "fake":  # the stand-in takes the LoRA settings it stands in for: check them all the same
-        from selflengthen.training.sft_lora import TrainConfig
-
-        rest = {k: v for k, v in train.items() if k not in ("backend", "delay")}
-        parse_section(TrainConfig, rest, "train")
+    if backend == "fake":  # the stand-in takes the LoRA settings it stands in for: checked as trl would
+        parse_config({**{k: v for k, v in train.items() if k != "delay"}, "backend": "trl"})
         check_value("train.delay", train.get("delay", 0.0), float, {"ge": 0.0, "fix": "use train.delay=0"})
     modules = train.get("target_modules")
     need(not isinstance(modules, list) or (modules and all(isinstance(m, str) and m for m in modules)),
