@@ -2,9 +2,11 @@
 
 One role, the writer: it plans, writes and is trained on (instruction -> whole answer); each round plans and
 writes with the previous round's writer adapter (round 1: the base model), unless `plan.adapter` /
-`write.adapter` is null (always the base model).
+`write.adapter` is null (always the base model) or `agentwrite.teacher` names another model that plans and
+writes for every round (selflengthen/teacher.py).
 """
 
+from selflengthen import teacher
 from selflengthen.methods.base import Method, Stage
 from selflengthen.sampling import Sampling
 from selflengthen.stages import plan, self_instruct, write, writer_sft
@@ -18,13 +20,15 @@ METHOD = Method(
     stages=(
         Stage(self_instruct.NAME, self_instruct.run, self_instruct.brief,
               config=(("self_instruct", self_instruct.SelfInstruct),)),
-        Stage(plan.NAME, plan.run, plan.brief, config=(("plan", plan.Plan),)),
-        Stage(write.NAME, write.run, write.brief, config=(("write", write.Write), ("sampling", Sampling)),
+        Stage(plan.NAME, plan.run, plan.brief, config=(("plan", plan.Plan), (teacher.KEY, teacher.AgentWrite))),
+        Stage(write.NAME, write.run, write.brief,
+              config=(("write", write.Write), ("sampling", Sampling), (teacher.KEY, teacher.AgentWrite)),
               lengths="answers.jsonl", label="written"),
         Stage(writer_sft.NAME, writer_sft.run, writer_sft.brief),
         train_stage(writer_sft.NAME),
     ),
-    semantic_keys=("self_instruct", "plan", "write", "sampling"),
+    # the teacher's model changes the data; its engine settings are throughput knobs
+    semantic_keys=("self_instruct", "plan", "write", "sampling", "agentwrite.teacher.model"),
     pairs=(write.NAME, "answers.jsonl"),
     answer_role="writer",
 )

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from selflengthen import ui
+from selflengthen import teacher, ui
 from selflengthen.config import need, rule
 from selflengthen.engines.base import Request
 from selflengthen.plan import parse_plan, plan_messages
@@ -52,15 +52,16 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     def request(item_id: str, ins: dict, attempt: int) -> Request:
         messages = plan_messages(tpl, ins["prompt"], cfg.max_steps, cfg.min_words, cfg.max_words)
         return Request.chat(item_id, messages, ctx.params(cfg.max_new_tokens, ctx.seed("plan", item_id, attempt)),
-                            adapter=cfg.adapter)
+                            adapter=adapter)
 
     def judge(_ins: dict, text: str) -> tuple[bool, str]:
         result = parse_plan(text, cfg.max_steps, cfg.min_words, cfg.max_words)
         return result.ok, result.reason
 
     log = open_log(folder / "attempts.jsonl")
-    with ui.progress(f"round {ctx.round_no} · plan", len(items)) as advance:
-        passed = redraws(log, items, request, judge, cfg.max_attempts, ctx.engine, ctx.durability, advance)
+    with teacher.planner(ctx, cfg.adapter) as (engine, adapter), \
+            ui.progress(f"round {ctx.round_no} · plan", len(items)) as advance:
+        passed = redraws(log, items, request, judge, cfg.max_attempts, engine, ctx.durability, advance)
 
     rows = []
     for item, rec in passed.items():

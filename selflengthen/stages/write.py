@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from selflengthen import filters, ui
+from selflengthen import filters, teacher, ui
 from selflengthen.config import rule
 from selflengthen.engines.base import Request
 from selflengthen.plan import PlanStep, clean_step, join_steps, write_messages
@@ -99,7 +99,7 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
         step = len(c.texts)
         messages = write_messages(tpl, it["instruction"], it["steps"], c.texts, step)
         params = ctx.params(step_budget(it["steps"][step].words, cfg), ctx.seed("write", item_id, step, c.tries))
-        return Request.chat(f"{item_id}@{step}", messages, params, adapter=cfg.adapter)
+        return Request.chat(f"{item_id}@{step}", messages, params, adapter=adapter)
 
     def open_(c: Chain, it: dict) -> bool:
         return len(c.texts) < len(it["steps"]) and c.tries < cfg.max_attempts
@@ -118,9 +118,10 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
 
     log = open_log(folder / "steps.jsonl")
     state = chains(log, items)
-    with ui.progress(f"round {ctx.round_no} · write", len(items)) as advance:
+    with teacher.planner(ctx, cfg.adapter) as (engine, adapter), \
+            ui.progress(f"round {ctx.round_no} · write", len(items)) as advance:
         advance(sum(not open_(state[i], items[i]) for i in items))
-        run_chains(ctx.engine, log, (chain(i, state[i]) for i in items if open_(state[i], items[i])),
+        run_chains(engine, log, (chain(i, state[i]) for i in items if open_(state[i], items[i])),
                    ctx.durability, advance)
     state = chains(log, items)  # as the log has it (with engine ranks, their shards merged into it)
 
