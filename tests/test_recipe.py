@@ -18,7 +18,7 @@ def run_fake(run_dir: Path, *overrides: str):
     return recipe.run(fake_settings(run_dir, *overrides), engine, lambda: "fake-model"), engine
 
 
-LOGS = ("candidates.jsonl", "attempts.jsonl", "passes.jsonl")
+LOGS = ("candidates.jsonl", "attempts.jsonl", "passes.jsonl", "steps.jsonl")
 
 
 def tree(run_dir: Path) -> dict[str, str]:
