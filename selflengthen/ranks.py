@@ -415,4 +415,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run through the imported module, not this `__main__` copy: run_chains reads the rank from selflengthen.ranks
+    from selflengthen import ranks as _ranks
+
+    _ranks.main()

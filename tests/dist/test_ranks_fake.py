@@ -38,11 +38,29 @@ def record_launches(monkeypatch) -> list[tuple[str, int]]:
     return started
 
 
+def check_shards_disjoint(monkeypatch) -> list:
+    """Each shard merged holds only items its rank owns (sha256 of the item id mod 2)."""
+    merged = []
+    merge = ranks._merge
+
+    def checked(shard, log_):
+        rank = int(shard.parent.name.split("-")[1])
+        items = {json.loads(line)["item"] for line in shard.read_text().splitlines()}
+        assert {ranks.owner(i, 2) for i in items} <= {rank}, shard
+        merged.append((shard.parent.parent.parent.name, rank, len(items)))
+        return merge(shard, log_)
+
+    monkeypatch.setattr(ranks, "_merge", checked)
+    return merged
+
+
 def test_two_ranks_write_the_artifacts_of_one(tmp_path, monkeypatch):
     started = record_launches(monkeypatch)
+    merged = check_shards_disjoint(monkeypatch)
     run(tmp_path / "one")
     run(tmp_path / "two", "engine.data_parallel_size=2")
     assert tree(tmp_path / "two") == tree(tmp_path / "one")
+    assert {(stage, rank) for stage, rank, n in merged if n} == {(s, r) for s in ("initial", "extend") for r in (0, 1)}
     assert sorted(started) == [("extend", 0), ("extend", 1), ("initial", 0), ("initial", 1)]
     assert not list((tmp_path / "two").rglob("ranks"))  # merged, then removed
     check_logs_clean(tmp_path / "two")
@@ -87,6 +105,9 @@ def test_a_killed_rank_is_redone_alone_from_its_shard(tmp_path, monkeypatch):
     shard0 = (folder / "rank-00000-of-00002" / "attempts.jsonl").read_text()
     partial1 = (folder / "rank-00001-of-00002" / "attempts.jsonl").read_text().splitlines()
     assert partial1
+    # each rank ran only the items whose id hashes to it
+    assert {ranks.owner(json.loads(line)["item"], 2) for line in shard0.splitlines()} == {0}
+    assert {ranks.owner(json.loads(line)["item"], 2) for line in partial1} == {1}
 
     started.clear()
     run(job, "engine.data_parallel_size=2", *slow)
