@@ -44,6 +44,7 @@ from typing import Any, Optional
 
 from selflengthen import filters, layout, ui
 from selflengthen.engines.base import Request
+from selflengthen.judge import DIMENSIONS
 from selflengthen.length_control import Constraint, length_score, s_l
 from selflengthen.settings import ConfigError, Settings, read_prompt_rows, shipped_data
 from selflengthen.stages.common import RoundContext, derive_seed, mean
@@ -58,7 +59,12 @@ OPEN = "none"  # the `type` of an open prompt (a row without `type` means the sa
 GROUP_STATS = ("n", "mean_words", "median_words", "max_words", "repetition_pass_rate")
 LENGTH_STATS = ("length_score", "s_l")
 GROUPS = ("open", "constrained")
-AGGREGATES = GROUP_STATS + LENGTH_STATS + GROUPS
+# with eval.judge: LongBench-Write S_q (0-100, mean over judged rows), its six dimensions, the judge's counters
+QUALITY_STATS = ("s_q",) + tuple(f"s_q_{d}" for d in DIMENSIONS) + ("judge",)
+AGGREGATES = GROUP_STATS + LENGTH_STATS + GROUPS + QUALITY_STATS
+SELF = "self"  # eval.judge=self: the run's own base model judges
+JUDGE_MAX_NEW_TOKENS = 128  # a verdict is one JSON object of six scores (~60 tokens)
+JUDGE_ATTEMPTS = 3  # an unreadable verdict is re-asked with a new seed this many times in all
 # what an eval file must hold to be read at all (files from before open prompts hold just these)
 REQUIRED = ("n", "mean_words", "median_words", "repetition_pass_rate", "length_score", "s_l", "rows")
 
@@ -233,7 +239,18 @@ def eval_key(s: Settings, adapters: dict, path: Optional[Path] = None) -> dict:
         "decoding": dataclasses.asdict(s.decoding), "model": s.model_path, "engine": (s.engine or {}).get("name"),
         "adapter": adapter_identity(s.run_dir, adapters.get(s.method.answer_role)), "seed": s.seed,
         "template": {"system": tpl.get("system"), "user": tpl["user"]}, "filter": s.prompts.get("filter"),
+        # the judge only when set, so the keys of evals made without one stay what they were
+        **({"judge": judge_key(s)} if s.eval.judge else {}),
     }
+
+
+def judge_key(s: Settings) -> Optional[dict]:
+    """What makes the S_q scores: the judge model, its template, budget and attempts (None: no judge)."""
+    if not s.eval.judge:
+        return None
+    model = s.model_path if s.eval.judge == SELF else s.eval.judge
+    return {"model": model, "engine": (s.engine or {}).get("name"), "template": s.prompts.get("judge"),
+            "max_new_tokens": JUDGE_MAX_NEW_TOKENS, "attempts": JUDGE_ATTEMPTS}
 
 
 def key_hash(key: dict) -> str:
@@ -358,11 +375,42 @@ def evaluate_round(s: Settings, engine, r: int, adapters: dict, prompts: Optiona
         texts = engine.generate(requests, advance)
     fcfg = filters.FilterConfig.from_dict(s.prompts["filter"])
     rows = [score_row(p, t, fcfg) for p, t in zip(prompts, texts)]
-    doc = {"round": r, **aggregate(rows), "adapter": (key["adapter"] or {}).get("path"), "prompt_file": str(path),
+    quality = judge_rows(s, engine, r, rows) if s.eval.judge else {}
+    doc = {"round": r, **aggregate(rows), **quality, "adapter": (key["adapter"] or {}).get("path"), "prompt_file": str(path),
            "prompt_file_sha256": key["prompt_file_sha256"], "max_new_tokens": s.eval.max_new_tokens,
            "limit": s.eval.limit, "key_hash": key_hash(key), "key": key, "seconds": time.time() - start, "rows": rows}
     _make_current(s.run_dir, r, doc, current)
     return doc
+
+
+def judge_rows(s: Settings, engine, r: int | str, rows: list[dict]) -> dict:
+    """LongBench-Write S_q (DESIGN §7) of every row, by the judge `eval.judge` names: "self" = the run's own
+    base model on the run's engine (no adapter: the model being trained does not grade itself), else a
+    second engine for that model, opened here and closed after. Adds `s_q` and `judge` (the six scores) to
+    each row; returns the document's `s_q`, per-dimension `s_q_<dimension>` means and `judge` counters."""
+    from selflengthen import engine_session, judge
+
+    own = s.eval.judge != SELF
+    judge_engine = engine_session.LazyEngine(s.engine, engine_session.model_resolver(s.eval.judge, s.model_cache)) \
+        if own else engine
+    ctx = RoundContext(s, 0, judge_engine, {})
+    items = [{"instruction": row["prompt"], "answer": row["text"]} for row in rows]
+    try:
+        if own:
+            engine.release()  # the generator's memory back before a second model loads
+        with ui.progress(f"judge · round {r}", len(items)) as advance:
+            report = judge.judge_answers(
+                judge_engine, items, s.prompts["judge"],
+                lambda i, attempt: ctx.params(JUDGE_MAX_NEW_TOKENS, derive_seed(s.seed, "judge", label(r), i, attempt)),
+                JUDGE_ATTEMPTS, id_prefix=f"judge-{label(r)}", progress=advance)
+    finally:
+        if own:
+            judge_engine.close()
+    for row, verdict, score in zip(rows, report.verdicts, report.scores):
+        row["s_q"], row["judge"] = score, verdict
+    summary = report.summary()
+    counters = {k: summary[k] for k in ("judged", "failed", "requests", "unparseable")}
+    return {k: v for k, v in summary.items() if k.startswith("s_q")} | {"judge": counters}
 
 
 def evaluate_run(s: Settings, engine, rounds: Optional[list[int]] = None) -> dict[int, dict]:
@@ -402,8 +450,9 @@ def table(results: dict[int, dict]):
     t = Table(title="Held-out eval (round 0 = base model)", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
               collapse_padding=True)
     # the group's name heads its first column only: rich has no column groups, and 80 columns are tight
+    quality = any(a.get("s_q") is not None for a in results.values())  # S_q only when a judge scored
     for col in ("round", "open\nn", "\nmean", "\nmedian", "\nlongest", "\npass",
-                "constr.\nn", "\nmean", "\npass", "length\nscore", "\nS_l"):
+                "constr.\nn", "\nmean", "\npass", "length\nscore", "\nS_l") + (("\nS_q",) if quality else ()):
         t.add_column(col, justify="right")
     for r, a in sorted(results.items(), key=lambda kv: (isinstance(kv[0], str), kv[0])):
         o, c = _groups(a)
@@ -411,5 +460,6 @@ def table(results: dict[int, dict]):
         t.add_row(str(r), str(o["n"]), _fmt(o.get("mean_words"), ".0f"), _fmt(o.get("median_words"), ".0f"),
                   _fmt(o.get("max_words"), "d"), _fmt(o.get("repetition_pass_rate"), ".0%"),
                   str(c["n"]), _fmt(c.get("mean_words"), ".0f"), _fmt(c.get("repetition_pass_rate"), ".0%"),
-                  _fmt(c.get("length_score"), ".3f"), _fmt(c.get("s_l"), ".1f"))
+                  _fmt(c.get("length_score"), ".3f"), _fmt(c.get("s_l"), ".1f"),
+                  *((_fmt(a.get("s_q"), ".1f"),) if quality else ()))
     return t

@@ -51,7 +51,7 @@ def _evals(run_dir: Path) -> dict[int, dict]:
 
 
 EVAL_KEYS = ("n", "mean_words", "median_words", "max_words", "repetition_pass_rate", "length_score", "s_l",
-             "open", "constrained")
+             "open", "constrained", "s_q")
 
 
 def _round_row(s: dict, ev: Optional[dict], method) -> dict:

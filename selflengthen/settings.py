@@ -59,6 +59,7 @@ class Eval:
     max_new_tokens: int = field(default=1024, metadata=rule(ge=1, fix="use eval.max_new_tokens=1536"))
     limit: Optional[int] = field(default=None, metadata=rule(ge=1, fix="use eval.limit=null (all prompts) or a "
                                                                        "number of prompts >= 1"))
+    judge: Optional[str] = None  # LongBench-Write S_q: null = off, "self" = the run's model, or a judge model path
 
 
 @dataclass(frozen=True)
