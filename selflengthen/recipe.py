@@ -54,7 +54,7 @@ def run(s: Settings, engine: Optional[engine_session.LazyEngine] = None,
                     log.info("round %d is complete on disk: skipped", r)
                 adapters = layout.adapters_abs(s.run_dir, summary["adapters_out"])
                 summaries.append(summary)
-            if method.final_stages and getattr(s.sections.get("final"), "enabled", False):
+            if any(getattr(s.sections.get(key), "enabled", False) for st in method.final_stages for key, _ in st.config):
                 ran |= run_final(RoundContext(s, s.iterations + 1, engine, adapters, method, trainer, s.train,
                                               model_path, folder=layout.final_dir(s.run_dir)))
         finally:
@@ -85,7 +85,7 @@ def run_round(ctx: RoundContext) -> dict:
 
 
 def run_final(ctx: RoundContext) -> bool:
-    """The method's stages after the last round (in `final/`, switched on by its `final.enabled`), then the
+    """The method's stages after the last round (in `final/`, each switched on by its section's `enabled`), then the
     final model's held-out eval when evals run every round. True when a stage ran."""
     ui.console.rule("[bold]final model")
     ctx.engine.set_adapters(ctx.adapters)

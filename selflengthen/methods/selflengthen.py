@@ -6,7 +6,7 @@ continuing from its adapter of the previous round.
 
 from selflengthen.methods.base import Method, Stage
 from selflengthen.sampling import Sampling
-from selflengthen.stages import extend, final, initial, self_instruct, sft_data
+from selflengthen.stages import extend, final, initial, rl, self_instruct, sft_data
 from selflengthen.stages.train import train_stage
 
 ROLES = ("generator", "extender")
@@ -27,5 +27,7 @@ METHOD = Method(
     semantic_keys=("self_instruct", "generate", "extend", "sampling", "sft"),
     pairs=(extend.NAME, "extended.jsonl"),
     answer_role="generator",
-    final_stages=final.stages(),  # with final.enabled=true: the shipped model, trained on the collected data
+    # after the last round, each switched on by its own section: final.enabled (SFT on the collected,
+    # length-controlled pairs, merged) and rl.enabled (LongWriter-Zero's GRPO from the last generator)
+    final_stages=final.stages() + rl.stages(),
 )

@@ -78,6 +78,8 @@ def run_data(ctx: RoundContext) -> dict:
     """Collect + export, then the training rows. Resets the final folder when it was built from other rounds."""
     from selflengthen import collect
 
+    if not ctx.cfg("final").enabled:
+        return {"skipped": "final.enabled=false"}
     if _stale(ctx):
         log.info("the run has new rounds since the final model was built: building it again")
         reset_dir(ctx.round_dir)
@@ -97,6 +99,8 @@ def _data(ctx: RoundContext, folder: Path, info: dict) -> tuple[dict, list[str]]
 
 
 def run_train(ctx: RoundContext) -> dict:
+    if not ctx.cfg("final").enabled:
+        return {"skipped": "final.enabled=false"}
     if ctx.cfg("final").from_adapter == "base":
         ctx.adapters = {k: None for k in ctx.adapters}
     return train.run(ctx, DATA, (ctx.method.answer_role,))
@@ -115,6 +119,12 @@ def _merge(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
         bar(1)
     files = sorted(str(p.relative_to(folder)) for p in (folder / "model").rglob("*") if p.is_file())
     return {"merged": layout.relative(ctx.s.run_dir, str(folder / "model")), "merge_seconds": time.time() - start}, files
+
+
+def run_merge(ctx: RoundContext) -> dict:
+    if not ctx.cfg("final").enabled:
+        return {"skipped": "final.enabled=false"}
+    return _merge(ctx)
 
 
 def merge_adapter(base: str, adapter: str, out: Path) -> None:
@@ -140,13 +150,15 @@ def stages():
     from selflengthen.methods.base import Stage
 
     return (Stage(DATA, run_data, brief_data, config=(("final", Final),)),
-            Stage(train.NAME, run_train, train.brief),
-            Stage(MERGE, _merge, brief_merge))
+            Stage(train.NAME, run_train, lambda sec: sec.get("skipped") or train.brief(sec)),
+            Stage(MERGE, run_merge, brief_merge))
 
 
 def brief_data(section: dict) -> str:
-    return f"{section.get('rows', 0)} collected rows"
+    return section.get("skipped") or f"{section.get('rows', 0)} collected rows"
 
 
 def brief_merge(section: dict) -> str:
+    if section.get("skipped"):
+        return section["skipped"]
     return f"merged model in {section['merged']}" if section.get("merged") else f"not merged ({section.get('why', '')})"
