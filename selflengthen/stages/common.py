@@ -8,7 +8,7 @@ import functools
 import hashlib
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Iterator, Optional, Sequence
@@ -168,21 +168,49 @@ class Journal:
                         return
 
 
+class ChainQueue(RequestQueue):
+    """A RequestQueue that serves the next step of a chain already under way before any chain's first
+    request: a freed slot goes to the chain that just finished a step, so a chain never waits behind fresh
+    ones and the stage's long chains (many re-draws or passes) are not pushed to its end."""
+
+    def __init__(self):
+        super().__init__()
+        self._next: deque[Request] = deque()
+
+    def add_next(self, request: Request) -> None:
+        self._next.append(request)
+
+    def take(self, n: Optional[int] = None) -> list[Request]:
+        n = len(self) if n is None else min(n, len(self))
+        out = [self._next.popleft() for _ in range(min(n, len(self._next)))]
+        return out + super().take(n - len(out))
+
+    def __len__(self) -> int:
+        return len(self._next) + super().__len__()
+
+    def __bool__(self) -> bool:
+        return bool(self._next) or super().__bool__()
+
+
 class Scheduler:
     """One engine stream shared by many requests: `submit(request, then)` queues a request (at any time,
     also from inside a `then`), and `run()` feeds the engine until nothing is queued or in flight, calling
-    each request's `then(completion)` as soon as it finishes. A request id is in flight at most once."""
+    each request's `then(completion)` as soon as it finishes. A request id is in flight at most once.
+    `next_step=True` marks the continuation of a chain under way: it is served before first requests."""
 
     def __init__(self, engine):
         self.engine = engine
-        self.queue = RequestQueue()
+        self.queue = ChainQueue()
         self._then: dict[str, Callable[[Completion], None]] = {}
 
-    def submit(self, request: Request, then: Callable[[Completion], None]) -> None:
+    def submit(self, request: Request, then: Callable[[Completion], None], next_step: bool = False) -> None:
         if request.id in self._then:
             raise ValueError(f"request {request.id} is already in flight")
         self._then[request.id] = then
-        self.queue.add(request)
+        if next_step:
+            self.queue.add_next(request)
+        else:
+            self.queue.add(request)
 
     def run(self) -> None:
         while self.queue:
@@ -220,11 +248,12 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain], durability: Durabi
     sched = Scheduler(engine)
     with Journal(log, durability) as journal:
         def step(chain: Chain, value: Optional[Completion]) -> None:
+            under_way = value is not None  # called with a completion: the chain's next step
             try:
                 while True:
                     out = chain.send(value)
                     if isinstance(out, Request):
-                        sched.submit(out, lambda c: step(chain, c))
+                        sched.submit(out, lambda c: step(chain, c), next_step=under_way)
                         return
                     journal.add(out)
                     value = None

@@ -107,6 +107,9 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
         states = rebuild(items, log)
         active = [st for st in states.values() if not st.done and st.failed_attempts < cfg.max_attempts]
         advance(len(items) - len(active))
+        # the longest texts first: their chains are the longest (every pass rewrites the whole text), and a
+        # long chain started last is what a stage's end would wait for
+        active.sort(key=lambda st: -st.words)
         run_chains(ctx.engine, log, (sample(ctx, st, fcfg) for st in active), ctx.durability, advance)
 
     return _finish(ctx, folder, items, rebuild(items, log), log)

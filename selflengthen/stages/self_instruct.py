@@ -158,7 +158,7 @@ def _wave(ctx: RoundContext, log, ids: list[str], pool: list[str], tpl: dict, ad
                 seen.add(_norm(text))
                 params = ctx.params(4, ctx.seed("si-judge", i))  # yes/no needs few tokens
                 sched.submit(Request.chat(i, ctx.messages(None, tpl["judge"].format(instruction=text)), params,
-                                          adapter=cfg.adapter), lambda c, record=record: judged(record, c))
+                                          adapter=cfg.adapter), lambda c, record=record: judged(record, c), next_step=True)
 
         def proposed(c: Completion) -> None:
             back[c.id] = parse_instruction(c.text)

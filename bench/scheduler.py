@@ -1,0 +1,219 @@
+"""How full the stages keep a continuous-batching engine: streamed item chains against the old chunked waves.
+
+A round's two big stages (initial answers with re-draws, then two-stage extension) run through the REAL stage
+code (`stages.initial.run`, `stages.extend.run`) against the fake engine's latency model (DESIGN §6): at most
+C = 256 sequences in flight, one token per sequence per step, a step costs t0 + t1 * B simulated seconds.
+Answers follow the paper's scale: lognormal lengths (median 1,500 tokens, capped at 8,192), about half of
+them failing the quality filter (no closing full stop); 2 samples, 20 attempts, 3 extension passes.
+
+Compared:
+- streaming — the product: every chain's next request is queued the moment its completion is judged;
+- waves N   — the old behaviour, kept here only: the queue is served in chunks of N = checkpoint_every
+              requests, each chunk waiting for its slowest sequence before the next one starts.
+Reported: engine utilization = tokens emitted / (steps x C), simulated round time, and the orchestration's
+own CPU time per completion (everything but the engine: judging with the quality filter on answers of
+~2,000 words, chain bookkeeping, the durable item log) on a run whose texts have their real word counts.
+
+    python bench/scheduler.py            # the full table (~2-3 minutes on 2 cores)
+    python bench/scheduler.py --quick    # 500 instructions only (seconds)
+    python bench/scheduler.py --json     # last line: {"streaming": {...}, "waves": {...}, "cpu_us_per_completion": x}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("SELFLENGTHEN_QUIET", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from selflengthen.engines.base import stream_in_batches  # noqa: E402
+from selflengthen.engines.fake import FakeEngine  # noqa: E402
+
+SLOTS, STEP_S, TOKEN_S = 256, 0.025, 0.0001  # C, t0, t1: ~50 ms a step at a full batch (a 7B model on one GPU)
+MEDIAN_TOKENS, SIGMA, MAX_TOKENS = 1500, 0.7, 8192
+FAIL = 0.5  # share of answers that fail the quality filter
+STAGE1_GROWTH, STAGE2_SHARE = 1.4, 0.8  # median output / input of extension stage 1 and stage 2 (candidate ~1.3x)
+WORDS_PER_TOKEN = 0.75
+
+
+def _corpus(n_words: int, seed: int = 0) -> tuple[str, list[int]]:
+    """A long text of made-up words in ~60-word paragraphs (no 10-gram repeats), and each word's offset."""
+    rng = random.Random(seed)
+    syll = ["ka", "lo", "mi", "ren", "sto", "vu", "pa", "zel", "tor", "ni", "qua", "bre", "dun", "fi", "gal", "hes"]
+    vocab = ["".join(rng.choice(syll) for _ in range(rng.randint(2, 4))) for _ in range(3000)]
+    parts, offsets, pos = [], [], 0
+    for i in range(n_words):
+        word = rng.choice(vocab) + (".\n\n" if i % 60 == 59 else " ")
+        offsets.append(pos)
+        parts.append(word)
+        pos += len(word)
+    offsets.append(pos)
+    return "".join(parts), offsets
+
+
+class PaperScaleEngine(FakeEngine):
+    """The latency-model fake with the paper's answer lengths. A request's answer is a pure function of its
+    seed: a lognormal token count, a slice of a fixed corpus with `words_per_token` words per token (fewer
+    words keep the big runs quick; the utilization depends on the token counts only), and whether it ends
+    with a full stop (FAIL of them do not)."""
+
+    corpus, offsets = _corpus(400_000)
+
+    def __init__(self, words_per_token: float = WORDS_PER_TOKEN, **kw):
+        super().__init__("bench", max_slots=SLOTS, step_seconds=STEP_S, token_seconds=TOKEN_S, **kw)
+        self.words_per_token = words_per_token
+        self._tokens = 0
+        self.cpu = 0.0  # process CPU seconds spent inside this engine's streams
+
+    def _one(self, r) -> str:
+        rng = random.Random(r.params.seed)
+        if r.params.max_new_tokens <= 8:  # a yes/no judge (not used by these stages)
+            self._tokens = 2
+            return "Yes."
+        source = len(r.messages[-1][1]) / 7 / self.words_per_token  # tokens of the text given (~7 chars a word)
+        if source < 200:  # an answer to an instruction
+            tokens = rng.lognormvariate(math.log(MEDIAN_TOKENS), SIGMA)
+        elif not r.assistant_prefix:  # extension stage 1: the first half, rewritten longer
+            tokens = source * rng.lognormvariate(math.log(STAGE1_GROWTH), 0.3)
+        else:  # stage 2: the continuation after the kept two thirds of stage 1
+            tokens = source * rng.lognormvariate(math.log(STAGE2_SHARE), 0.3)
+        self._tokens = min(MAX_TOKENS, r.params.max_new_tokens, max(8, int(tokens)))
+        words = max(5, int(self._tokens * self.words_per_token))
+        start = rng.randrange(len(self.offsets) - words - 1)
+        text = self.corpus[self.offsets[start]:self.offsets[start + words]].rstrip(" .\n")
+        return text if rng.random() < FAIL else text + "."
+
+    def tokens(self, request, text: str) -> int:
+        return self._tokens
+
+    def stream(self, queue):
+        it = super().stream(queue)
+        while True:
+            start = time.process_time()
+            try:
+                c = next(it)
+            except StopIteration:
+                self.cpu += time.process_time() - start
+                return
+            self.cpu += time.process_time() - start
+            yield c
+
+
+class Waves:
+    """The old scheduling, for comparison only: chunks of `n` queued requests, each waiting for its slowest."""
+
+    def __init__(self, inner: PaperScaleEngine, n: int):
+        self.inner, self.n = inner, n
+
+    def stream(self, queue):
+        return stream_in_batches(self.inner, queue, self.n)
+
+
+def settings(run_dir: Path, checkpoint_every: int):
+    from hydra import compose, initialize_config_dir
+
+    from selflengthen.settings import Settings
+
+    overrides = ["experiment=fake", "generate.samples=2", "generate.max_attempts=20", f"generate.max_new_tokens={MAX_TOKENS}",
+                 "extend.samples=2", "extend.passes=3", "extend.max_attempts=20", f"extend.max_new_tokens={MAX_TOKENS}",
+                 f"run.checkpoint_every={checkpoint_every}", "run.checkpoint_seconds=30"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return Settings.from_config(compose("config", overrides=overrides), run_dir)
+
+
+def one_round(n_instructions: int, waves: int | None, words_per_token: float) -> dict:
+    """Initial answers + extension for `n_instructions`, streamed (waves=None) or in chunked waves."""
+    from selflengthen.stages import extend, initial
+    from selflengthen.stages.common import RoundContext
+    from selflengthen.store import atomic_write_jsonl
+
+    engine = PaperScaleEngine(words_per_token)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scheduler-"))
+    try:
+        s = settings(tmp, waves or 64)
+        ctx = RoundContext(s, 1, Waves(engine, waves) if waves else engine, {"generator": None, "extender": None})
+        atomic_write_jsonl(ctx.stage_dir("self_instruct") / "instructions.jsonl",
+                           [{"id": f"i{k:05d}", "prompt": f"Write a long article about subject {k}."}
+                            for k in range(n_instructions)])
+        cpu0, wall0 = time.process_time(), time.time()
+        first = initial.run(ctx)
+        second = extend.run(ctx)
+        cpu, wall = time.process_time() - cpu0, time.time() - wall0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n = engine.stats.requests
+    return {"utilization": engine.sim.utilization, "sim_hours": engine.sim.seconds / 3600, "completions": n,
+            "tokens": engine.sim.tokens, "wall_s": wall, "kept_initial": first["kept"], "kept_extended": second["kept"],
+            "cpu_us_per_completion": (cpu - engine.cpu) / n * 1e6}
+
+
+def filter_us(words: int = 2000, reps: int = 200) -> float:
+    """The quality filter alone on one ~2,000-word answer (part of the per-completion CPU above)."""
+    from selflengthen import filters
+
+    o = PaperScaleEngine.offsets
+    text = PaperScaleEngine.corpus[o[1000]:o[1000 + words]].rstrip() + "."
+    start = time.process_time()
+    for _ in range(reps):
+        filters.check(text, filters.EN)
+    return (time.process_time() - start) / reps * 1e6
+
+
+def machine() -> str:
+    flags = ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+        flags = " avx512_bf16" if "avx512_bf16" in info else ""
+    except OSError:
+        model = platform.processor() or "?"
+    return f"{os.cpu_count()} CPU ({model}{flags}), Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument("--quick", action="store_true", help="500 instructions only")
+    args = ap.parse_args()
+
+    print(f"machine: {machine()}")
+    print(f"engine model: C={SLOTS} slots, step = {STEP_S} s + {TOKEN_S} s x batch; answers lognormal "
+          f"(median {MEDIAN_TOKENS} tokens, cap {MAX_TOKENS}), {FAIL:.0%} fail the filter; k=2, 3 passes, 20 attempts")
+    runs: list[tuple[str, int, dict]] = []
+    sizes = [500] if args.quick else [5000, 500]
+    for size in sizes:
+        # the 500-instruction streamed run has texts of their real word counts: it also gives the CPU figure
+        wpt = WORDS_PER_TOKEN if size == 500 else 0.1
+        runs.append(("streaming", size, one_round(size, None, wpt)))
+        if size == sizes[0]:
+            for n in (64, 256, 1024):
+                runs.append((f"waves {n}", size, one_round(size, n, wpt)))
+    print(f"\n| scheduling | instructions | completions | utilization | simulated round | wall s |")
+    print(f"|------------|--------------|-------------|-------------|-----------------|--------|")
+    for name, size, r in runs:
+        print(f"| {name:10} | {size:12,} | {r['completions']:11,} | {r['utilization']:11.3f} | "
+              f"{r['sim_hours']:13.1f} h | {r['wall_s']:6.1f} |")
+    cpu = next(r for name, size, r in runs if name == "streaming" and size == 500)
+    f_us = filter_us()
+    print(f"\norchestration CPU per completion (streaming, 500 instructions, texts of real length): "
+          f"{cpu['cpu_us_per_completion']:.0f} us (of which the quality filter on a 2,000-word answer: {f_us:.0f} us)")
+    if args.json:
+        out = {"streaming": {str(size): round(r["utilization"], 4) for name, size, r in runs if name == "streaming"},
+               "waves": {name.split()[1]: round(r["utilization"], 4) for name, size, r in runs if name.startswith("waves")},
+               "cpu_us_per_completion": round(cpu["cpu_us_per_completion"], 1)}
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
