@@ -42,7 +42,7 @@ from selflengthen.settings import ConfigError, Settings
 from selflengthen.stages import self_instruct
 from selflengthen.stages.common import RoundContext, derive_seed, preparer, redraws, resumable
 from selflengthen.stages.initial import quality
-from selflengthen.store import (CorruptArtifact, StoreError, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,
+from selflengthen.store import (CorruptArtifact, StoreError, check_no_links, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,
                                 fsync_dir, mark_done, open_log, read_json, read_jsonl, reset_dir, stage_done)
 from selflengthen.text import count_words
 
@@ -316,6 +316,7 @@ def export(rows: list[dict], folder: Path, info: dict) -> dict:
     """Write the three formats atomically, then `done.json`."""
     import datasets
 
+    check_no_links(folder / "done.json")  # a linked export/ (or done.json) is refused before anything changes
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "done.json").unlink(missing_ok=True)  # being rewritten: not done until the end
     atomic_write_jsonl(folder / "chat.jsonl", [_chat_row(r) for r in rows])

@@ -26,14 +26,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from selflengthen.config import rule
-from selflengthen.store import _disk_error, atomic_write_json
+from selflengthen.store import _disk_error, atomic_write_json, reset_dir
 from selflengthen.training import launch
 from selflengthen.training.launch import Launch
 from selflengthen.training.save import adapter_digest
@@ -110,7 +109,7 @@ def train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
     adapter = launch.save(trainer, out_dir)
     if adapter is None:  # a launched process other than rank 0: rank 0 writes the adapter and metrics
         return {}
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    reset_dir(ckpt_dir)  # no link followed (store)
     metrics = {
         "loss": float(result.training_loss),  # mean over the steps of this call
         "steps": int(trainer.state.global_step),
@@ -252,7 +251,7 @@ def _prepare_resume(ckpt_dir: Path, key: str) -> Optional[int]:
             return steps[-1]
         log.warning("checkpoints in %s were trained on other data or settings; starting this training afresh",
                     ckpt_dir)
-        shutil.rmtree(ckpt_dir)
+        reset_dir(ckpt_dir)
     atomic_write_json(key_file, {"key": key})
     return None
 
