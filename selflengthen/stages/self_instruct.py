@@ -82,9 +82,11 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     with ui.progress(f"round {ctx.round_no} · self-instruct", cfg.num_new) as advance:
         advance(sum(r["ok"] for r in log.records))
         for wave in range(cfg.max_waves):
-            if sum(r["ok"] for r in log.records) >= cfg.num_new:
-                break
             ids = [f"w{wave:02d}.{j:05d}" for j in range(cfg.per_wave)]
+            # a wave a crash cut short is finished first, as the uninterrupted run finished it: its records
+            # land in completion order, so enough kept ones on disk does not mean its earlier ids were decided
+            if sum(r["ok"] for r in log.records) >= cfg.num_new and not any(i in log for i in ids):
+                break
             if any(i not in log for i in ids):
                 _wave(ctx, log, ids, pool, tpl, advance)
 
