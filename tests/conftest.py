@@ -97,3 +97,19 @@ def finished_run(run_dir: Path, *overrides: str, engine=None):
     s = fake_settings(run_dir, *overrides)
     recipe.run(s, engine or fake_engine(), lambda: "fake-model")
     return s
+
+
+def retrain_in_place(run_dir: Path, r: int, role: str = "generator") -> Path:
+    """Simulate the role's adapter of round r retrained at the same path (new weights, same folder), with its
+    stage record rewritten as the train stage would: a legitimate change, not damage."""
+    import json
+
+    from selflengthen.stages.train import adapter_files
+    from selflengthen.store import mark_done
+
+    folder = Path(run_dir) / f"round_{r:03d}" / "train" / role
+    config = folder / "adapter" / "adapter_config.json"
+    config.write_text(config.read_text().replace('"digest": "', '"digest": "retrained-'))
+    summary = json.loads((folder / "done.json").read_text())["summary"]
+    mark_done(folder, adapter_files(folder), summary=summary)
+    return config

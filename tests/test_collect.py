@@ -211,8 +211,10 @@ def test_a_retrained_adapter_is_collected_again(tmp_path):
     s = finished_run(tmp_path, "iterations=1")
     cc = collect.CollectConfig(num_new=2)
     collect.collect(s, cc, fake_engine())
-    config = Path(finished_rounds(s.run_dir)[1]["generator"]) / "adapter_config.json"
-    config.write_text(config.read_text().replace('"digest": "', '"digest": "retrained-'))
+    from conftest import retrain_in_place
+
+    assert finished_rounds(s.run_dir)[1]["generator"].endswith("round_001/train/generator/adapter")
+    retrain_in_place(s.run_dir, 1)  # same path, new weights, its record rewritten as training would
     engine = fake_engine()
     info = collect.collect(s, cc, engine)
     assert engine.inner is not None

@@ -226,8 +226,9 @@ def test_a_quick_limited_eval_never_stands_in_for_the_full_one(evaluated_small):
 
 def test_a_retrained_adapter_is_noticed(evaluated_small):
     s = evaluated_small
-    config = evaluate.Path(evaluate.finished_rounds(s.run_dir)[1]["generator"]) / "adapter_config.json"
-    config.write_text(config.read_text().replace('"digest": "', '"digest": "retrained-'))  # same path, new weights
+    from conftest import retrain_in_place
+
+    retrain_in_place(s.run_dir, 1)  # same path, new weights
     engine = Recorder()
     evaluate.evaluate_run(s, engine)
     assert [adapters for adapters, _ in engine.waves] == [evaluate.finished_rounds(s.run_dir)[1]]  # round 1 only

@@ -38,7 +38,7 @@ class Rl:
     def grpo_config(self):
         from selflengthen.training.grpo_lora import GrpoConfig
 
-        return GrpoConfig.from_dict(self.grpo)
+        return GrpoConfig.from_dict(self.grpo, "rl.grpo")
 
 
 def _grpo_ctx(ctx: RoundContext) -> RoundContext:

@@ -122,7 +122,7 @@ class GrpoConfig(Launch):
                              "train.quality_model or train.weights.quality=0")
 
     @classmethod
-    def from_dict(cls, d: Optional[dict]) -> "GrpoConfig":
+    def from_dict(cls, d: Optional[dict], key: str = "train") -> "GrpoConfig":
         """Build from a plain dict (the Hydra `train` group). Unknown keys and bad values raise ConfigError
         (a ValueError) naming the key; `weights` may list only the rewards it changes."""
         from selflengthen.config import as_dict, parse_section
@@ -131,7 +131,7 @@ class GrpoConfig(Launch):
         d.pop("backend", None)
         if isinstance(d.get("weights"), dict):
             d["weights"] = {**DEFAULT_WEIGHTS, **d["weights"]}
-        return parse_section(cls, d, "train")
+        return parse_section(cls, d, key)
 
     @property
     def l_max(self) -> int:
