@@ -92,8 +92,17 @@ def _int(number: str) -> int:
     return int(number.replace(",", ""))
 
 
-def parse_plan(text: str, max_steps: int = 50, min_words: int = 200, max_words: int = 1000) -> PlanResult:
-    """Read a plan (see module docstring) and check it against the bounds; never raises on model output."""
+# A step line with a main point and no word count at all (small models drop it): read only with `default_words`.
+_POINT_ONLY_RE = re.compile(rf"^{_HEADER}\s*(?:[:：.、)]|{_DASH})*\s*(?:main\s*point|要点|主要内容){_SEP}(?P<point>.+)$",
+                            re.IGNORECASE)
+_COUNT_WORD_RE = re.compile(r"word\s*count|字数", re.IGNORECASE)
+
+
+def parse_plan(text: str, max_steps: int = 50, min_words: int = 200, max_words: int = 1000,
+               default_words: Optional[int] = None) -> PlanResult:
+    """Read a plan (see module docstring) and check it against the bounds; never raises on model output.
+    With `default_words`, a step line that has a main point and no word count at all gets that count (a
+    line with a malformed count is still unparseable)."""
     if max_steps < 1 or not 0 < min_words <= max_words:
         raise ValueError(f"need max_steps >= 1 and 0 < min_words <= max_words, got {max_steps}, "
                          f"{min_words}, {max_words}")
@@ -105,13 +114,18 @@ def parse_plan(text: str, max_steps: int = 50, min_words: int = 200, max_words: 
         if not _HEADER_RE.match(line):
             continue  # prose around the plan
         m = _STEP_RE.match(line)
+        if m is None and default_words is not None and not _COUNT_WORD_RE.search(line):
+            m = _POINT_ONLY_RE.match(line)
         if m is None:
             return PlanResult(False, "plan_unparseable")
         point = m["point"].strip(" \t-–—:：|")
         if not _HAS_ALNUM_RE.search(point):
             return PlanResult(False, "plan_unparseable")  # a step with no main point
-        lo = _int(m["lo"])
-        words = lo if m["hi"] is None else round((lo + _int(m["hi"])) / 2)
+        if "lo" not in m.groupdict():
+            words = default_words
+        else:
+            lo = _int(m["lo"])
+            words = lo if m["hi"] is None else round((lo + _int(m["hi"])) / 2)
         steps.append(PlanStep(int(m["n"]), point, words))
     if not steps:
         return PlanResult(False, "plan_unparseable")
@@ -137,6 +151,12 @@ def plan_messages(templates: Mapping, instruction: str, max_steps: int, min_word
     user = templates["plan"].format(instruction=instruction, max_steps=max_steps, min_words=min_words,
                                     max_words=max_words)
     return _messages(templates.get("system"), user)
+
+
+def plan_prefix(templates: Mapping) -> str:
+    """The first step's header as the template writes it ("Paragraph 1 - Main Point: "), placed at the start of
+    the model's answer (`plan.prefill`) so that a small model continues in the plan format."""
+    return templates["step_line"].split("{point}", 1)[0].format(n=1)
 
 
 def render_plan(templates: Mapping, steps: Sequence[PlanStep]) -> str:

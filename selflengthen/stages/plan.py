@@ -18,7 +18,7 @@ from typing import Optional
 from selflengthen import teacher, ui
 from selflengthen.config import need, rule
 from selflengthen.engines.base import Request
-from selflengthen.plan import parse_plan, plan_messages
+from selflengthen.plan import parse_plan, plan_messages, plan_prefix
 from selflengthen.stages.common import RoundContext, mean, redraws, rejection_counts, resumable
 from selflengthen.stages.self_instruct import NAME as INSTRUCTIONS
 from selflengthen.store import atomic_write_jsonl, open_log, read_jsonl
@@ -37,10 +37,15 @@ class Plan:
     max_words: int = field(default=1000, metadata=rule(ge=1))
     max_new_tokens: int = field(default=1024, metadata=rule(ge=1))
     adapter: Optional[str] = "writer"  # who plans: the method's writer (default) or null = the base model
+    prefill: bool = False  # start the answer with "Paragraph 1 - Main Point:" (small models then keep the format)
+    default_words: Optional[int] = field(default=None, metadata=rule(ge=1))  # count of a step line without one
 
     def check(self) -> None:
         need(self.min_words <= self.max_words, "plan.min_words", self.min_words,
              f"must not exceed plan.max_words={self.max_words}", "lower plan.min_words or raise plan.max_words")
+        need(self.default_words is None or self.min_words <= self.default_words <= self.max_words,
+             "plan.default_words", self.default_words, f"must lie in [plan.min_words, plan.max_words] = "
+             f"[{self.min_words}, {self.max_words}]", "use plan.default_words=null (a step must state its count)")
 
 
 @resumable(NAME)
@@ -52,22 +57,28 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     def request(item_id: str, ins: dict, attempt: int) -> Request:
         messages = plan_messages(tpl, ins["prompt"], cfg.max_steps, cfg.min_words, cfg.max_words)
         return Request.chat(item_id, messages, ctx.params(cfg.max_new_tokens, ctx.seed("plan", item_id, attempt)),
-                            adapter=adapter)
+                            adapter=adapter, assistant_prefix=prefix)
+
+    def parse(text: str):
+        return parse_plan(text, cfg.max_steps, cfg.min_words, cfg.max_words, cfg.default_words)
 
     def judge(_ins: dict, text: str) -> tuple[bool, str]:
-        result = parse_plan(text, cfg.max_steps, cfg.min_words, cfg.max_words)
+        result = parse(text)
         return result.ok, result.reason
+
+    prefix = plan_prefix(tpl) if cfg.prefill else ""
 
     log = open_log(folder / "attempts.jsonl")
     with teacher.planner(ctx, cfg.adapter) as (engine, adapter), \
             ui.progress(f"round {ctx.round_no} · plan", len(items)) as advance:
-        passed = redraws(log, items, request, judge, cfg.max_attempts, engine, ctx.durability, advance)
+        passed = redraws(log, items, request, judge, cfg.max_attempts, engine, ctx.durability, advance,
+                         prepare=lambda text: (prefix + text).strip())  # the plan as the model's whole answer
 
     rows = []
     for item, rec in passed.items():
         if rec is None:
             continue
-        steps = parse_plan(rec["text"], cfg.max_steps, cfg.min_words, cfg.max_words).steps
+        steps = parse(rec["text"]).steps
         ins = items[item]
         rows.append({"id": item, "instruction_id": ins["id"], "instruction": ins["prompt"],
                      "steps": [asdict(s) for s in steps], "planned_words": sum(s.words for s in steps),
