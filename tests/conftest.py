@@ -113,3 +113,15 @@ def retrain_in_place(run_dir: Path, r: int, role: str = "generator") -> Path:
     summary = json.loads((folder / "done.json").read_text())["summary"]
     mark_done(folder, adapter_files(folder), summary=summary)
     return config
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: on a shared 2-core machine, two threads that contend with other jobs spin-wait and
+    run tens of times slower (measured for bench/grpo_length.py). Use with `pytestmark`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

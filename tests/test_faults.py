@@ -46,29 +46,34 @@ def progress(job: Path) -> int:
     return sum(p.stat().st_size for p in job.glob("round_*/**/*") if p.is_file())
 
 
-def test_sigkill_at_20_random_moments_changes_nothing(tmp_path):
-    delay = "engine.delay=0.05"
-    subprocess.run(cli(tmp_path / "ref", delay), cwd=REPO, env=ENV, check=True, capture_output=True)
-    reference = tree(tmp_path / "ref" / "job")
-
-    rng = random.Random(7)
-    job = tmp_path / "crash" / "job"
-    kills, stages_seen = 0, set()
-    while kills < 20:
+def kill_repeatedly(cmd: list[str], job: Path, kills: int, rng: random.Random, seen) -> set:
+    """Start `cmd` and SIGKILL it at a random moment once it has saved something, `kills` times; after each
+    kill the logs must be clean. Returns the union of `seen(job)` after every kill (where the kills landed)."""
+    landed: set = set()
+    for n in range(kills):
         before = progress(job)
-        proc = subprocess.Popen(cli(tmp_path / "crash", delay), cwd=REPO, env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # kill at a random moment once this process has saved something (start-up time varies with load)
         deadline = time.time() + 60
         while progress(job) == before and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.3))
-        assert proc.poll() is None, f"the run finished after {kills} kills: raise engine.delay to spread 20 kills"
+        assert proc.poll() is None, f"the run finished after {n} kills: raise engine.delay to spread {kills} kills"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        kills += 1
         check_logs_clean(job)
-        stages_seen |= {p.parent.name for p in job.rglob("done.json")}
+        landed |= seen(job)
+    return landed
+
+
+def test_sigkill_at_20_random_moments_changes_nothing(tmp_path):
+    delay = "engine.delay=0.05"
+    subprocess.run(cli(tmp_path / "ref", delay), cwd=REPO, env=ENV, check=True, capture_output=True)
+    reference = tree(tmp_path / "ref" / "job")
+
+    job = tmp_path / "crash" / "job"
+    stages_seen = kill_repeatedly(cli(tmp_path / "crash", delay), job, 20, random.Random(7),
+                                  lambda j: {p.parent.name for p in j.rglob("done.json")})
     subprocess.run(cli(tmp_path / "crash", delay), cwd=REPO, env=ENV, check=True, capture_output=True)
     assert {"self_instruct", "initial"} <= stages_seen  # the kills were spread over the run
     check_logs_clean(tmp_path / "crash" / "job")

@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from conftest import REPO
-from test_faults import check_logs_clean, progress
+from test_faults import check_logs_clean, kill_repeatedly
 from test_recipe import tree
 
 ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
@@ -74,24 +72,8 @@ def test_sigkill_at_20_random_moments_changes_nothing(tmp_path):
     assert ref.returncode == 0, ref.stderr[-3000:]
     reference = tree(tmp_path / "ref" / "job")
 
-    rng = random.Random(11)
     job = tmp_path / "crash" / "job"
-    kills, landed = 0, set()
-    while kills < 20:
-        before = progress(job)
-        proc = subprocess.Popen(cli(tmp_path / "crash", delay), cwd=REPO, env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # kill at a random moment once this process has saved something (start-up time varies with load)
-        deadline = time.time() + 60
-        while progress(job) == before and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))
-        assert proc.poll() is None, f"the run finished after {kills} kills: raise engine.delay to spread 20 kills"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-        check_logs_clean(job)
-        landed |= unfinished_stages(job)
+    landed = kill_repeatedly(cli(tmp_path / "crash", delay), job, 20, random.Random(11), unfinished_stages)
     assert {"plan", "write"} <= landed, landed  # kills landed inside plan and inside write
     again = subprocess.run(cli(tmp_path / "crash", delay), cwd=REPO, env=ENV, capture_output=True, text=True,
                            timeout=600)

@@ -16,16 +16,7 @@ GRPO = dict(max_steps=1, num_generations=2, prompts_per_step=1, batch_size=2, ma
             l_max_words=60, lr=1e-3, save_steps=1000)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: on a shared 2-core machine, two threads that contend with other jobs spin-wait and
-    run tens of times slower (measured for bench/grpo_length.py)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Engine:
