@@ -137,7 +137,7 @@ def made_by(s: Settings, cc: CollectConfig, last: int, adapters: dict) -> dict:
             "seed": s.seed, "model": s.model_path, "engine": (s.engine or {}).get("name"),
             "decoding": dataclasses.asdict(s.decoding), "num_new": cc.num_new, "max_new_tokens": cc.max_new_tokens,
             "self_instruct": si, "max_attempts": s.generate.max_attempts,
-            "trim_to_sentence": s.generate.trim_to_sentence, "prompts_sha256": sha256_json(s.prompts),
+            "trim_to_sentence": s.generate.trim_to_sentence, "repair": s.generate.repair, "prompts_sha256": sha256_json(s.prompts),
             "seed_prompts_sha256": sha256_json(list(s.seeds))}
 
 
@@ -199,9 +199,10 @@ def _answer(ctx: CollectContext, folder: Path, cc: CollectConfig) -> tuple[dict,
 
     attempts = open_log(folder / "attempts.jsonl")
     with ui.progress("collect · answers", len(items)) as advance:
-        passed = redraws(attempts, items, request, quality(filters.FilterConfig.from_dict(ctx.s.prompts["filter"])),
-                         ctx.s.generate.max_attempts, ctx.engine, ctx.durability, advance,
-                         prepare=preparer(ctx.s.generate.trim_to_sentence))
+        fcfg = filters.FilterConfig.from_dict(ctx.s.prompts["filter"])
+        passed = redraws(attempts, items, request, quality(fcfg), ctx.s.generate.max_attempts, ctx.engine,
+                         ctx.durability, advance,
+                         prepare=preparer(ctx.s.generate.trim_to_sentence, fcfg if ctx.s.generate.repair else None))
     rows = [{"id": i, "instruction": items[i]["prompt"], "text": rec["text"].strip(),
              "words": count_words(rec["text"].strip())} for i, rec in passed.items() if rec]
     atomic_write_jsonl(folder / "answers.jsonl", rows)

@@ -155,12 +155,14 @@ def _last_non_space(text: str) -> int:
 
 def _has_meta_word(text: str, cfg: FilterConfig) -> bool:
     edge = _head_lines(text, cfg.meta_head_lines) + _tail_lines(text, cfg.meta_tail_lines)
-    if not edge:
-        return False
+    return bool(edge) and _mentions_meta("\n".join(edge), cfg.meta_words)
+
+
+def _mentions_meta(text: str, words: tuple[str, ...]) -> bool:
     # str.find instead of one big regex: the edge lines can be whole paragraphs, and a regex with an
     # alternation tries every position (about 1 ms a response, more than the n-gram scan).
-    haystack = "\n".join(edge).lower()
-    for word in _lowered(cfg.meta_words):
+    haystack = text.lower()
+    for word in _lowered(words):
         at = haystack.find(word)
         while at >= 0:
             # ASCII words must stand alone ("Revised:" yes, "unrevised" no); CJK has no spaces, so a
@@ -207,6 +209,62 @@ def _tail_lines(text: str, k: int) -> list[str]:
             out.append(line)
         end = nl  # -1 when the first line was just read: the loop ends
     return out[::-1]
+
+
+# ------------------------------------------------------------------------------------------- repair
+# Opt-in (`repair: true` on a generating stage): a small model often wraps a good answer in chatter about
+# it ("Here is the revised version:" ... "I hope this response helps.") or falls into a loop near its end.
+# The paper rejects and re-draws such samples; `repair` cuts the chatter lines and the loop off first and
+# lets the filter judge what is left, which on a 135M model turns many wasted generations into usable ones.
+
+
+def trim_meta_edges(text: str, cfg: FilterConfig = EN) -> str:
+    """Drop the edge lines the meta-word check would object to: while one of the first
+    `cfg.meta_head_lines` non-empty lines names a meta-word, that line and every line before it go; the
+    same from the end with `cfg.meta_tail_lines`. What remains is unchanged (it may be empty)."""
+    if not cfg.meta_words:
+        return text
+    lines = text.strip().split("\n")
+    while True:
+        body = [i for i, line in enumerate(lines) if line.strip()]
+        head = [i for i in body[: cfg.meta_head_lines] if _mentions_meta(lines[i], cfg.meta_words)]
+        tail = [i for i in body[len(body) - cfg.meta_tail_lines :] if _mentions_meta(lines[i], cfg.meta_words)]
+        if not head and not tail:
+            return "\n".join(lines).strip()
+        lo = head[-1] + 1 if head else 0
+        hi = tail[0] if tail else len(lines)
+        lines = lines[lo:hi] if lo < hi else []
+
+
+def cut_at_repeat(text: str, n: int, unit: str = "word", min_share: float = 0.5) -> str:
+    """Cut a text where it starts repeating itself: everything from the first unit whose n-gram occurred
+    before is dropped, then the text is cut back to its last complete sentence. Returned unchanged (so
+    the filter still rejects it) when the repeat-free part is less than `min_share` of the text."""
+    norm = text if text.isascii() else _UNICODE_SPACES_RE.sub(" ", text)  # one character for one: offsets hold
+    buf = _PAD + norm.encode("utf-8", "surrogatepass") + _PAD
+    starts, ends = _unit_bounds(np.frombuffer(buf, dtype=np.uint8), unit)
+    if starts.size < n:
+        return text
+    hashes = _ngram_hashes(buf, starts, ends, n).tolist()
+    s, e = starts.tolist(), ends.tolist()
+    seen: dict[int, list[int]] = {}
+    for i, h in enumerate(hashes):
+        gram = tuple(buf[s[j] : e[j]] for j in range(i, i + n))
+        if any(gram == tuple(buf[s[j] : e[j]] for j in range(k, k + n)) for k in seen.get(h, ())):
+            cut = len(buf[len(_PAD) : s[i]].decode("utf-8", "surrogatepass"))
+            kept = trim_to_sentence(text[:cut], min_share=0.0)
+            return kept if len(kept) >= min_share * len(text) and kept[-1:] in ".!?…。！？" + _CLOSERS else text
+        seen.setdefault(h, []).append(i)
+    return text
+
+
+def repair(text: str, cfg: FilterConfig = EN) -> str:
+    """`trim_meta_edges`, then `cut_at_repeat` (only when the text repeats), then the edges once more (the
+    cut can expose a new last line)."""
+    text = trim_meta_edges(text, cfg)
+    if text and has_repeated_ngram(text, cfg.ngram, cfg.ngram_unit):
+        text = trim_meta_edges(cut_at_repeat(text, cfg.ngram, cfg.ngram_unit), cfg)
+    return text
 
 
 # --------------------------------------------------------------------------------- repeated n-grams

@@ -49,10 +49,22 @@ def load(run_dir: Path) -> dict | None:
 
 
 def _adopt_new_keys(old: dict, new: dict) -> list[str]:
-    """Top-level semantic keys the old manifest never recorded: taken from `new` (an upgrade, not drift)."""
-    added = [k for k in new if k not in old["semantic"]]
-    for k in added:
-        old["semantic"][k] = new[k]
+    """Semantic keys the old manifest never recorded, taken from `new` (an upgrade, not drift): any new
+    top-level key, and a new key inside a recorded section when its value is off (false or null) — an
+    opt-in option added later, whose off value is how the run was made. Turned on, it is drift."""
+    added: list[str] = []
+
+    def adopt(o: dict, n: dict, prefix: str, top: bool) -> None:
+        for k, v in n.items():
+            name = f"{prefix}.{k}" if prefix else str(k)
+            if k not in o:
+                if top or v is None or v is False:
+                    o[k] = v
+                    added.append(name)
+            elif isinstance(o[k], dict) and isinstance(v, dict):
+                adopt(o[k], v, name, False)
+
+    adopt(old["semantic"], new, "", True)
     return added
 
 

@@ -332,9 +332,13 @@ def resumable(name: str):
     return wrap
 
 
-def preparer(trim: bool) -> Callable[[str], str]:
-    """How a generation is cleaned before the filter sees it: stripped, and optionally cut back to its last
-    complete sentence when the token budget ended it mid-sentence (see filters.trim_to_sentence)."""
-    from selflengthen.filters import trim_to_sentence
+def preparer(trim: bool, repair: Optional["FilterConfig"] = None) -> Callable[[str], str]:
+    """How a generation is cleaned before the filter sees it: stripped, optionally cut back to its last
+    complete sentence when the token budget ended it mid-sentence (see filters.trim_to_sentence), and with
+    `repair` (the stage's filter settings) chatter lines and a closing loop cut off (filters.repair)."""
+    from selflengthen.filters import repair as repaired, trim_to_sentence
 
-    return trim_to_sentence if trim else str.strip
+    cut = trim_to_sentence if trim else str.strip
+    if repair is None:
+        return cut
+    return lambda text: repaired(cut(text), repair)

@@ -48,6 +48,7 @@ class Extend:
     max_attempts: int = field(default=20, metadata=rule(ge=1))
     max_new_tokens: int = field(default=4096, metadata=rule(ge=1))
     trim_to_sentence: bool = False
+    repair: bool = False  # cut meta-word chatter lines and a closing loop off before the filter (filters.repair)
 
 
 def first_half(text: str) -> str:
@@ -119,7 +120,7 @@ def sample(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Chai
     """One extension sample as a chain: stage 1, stage 2, judge, the next pass, the attempt's verdict, a
     re-drawn attempt — until it succeeds or runs out of attempts. `st` is where the log left it."""
     cfg, tpl = ctx.cfg("extend"), ctx.s.prompts["extend"]
-    prepare = preparer(cfg.trim_to_sentence)
+    prepare = preparer(cfg.trim_to_sentence, fcfg if cfg.repair else None)
 
     def request(stage: str, template: str, text: str, prefix: str = "") -> Request:
         messages = ctx.messages(tpl.get("system"), template.format(instruction=st.source["instruction"], text=text))

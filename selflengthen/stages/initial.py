@@ -32,6 +32,7 @@ class Generate:
     max_attempts: int = field(default=20, metadata=rule(ge=1))
     max_new_tokens: int = field(default=2048, metadata=rule(ge=1))
     trim_to_sentence: bool = False
+    repair: bool = False  # cut meta-word chatter lines and a closing loop off before the filter (filters.repair)
 
 
 def quality(cfg: filters.FilterConfig):
@@ -54,8 +55,9 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
 
     log = open_log(folder / "attempts.jsonl")
     with ui.progress(f"round {ctx.round_no} · initial responses", len(items)) as advance:
-        passed = redraws(log, items, request, quality(filters.FilterConfig.from_dict(ctx.s.prompts["filter"])),
-                         cfg.max_attempts, ctx.engine, ctx.durability, advance, prepare=preparer(cfg.trim_to_sentence))
+        fcfg = filters.FilterConfig.from_dict(ctx.s.prompts["filter"])
+        passed = redraws(log, items, request, quality(fcfg), cfg.max_attempts, ctx.engine, ctx.durability, advance,
+                         prepare=preparer(cfg.trim_to_sentence, fcfg if cfg.repair else None))
 
     ok = [(i, rec) for i, rec in passed.items() if rec]
     texts = [rec["text"].strip() for _, rec in ok]

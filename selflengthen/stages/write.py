@@ -48,6 +48,7 @@ class Write:
     tokens_per_word: float = field(default=2.0, metadata=rule(gt=0.0))
     max_new_tokens: int = field(default=2048, metadata=rule(ge=1))
     trim_to_sentence: bool = False
+    repair: bool = False  # cut meta-word chatter lines and a closing loop off before the filter (filters.repair)
     adapter: Optional[str] = "writer"  # who writes: the method's writer (default) or null = the base model
 
 
@@ -92,7 +93,7 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     items = {p["id"]: {**p, "steps": [PlanStep(**s) for s in p["steps"]]} for p in plans}
     fcfg = filters.FilterConfig.from_dict(ctx.s.prompts["filter"])
     step_cfg = dataclasses.replace(fcfg, meta_words=())
-    prepare = preparer(cfg.trim_to_sentence)
+    prepare = preparer(cfg.trim_to_sentence, fcfg if cfg.repair else None)
 
     def request(item_id: str, c: Chain) -> Request:
         it = items[item_id]

@@ -102,3 +102,24 @@ def test_throughput_knobs_leave_no_history(tmp_path):
     after = json.loads((tmp_path / "manifest.json").read_text())
     assert after["history"] == [] and after["semantic"] == before["semantic"]
     assert engine.calls() == []  # the finished round was reused, not redone
+
+
+def _forget(run_dir: Path, section: str, key: str) -> None:
+    """Make the manifest look as if an older version wrote it, before `section.key` existed."""
+    path = run_dir / "manifest.json"
+    doc = json.loads(path.read_text())
+    del doc["semantic"][section][key]
+    path.write_text(json.dumps(doc))
+
+
+def test_an_option_added_later_is_adopted_while_off_and_drift_when_on(made):
+    run_dir, seeds = made
+    _forget(run_dir, "extend", "repair")
+    manifest_mod.open_run(fake_settings(run_dir, f"data.seed_file={seeds}"))  # off: how the run was made
+    doc = json.loads((run_dir / "manifest.json").read_text())
+    assert doc["semantic"]["extend"]["repair"] is False
+    assert doc["history"][-1] == {"time": doc["history"][-1]["time"], "recorded_new_keys": ["extend.repair"]}
+    _forget(run_dir, "generate", "repair")
+    with pytest.raises(DriftError) as err:  # on: the finished rounds were made without it
+        manifest_mod.open_run(fake_settings(run_dir, f"data.seed_file={seeds}", "generate.repair=true"))
+    assert "generate.repair" in str(err.value)
