@@ -120,28 +120,29 @@ class Waves:
         return stream_in_batches(self.inner, queue, self.n)
 
 
-def settings(run_dir: Path, checkpoint_every: int):
+def settings(run_dir: Path, checkpoint_every: int, speculate: bool = True):
     from hydra import compose, initialize_config_dir
 
     from selflengthen.settings import Settings
 
     overrides = ["experiment=fake", "generate.samples=2", "generate.max_attempts=20", f"generate.max_new_tokens={MAX_TOKENS}",
                  "extend.samples=2", "extend.passes=3", "extend.max_attempts=20", f"extend.max_new_tokens={MAX_TOKENS}",
-                 f"run.checkpoint_every={checkpoint_every}", "run.checkpoint_seconds=30"]
+                 f"run.checkpoint_every={checkpoint_every}", "run.checkpoint_seconds=30", f"run.speculate={speculate}"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return Settings.from_config(compose("config", overrides=overrides), run_dir)
 
 
-def one_round(n_instructions: int, waves: int | None, words_per_token: float) -> dict:
+def one_round(n_instructions: int, waves: int | None, words_per_token: float, speculate: bool = True) -> dict:
     """Initial answers + extension for `n_instructions`, streamed (waves=None) or in chunked waves."""
     from selflengthen.stages import extend, initial
-    from selflengthen.stages.common import RoundContext
+    from selflengthen.stages.common import SPECULATION, RoundContext
     from selflengthen.store import atomic_write_jsonl
 
     engine = PaperScaleEngine(words_per_token)
     tmp = Path(tempfile.mkdtemp(prefix="bench-scheduler-"))
     try:
-        s = settings(tmp, waves or 64)
+        s = settings(tmp, waves or 64, speculate)
+        SPECULATION.clear()
         ctx = RoundContext(s, 1, Waves(engine, waves) if waves else engine, {"generator": None, "extender": None})
         atomic_write_jsonl(ctx.stage_dir("self_instruct") / "instructions.jsonl",
                            [{"id": f"i{k:05d}", "prompt": f"Write a long article about subject {k}."}
@@ -150,12 +151,27 @@ def one_round(n_instructions: int, waves: int | None, words_per_token: float) ->
         first = initial.run(ctx)
         second = extend.run(ctx)
         cpu, wall = time.process_time() - cpu0, time.time() - wall0
+        digest = _digest(ctx)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     n = engine.stats.requests
-    return {"utilization": engine.sim.utilization, "sim_hours": engine.sim.seconds / 3600, "completions": n,
+    wasted = SPECULATION["wasted_tokens"]
+    return {"utilization": engine.sim.utilization, "useful": (engine.sim.tokens - wasted) / (engine.sim.steps * SLOTS),
+            "ahead": SPECULATION["started"], "ahead_used": SPECULATION["used"], "digest": digest,
+            "sim_hours": engine.sim.seconds / 3600, "completions": n,
             "tokens": engine.sim.tokens, "wall_s": wall, "kept_initial": first["kept"], "kept_extended": second["kept"],
             "cpu_us_per_completion": (cpu - engine.cpu) / n * 1e6}
+
+
+def _digest(ctx) -> str:
+    """The stage logs as sets of records: equal with and without speculation (same records, same choices)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, log in (("initial", "attempts.jsonl"), ("extend", "passes.jsonl"), ("extend", "extended.jsonl")):
+        lines = (ctx.stage_dir(name) / log).read_text().splitlines()
+        h.update("\n".join(sorted(lines)).encode())
+    return h.hexdigest()[:16]
 
 
 def filter_us(words: int = 2000, reps: int = 200) -> float:
@@ -185,6 +201,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--quick", action="store_true", help="500 instructions only")
+    ap.add_argument("--no-plain", action="store_true", help="skip the streaming runs without speculation")
     args = ap.parse_args()
 
     print(f"machine: {machine()}")
@@ -196,20 +213,24 @@ def main() -> None:
         # the 500-instruction streamed run has texts of their real word counts: it also gives the CPU figure
         wpt = WORDS_PER_TOKEN if size == 500 else 0.1
         runs.append(("streaming", size, one_round(size, None, wpt)))
+        if not args.no_plain:
+            runs.append(("no spec.", size, one_round(size, None, wpt, speculate=False)))
         if size == sizes[0]:
             for n in (64, 256, 1024):
                 runs.append((f"waves {n}", size, one_round(size, n, wpt)))
-    print(f"\n| scheduling | instructions | completions | utilization | simulated round | wall s |")
-    print(f"|------------|--------------|-------------|-------------|-----------------|--------|")
+    print(f"\n| scheduling | instructions | completions | utilization | useful | ahead (used) | simulated round | wall s | logs |")
+    print(f"|------------|--------------|-------------|-------------|--------|--------------|-----------------|--------|------|")
     for name, size, r in runs:
-        print(f"| {name:10} | {size:12,} | {r['completions']:11,} | {r['utilization']:11.3f} | "
-              f"{r['sim_hours']:13.1f} h | {r['wall_s']:6.1f} |")
+        ahead = f"{r['ahead']:,} ({r['ahead_used']:,})" if name == "streaming" else "-"
+        print(f"| {name:10} | {size:12,} | {r['completions']:11,} | {r['utilization']:11.3f} | {r['useful']:6.3f} | "
+              f"{ahead:>12} | {r['sim_hours']:13.1f} h | {r['wall_s']:6.1f} | {r['digest'][:8]} |")
     cpu = next(r for name, size, r in runs if name == "streaming" and size == 500)
     f_us = filter_us()
     print(f"\norchestration CPU per completion (streaming, 500 instructions, texts of real length): "
           f"{cpu['cpu_us_per_completion']:.0f} us (of which the quality filter on a 2,000-word answer: {f_us:.0f} us)")
     if args.json:
         out = {"streaming": {str(size): round(r["utilization"], 4) for name, size, r in runs if name == "streaming"},
+               "streaming_useful": {str(size): round(r["useful"], 4) for name, size, r in runs if name == "streaming"},
                "waves": {name.split()[1]: round(r["utilization"], 4) for name, size, r in runs if name.startswith("waves")},
                "cpu_us_per_completion": round(cpu["cpu_us_per_completion"], 1)}
         print(json.dumps(out))

@@ -64,6 +64,11 @@ class LazyEngine:
             self.generate_seconds += time.time() - start
             yield item
 
+    @property
+    def capacity(self):
+        """The loaded engine's `capacity` (stages.common.engine_capacity), None if it states none."""
+        return getattr(self._ensure(), "capacity", None)
+
     def release(self) -> None:
         if self.inner is not None:
             self.inner.release()

@@ -34,6 +34,9 @@ class RunSection:
     checkpoint_every: int = field(default=64, metadata=rule(ge=1, fix="use run.checkpoint_every=64"))
     checkpoint_seconds: float = field(default=30.0, metadata=rule(gt=0.0, fix="use run.checkpoint_seconds=30"))
     accept_drift: bool = False
+    # idle slots of a continuous-batching engine run later attempts of items still under way; the records
+    # and artifacts are the same with or without (stages.common.Attempts)
+    speculate: bool = True
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,9 @@ class RequestQueue:
 
     def __init__(self, requests: Iterable[Request] = ()):
         self._q: deque[Request] = deque(requests)
+        # ids the consumer no longer needs while they are in flight: an engine may stop decoding them (and
+        # then never yields them); one that does not check this set simply finishes them
+        self.cancelled: set[str] = set()
 
     def add(self, requests: Iterable[Request] | Request) -> None:
         if isinstance(requests, Request):
@@ -124,6 +127,15 @@ class RequestQueue:
 
     def __len__(self) -> int:
         return len(self._q)
+
+    def cancel(self, request_id: str) -> bool:
+        """Withdraw a request: True if it was still queued (removed), else it is marked `cancelled`."""
+        for r in self._q:
+            if r.id == request_id:
+                self._q.remove(r)
+                return True
+        self.cancelled.add(request_id)
+        return False
 
     def __bool__(self) -> bool:
         return bool(self._q)

@@ -83,6 +83,11 @@ class FakeEngine:
         self.adapters: dict[str, Optional[str]] = {}
         self.stats = GenerationStats()
 
+    @property
+    def capacity(self) -> Optional[int]:
+        """Sequences decoded at once (the latency model's C), for speculation; None without the model."""
+        return self.sim.slots if self.sim else None
+
     def load(self) -> None:
         pass
 
@@ -125,6 +130,12 @@ class FakeEngine:
         sim, order = self.sim, 0
         flight: list[tuple[int, int, Completion]] = []  # (step it finishes at, order, completion)
         while True:
+            if queue.cancelled:  # the consumer no longer needs these: their slots are free from now on
+                kept = [f for f in flight if f[2].id not in queue.cancelled]
+                queue.cancelled.clear()
+                if len(kept) < len(flight):
+                    flight = kept
+                    heapq.heapify(flight)
             for r in queue.take(sim.slots - len(flight)):
                 c = self._finish(r)
                 heapq.heappush(flight, (sim.steps + c.new_tokens, order, c))

@@ -98,6 +98,13 @@ class TransformersEngine:
         self._pending: Optional[dict] = None  # role -> folder while released (see release())
 
     # ---- lifecycle -------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> Optional[int]:
+        """Sequences decoded at once, stated only where an extra sequence is nearly free (the slot loop on a
+        GPU): on a CPU a decode step costs more with every row, so idle slots are better left idle than
+        given to speculative attempts (stages.common.Attempts)."""
+        return self.batch_size if self.loop == "slots" and str(self.device).startswith("cuda") else None
+
     def load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer

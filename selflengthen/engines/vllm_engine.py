@@ -98,6 +98,14 @@ class VllmEngine:
 
     # lifecycle ----------------------------------------------------------------------------------------
 
+    @property
+    def capacity(self) -> Optional[int]:
+        """max_num_seqs on a GPU (speculation fills idle sequences, stages.common.Attempts); None on the
+        CPU build, where every extra sequence slows the step, or before the engine is loaded."""
+        if self._llm is None or self._on_cpu:
+            return None
+        return int(self._llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
+
     def load(self) -> None:
         """Import vLLM and start the engine (about 20-60 s on this CPU for the embedded model)."""
         if self._llm is not None:
@@ -249,6 +257,11 @@ class VllmEngine:
                     done = self._add(core, r, limit, flight)
                     if done is not None:
                         yield done
+                gone = [rid for rid, (r, _) in flight.items() if r.id in queue.cancelled]
+                if gone:  # the consumer no longer needs these (speculative attempts made useless)
+                    core.abort_request(gone)
+                    for rid in gone:
+                        queue.cancelled.discard(flight.pop(rid)[0].id)
                 if not flight:
                     continue
                 for out in core.step():

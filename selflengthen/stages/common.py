@@ -4,6 +4,7 @@ re-draws on top of it, and the resumable wrapper."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import threading
@@ -83,7 +84,7 @@ class RoundContext:
 
     @property
     def durability(self) -> "Durability":
-        return Durability(self.s.run.checkpoint_every, self.s.run.checkpoint_seconds)
+        return Durability(self.s.run.checkpoint_every, self.s.run.checkpoint_seconds, self.s.run.speculate)
 
 
 # --- the stream scheduler (DESIGN §6) ---------------------------------------------------------------------
@@ -96,6 +97,9 @@ class Durability:
 
     every: int = 64
     seconds: float = 30.0
+    # not durability, but how the same stream is run: idle engine slots start the next attempts of items
+    # still under way (`run.speculate`; see `Attempts`). Changes no record, only when they are made.
+    speculate: bool = False
 
 
 class Journal:
@@ -188,6 +192,13 @@ class ChainQueue(RequestQueue):
     def __len__(self) -> int:
         return len(self._next) + super().__len__()
 
+    def cancel(self, request_id: str) -> bool:
+        for r in self._next:
+            if r.id == request_id:
+                self._next.remove(r)
+                return True
+        return super().cancel(request_id)
+
     def __bool__(self) -> bool:
         return bool(self._next) or super().__bool__()
 
@@ -198,10 +209,15 @@ class Scheduler:
     each request's `then(completion)` as soon as it finishes. A request id is in flight at most once.
     `next_step=True` marks the continuation of a chain under way: it is served before first requests."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, spare: Optional[Callable[[int], None]] = None):
         self.engine = engine
         self.queue = ChainQueue()
         self._then: dict[str, Callable[[Completion], None]] = {}
+        # `spare(n)`: may submit up to n speculative requests; called when nothing is queued and the engine
+        # (one that says how many sequences it decodes at once: `capacity`) has idle slots
+        self.capacity = engine_capacity(engine) if spare is not None else None
+        self._spare = spare
+        self._dropped: set[str] = set()  # cancelled while in flight
 
     def submit(self, request: Request, then: Callable[[Completion], None], next_step: bool = False) -> None:
         if request.id in self._then:
@@ -212,10 +228,33 @@ class Scheduler:
         else:
             self.queue.add(request)
 
+    def cancel(self, request_id: str) -> None:
+        """Withdraw a request: a queued one never starts; one in flight is left to the engine (dropped if it
+        checks `queue.cancelled`, else finished and handed to its `then`), and not waited for."""
+        if self.queue.cancel(request_id):
+            del self._then[request_id]
+        else:
+            self._dropped.add(request_id)
+
     def run(self) -> None:
         while self.queue:
-            for c in self._stream():
-                self._then.pop(c.id)(c)
+            stream = self._stream()
+            try:
+                for c in stream:
+                    self._dropped.discard(c.id)
+                    self._then.pop(c.id)(c)
+                    if self.capacity and not self.queue:
+                        idle = self.capacity - len(self._then)  # nothing queued: every pending request is in flight
+                        if idle > 0:
+                            self._spare(idle)
+                    if not self.queue and self._then and self._dropped.issuperset(self._then):
+                        break  # only cancelled work is left in flight: the stage does not wait for it
+            finally:
+                if hasattr(stream, "close"):
+                    stream.close()  # an engine stream closed early stops what it still decodes
+            for rid in self._dropped:
+                self._then.pop(rid, None)
+            self._dropped.clear()
         if self._then:
             raise RuntimeError(f"the engine's stream ended with {len(self._then)} request(s) unanswered "
                                f"(e.g. {next(iter(self._then))})")
@@ -233,19 +272,93 @@ class Scheduler:
 Chain = Generator[Any, Optional[Completion], None]
 
 
-def run_chains(engine, log: ItemLog, chains: Iterable[Chain], durability: Durability,
+def engine_capacity(engine) -> Optional[int]:
+    """How many sequences the engine decodes at once, if it batches continuously and says so; else None."""
+    cap = getattr(engine, "capacity", None)
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+
+
+@dataclass
+class Attempts:
+    """An item settled by independent attempts: attempt k runs only when attempt k - 1 failed, and depends on
+    nothing but (item, k) — its seeds are derived from them, it starts from the item's source. `make(k)` is
+    attempt k's chain; it returns True (StopIteration's value) when the attempt settles the item.
+
+    Given to `run_chains` instead of a chain, the attempts run one after the other as a chain would, and
+    with `Durability.speculate` the engine's idle slots also run later attempts ahead of their turn: their
+    records are held back and reach the log only when every earlier attempt has failed, in the order a
+    plain chain would have written them; once an attempt succeeds the ones ahead of it are dropped. So the
+    log is the same record for record, whatever the speculation did; only the stage's end comes sooner."""
+
+    item: str
+    first: int  # the attempt to start from (where the log left the item)
+    end: int  # no attempt k >= end (max_attempts)
+    make: Callable[[int], Chain]
+
+
+# What speculation did in this process (for benches; never part of an artifact): attempts started ahead of
+# their turn, those of them whose records were used, and the tokens of the ones dropped.
+SPECULATION: Counter = Counter()
+
+
+@dataclass
+class _Attempt:
+    k: int
+    chain: Chain
+    held: list = field(default_factory=list)  # record lists waiting for the earlier attempts' verdicts
+    result: Optional[bool] = None  # True / False once the chain returned
+    dead: bool = False
+    pending: Optional[str] = None  # the id of its request waiting for the engine
+    ahead: bool = False  # started by speculation
+    tokens: int = 0  # new tokens of its completions so far
+
+
+class _Item:
+    """The attempts of one `Attempts` item under way: `live` is the attempt whose records go to the log."""
+
+    def __init__(self, spec: Attempts):
+        self.spec, self.live, self.runs = spec, spec.first, {}  # k -> _Attempt
+        self.settled = False
+
+    @property
+    def next_k(self) -> int:
+        return max(self.runs, default=self.live - 1) + 1
+
+
+def run_chains(engine, log: ItemLog, chains: Iterable[Chain | Attempts], durability: Durability,
                advance: Optional[Callable[[int], None]] = None) -> None:
     """Drive every chain to its end through one engine stream (DESIGN §6). A chain's next request is queued
     the moment its previous completion has been judged, so the engine stays full and no chain waits for
     another; records go to `log` through a `Journal` (durable every N records or T seconds, and at the
-    end). `advance(1)` is called as each chain ends. With `engine.data_parallel_size` > 1 the chains run on
-    engine ranks instead, each writing its own shard, merged into `log` here (selflengthen/ranks.py)."""
+    end). `advance(1)` is called as each chain ends. An `Attempts` item runs its attempts in turn, and with
+    `durability.speculate` idle engine slots run its later attempts ahead (see `Attempts`). With
+    `engine.data_parallel_size` > 1 the chains run on engine ranks instead, each writing its own shard,
+    merged into `log` here (selflengthen/ranks.py)."""
     from selflengthen import ranks
 
     chains = ranks.share(engine, log, chains, advance)
     if chains is None:  # every rank ran its share: their records are in `log`
         return
-    sched = Scheduler(engine)
+    open_items: dict[str, _Item] = {}  # Attempts items not settled yet, in start order
+
+    def spare(n: int) -> None:
+        """Start up to n attempts ahead of their turn: one more per item under way, round after round."""
+        while n > 0:
+            started = 0
+            for it in list(open_items.values()):
+                if n <= 0:
+                    break
+                if not it.settled and it.next_k < it.spec.end:
+                    k = it.next_k
+                    it.runs[k] = _Attempt(k, it.spec.make(k), ahead=True)
+                    SPECULATION["started"] += 1
+                    drive(it, it.runs[k], None)
+                    n -= 1
+                    started += 1
+            if not started:
+                return
+
+    sched = Scheduler(engine, spare if durability.speculate else None)
     with Journal(log, durability) as journal:
         def step(chain: Chain, value: Optional[Completion]) -> None:
             under_way = value is not None  # called with a completion: the chain's next step
@@ -261,8 +374,74 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain], durability: Durabi
                 if advance is not None:
                     advance(1)
 
+        def drive(it: _Item, run: _Attempt, value: Optional[Completion]) -> None:
+            """Advance one attempt; its records go to the log if it is the live one, else they are held."""
+            if run.dead:
+                SPECULATION["wasted_tokens"] += value.new_tokens if value is not None else 0
+                return  # a completion for an attempt made useless by an earlier success: dropped
+            run.pending = None
+            run.tokens += value.new_tokens if value is not None else 0
+            under_way = value is not None or run.k == it.live
+            try:
+                while True:
+                    out = run.chain.send(value)
+                    if isinstance(out, Request):
+                        if run.k > it.live:
+                            out = dataclasses.replace(out, id=f"{out.id}~{run.k}")  # one id in flight at a time
+                        run.pending = out.id
+                        sched.submit(out, lambda c: drive(it, run, c), next_step=under_way)
+                        return
+                    if run.k == it.live:
+                        journal.add(out)
+                    else:
+                        run.held.append(out)
+                    value = None
+            except StopIteration as stop:
+                run.result = bool(stop.value)
+                settle(it)
+
+        def settle(it: _Item) -> None:
+            """Move `live` past finished attempts: a success settles the item, a failure hands over to the next
+            attempt (its held records are logged now), starting it if no slot ran it ahead."""
+            while not it.settled:
+                run = it.runs.get(it.live)
+                if run is None or run.result is None:
+                    return
+                if run.result or it.live + 1 >= it.spec.end:
+                    it.settled = True
+                    for later in it.runs.values():
+                        if later.k > it.live:
+                            later.dead = True
+                            SPECULATION["wasted_tokens"] += later.tokens
+                            later.chain.close()
+                            if later.pending is not None:
+                                sched.cancel(later.pending)  # still queued: never started
+                    open_items.pop(it.spec.item, None)
+                    if advance is not None:
+                        advance(1)
+                    return
+                del it.runs[it.live]
+                it.live += 1
+                nxt = it.runs.get(it.live)
+                if nxt is None:
+                    it.runs[it.live] = nxt = _Attempt(it.live, it.spec.make(it.live))
+                    drive(it, nxt, None)
+                    return  # drive() settles again when this attempt returns
+                SPECULATION["used"] += nxt.ahead
+                for records in nxt.held:
+                    journal.add(records)
+                nxt.held.clear()
+
         for chain in chains:
-            step(chain, None)
+            if isinstance(chain, Attempts):
+                if chain.first >= chain.end:
+                    continue
+                it = _Item(chain)
+                open_items[chain.item] = it
+                it.runs[chain.first] = _Attempt(chain.first, chain.make(chain.first))
+                drive(it, it.runs[chain.first], None)
+            else:
+                step(chain, None)
         sched.run()
     ranks.finished(log)  # in a rank process the stage ends here; the coordinator writes its artifacts
 
@@ -283,20 +462,18 @@ def redraws(log: ItemLog, items: dict[str, dict], make_request: Callable[[str, d
                 passed[r["item"]] = r
         return tries, passed
 
-    def chain(i: str, first: int) -> Chain:
-        for attempt in range(first, max_attempts):
-            c = yield make_request(i, items[i], attempt)
-            text = prepare(c.text)
-            ok, reason = judge(items[i], text)
-            yield [{"id": f"{i}#{attempt}", "item": i, "attempt": attempt, "text": text, "ok": ok, "reason": reason}]
-            if ok:
-                return
+    def attempt(i: str, k: int) -> Chain:
+        c = yield make_request(i, items[i], k)
+        text = prepare(c.text)
+        ok, reason = judge(items[i], text)
+        yield [{"id": f"{i}#{k}", "item": i, "attempt": k, "text": text, "ok": ok, "reason": reason}]
+        return ok
 
     tries, passed = state()
     settled = [i for i in items if i in passed or tries[i] >= max_attempts]
     advance(len(settled))
-    run_chains(engine, log, (chain(i, tries[i]) for i in items if i not in passed and tries[i] < max_attempts),
-               durability, advance)
+    run_chains(engine, log, (Attempts(i, tries[i], max_attempts, functools.partial(attempt, i))
+                             for i in items if i not in passed and tries[i] < max_attempts), durability, advance)
     _, passed = state()
     return {i: passed.get(i) for i in items}
 

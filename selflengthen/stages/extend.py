@@ -29,7 +29,7 @@ from selflengthen import filters, ui
 from selflengthen.config import rule
 from selflengthen.engines.base import Request
 from selflengthen.sampling import keep_indices
-from selflengthen.stages.common import Chain, RoundContext, mean, preparer, resumable, run_chains
+from selflengthen.stages.common import Attempts, Chain, RoundContext, mean, preparer, resumable, run_chains
 from selflengthen.stages.initial import NAME as INITIAL
 from selflengthen.store import ItemLog, atomic_write_jsonl, open_log, read_jsonl
 from selflengthen.text import count_words, split_paragraphs
@@ -116,9 +116,22 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     return _finish(ctx, folder, items, rebuild(items, log), log)
 
 
-def sample(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Chain:
-    """One extension sample as a chain: stage 1, stage 2, judge, the next pass, the attempt's verdict, a
-    re-drawn attempt — until it succeeds or runs out of attempts. `st` is where the log left it."""
+def sample(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Attempts:
+    """One extension sample as independent attempts (each from the initial text, seeded by its number): an
+    attempt is a chain of stage 1, stage 2 and the judge, pass after pass, ending with its verdict. `st` is
+    where the log left the sample; its current attempt continues from there."""
+    cfg = ctx.cfg("extend")
+
+    def make(k: int) -> Chain:
+        at = st if k == st.attempt else ItemState(st.item, st.source, attempt=k, text=st.source["text"],
+                                                  words=st.source["words"])
+        return attempt(ctx, at, fcfg)
+
+    return Attempts(st.item, st.attempt, cfg.max_attempts, make)
+
+
+def attempt(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Chain:
+    """The passes of one attempt; returns whether it grew the text enough."""
     cfg, tpl = ctx.cfg("extend"), ctx.s.prompts["extend"]
     prepare = preparer(cfg.trim_to_sentence, fcfg if cfg.repair else None)
 
@@ -127,7 +140,7 @@ def sample(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Chai
         params = ctx.params(cfg.max_new_tokens, ctx.seed(stage, st.item, st.attempt, st.next_pass))
         return Request.chat(st.item, messages, params, adapter="extender", assistant_prefix=prefix)
 
-    while not st.done and st.failed_attempts < cfg.max_attempts:
+    while True:
         stage1 = yield request("extend-1", tpl["stage1"], first_half(st.text))
         prefix = keep_two_thirds(stage1.text.strip())
         candidate = None
@@ -141,8 +154,9 @@ def sample(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Chai
             records.append({"id": f"{st.item}#a{st.attempt}", "item": st.item, "attempt": st.attempt, "final": True,
                             "ok": ok, "reason": "" if ok else "too_little_growth", "text": st.text,
                             "words": st.words})
-            st.take(records[1])
-        yield records  # a pass and its attempt's verdict reach the log together
+            yield records  # a pass and its attempt's verdict reach the log together
+            return ok
+        yield records
 
 
 def judge_pass(st: ItemState, candidate: Optional[str], fcfg: filters.FilterConfig) -> dict:
