@@ -374,14 +374,15 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain | Attempts], durabil
                 if advance is not None:
                     advance(1)
 
-        def drive(it: _Item, run: _Attempt, value: Optional[Completion]) -> None:
-            """Advance one attempt; its records go to the log if it is the live one, else they are held."""
+        def drive(it: _Item, run: _Attempt, value: Optional[Completion], fresh: bool = False) -> None:
+            """Advance one attempt; its records go to the log if it is the live one, else they are held. `fresh`:
+            the item's very first request, which waits behind the steps of chains under way."""
             if run.dead:
                 SPECULATION["wasted_tokens"] += value.new_tokens if value is not None else 0
                 return  # a completion for an attempt made useless by an earlier success: dropped
             run.pending = None
             run.tokens += value.new_tokens if value is not None else 0
-            under_way = value is not None or run.k == it.live
+            under_way = not fresh and (value is not None or run.k == it.live)
             try:
                 while True:
                     out = run.chain.send(value)
@@ -439,7 +440,7 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain | Attempts], durabil
                 it = _Item(chain)
                 open_items[chain.item] = it
                 it.runs[chain.first] = _Attempt(chain.first, chain.make(chain.first))
-                drive(it, it.runs[chain.first], None)
+                drive(it, it.runs[chain.first], None, fresh=True)
             else:
                 step(chain, None)
         sched.run()
