@@ -9,6 +9,7 @@ from selflengthen import engine_session, recipe
 from selflengthen.engines.fake import FakeEngine
 from selflengthen.stages import extend, self_instruct, sft_data
 from selflengthen.stages.common import RoundContext, derive_seed
+from selflengthen.store import read_jsonl
 
 P = ["Alpha one.", "Beta two.", "Gamma three.", "Delta four.", "Epsilon five.", "Zeta six."]
 
@@ -95,3 +96,36 @@ def test_extension_streams_every_pass_of_every_item_through_one_stream(tmp_path)
     assert engine.streams == 1
     assert engine.stages.count("1") > summary["items"] and "2" in engine.stages
     assert summary["requests"] == len(engine.stages)
+
+
+class FloorEngine(FakeEngine):
+    """Records each extension request's stage and min_new_tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.floors = []
+
+    def _finish(self, r):
+        self.floors.append(("2" if r.assistant_prefix else "1", r.params.min_new_tokens,
+                            len(r.assistant_prefix.split())))
+        return super()._finish(r)
+
+
+def test_force_growth_puts_a_floor_under_stage_2_only(tmp_path):
+    def extended(folder, *overrides):
+        s = fake_settings(folder, "iterations=1", "extend.passes=1", *overrides)
+        recipe.run(s, engine_session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
+        (folder / "round_001/extend/done.json").unlink()
+        (folder / "round_001/extend/passes.jsonl").unlink()
+        engine = FloorEngine()
+        return extend.run(RoundContext(s, 1, engine, {"generator": None, "extender": None})), engine.floors
+
+    _, plain_floors = extended(tmp_path / "plain")
+    _, floors = extended(tmp_path / "forced", "extend.force_growth=2.0")
+    assert all(f == 0 for _, f, _ in plain_floors)
+    assert all(f == 0 for stage, f, _ in floors if stage == "1")
+    # the floor is what the continuation needs to take the candidate to 2x the text it extends: 0 only when
+    # the stage-1 prefix alone is that long
+    second = [(f, prefix) for stage, f, prefix in floors if stage == "2"]
+    shortest = min(r["words"] for r in read_jsonl(tmp_path / "forced/round_001/initial/responses.jsonl"))
+    assert all(f > 0 or prefix >= 2 * shortest for f, prefix in second) and any(f > 0 for f, _ in second)

@@ -257,3 +257,27 @@ def test_embedded_model_lora_changes_the_answer(embedded_engine, tmp_path):
     base_text, gen_text = embedded_engine.generate(reqs)
     embedded_engine.set_adapters({"generator": None, "extender": None})
     assert [base_text] == before and gen_text != base_text
+
+
+@pytest.mark.parametrize("loop", ["slots", "static"])
+def test_min_new_tokens_holds_back_the_end_of_sequence_per_request(lively_dir, monkeypatch, loop):
+    """A request's min_new_tokens bans the end-of-sequence tokens until it has that many new tokens; other
+    requests in the same stream may still stop at once. The greedy first token is declared an eos token so
+    that, without a floor, the answer is empty."""
+    eng = TransformersEngine(str(lively_dir), dtype="float32", batch_size=4, threads=1, loop=loop)
+    eng.load()
+    try:
+        import torch
+
+        free = chat("free", TOPICS[0], SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12))
+        held = chat("held", TOPICS[0], SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12,
+                                                      min_new_tokens=6))
+        with torch.no_grad():
+            first = int(eng.model(torch.tensor([eng._encode(free)])).logits[0, -1].argmax())
+        monkeypatch.setattr(eng, "_eos_ids", lambda: [first])
+        before = eng.stats.new_tokens
+        texts = eng.generate([free]) + eng.generate([held])
+        assert texts[0] == ""  # stopped at its first token
+        assert texts[1] != "" and eng.stats.new_tokens - before >= 6
+    finally:
+        eng.close()

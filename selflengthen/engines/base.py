@@ -33,6 +33,7 @@ class SamplingParams:
     max_new_tokens: int = 512
     stop: tuple[str, ...] = ()
     seed: Optional[int] = None
+    min_new_tokens: int = 0  # no end-of-sequence before this many new tokens (0 = the model may stop at once)
 
     @property
     def greedy(self) -> bool:

@@ -166,7 +166,7 @@ class FakeEngine:
             return self._step(rng, int(steps[-1]), r.params.max_new_tokens, 1.3 if folder else 1.0)
         source = max((len(c.split()) for _, c in r.messages), default=20)
         factor = rng.uniform(0.7, 2.2) * (1.4 if folder else 1.0)
-        n = min(int(source * factor) + 30, int(r.params.max_new_tokens * 0.75))
+        n = min(max(int(source * factor) + 30, r.params.min_new_tokens), int(r.params.max_new_tokens * 0.75))
         text = self._paragraphs(rng, max(n, 5))
         roll = rng.random()
         if roll < 0.15:

@@ -317,6 +317,8 @@ class TransformersEngine:
         stops = [s for s in params.stop if s]
         if stops:
             kwargs.update(stop_strings=stops, tokenizer=tok)
+        if params.min_new_tokens:  # a batch shares its params (seed aside): one floor for all its rows
+            kwargs.update(min_new_tokens=params.min_new_tokens)
         kwargs.update(self.generate_overrides)
         if seed is not None:
             torch.manual_seed(seed)
@@ -557,8 +559,9 @@ class _SlotDecoder:
             pen = torch.tensor([p.repetition_penalty for p in params], device=self.device)[:, None]
             penalised = torch.where(logits < 0, logits * pen, logits / pen)
             logits = torch.where(self.seen[rows], penalised, logits)
-        if self.min_new:  # benchmarks force a length: no eos before min_new_tokens
-            early = [i for i, s in enumerate(slots) if len(s.out) + 1 < self.min_new]
+        floors = [max(self.min_new, p.min_new_tokens) for p in params]  # benchmarks' engine-wide floor, or the request's
+        if any(floors):  # no eos before min_new_tokens
+            early = [i for i, s in enumerate(slots) if len(s.out) + 1 < floors[i]]
             if early:
                 logits[torch.tensor(early)[:, None], self.eos_t[None, :]] = float("-inf")
         chosen = logits.argmax(-1)

@@ -312,7 +312,7 @@ class VllmEngine:
             temperature=max(p.temperature, 0.0), top_p=p.top_p if not p.greedy else 1.0,
             top_k=max(p.top_k, 0) if not p.greedy else 0, repetition_penalty=p.repetition_penalty,
             max_tokens=max(1, min(p.max_new_tokens, limit - prompt_len)), stop=list(p.stop) or None,
-            seed=p.seed, ignore_eos=self.ignore_eos)
+            seed=p.seed, ignore_eos=self.ignore_eos, min_tokens=min(p.min_new_tokens, max(0, limit - prompt_len - 1)))
 
 
 def _adapter_rank(folder: Path) -> int:

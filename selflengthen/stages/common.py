@@ -73,11 +73,11 @@ class RoundContext:
     def seed(self, *parts: object) -> int:
         return derive_seed(self.s.seed, self.round_no, *parts)
 
-    def params(self, max_new_tokens: int, seed: int, stop: Sequence[str] = ()) -> SamplingParams:
+    def params(self, max_new_tokens: int, seed: int, stop: Sequence[str] = (), min_new_tokens: int = 0) -> SamplingParams:
         d = self.s.decoding
         return SamplingParams(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k,
                               repetition_penalty=d.repetition_penalty, max_new_tokens=max_new_tokens,
-                              stop=tuple(stop), seed=seed)
+                              stop=tuple(stop), seed=seed, min_new_tokens=min(min_new_tokens, max_new_tokens))
 
     def messages(self, system: Optional[str], user: str) -> list[tuple[str, str]]:
         return ([("system", system)] if system else []) + [("user", user)]

@@ -19,6 +19,7 @@ Artifacts: `passes.jsonl` (one record per item, attempt and pass, plus one per f
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from selflengthen.store import ItemLog, atomic_write_jsonl, open_log, read_jsonl
 from selflengthen.text import count_words, split_paragraphs
 
 NAME = "extend"
+TOKENS_PER_WORD = 1.4  # for force_growth: a word of English prose is about 1.3 tokens in common tokenizers
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class Extend:
     max_attempts: int = field(default=20, metadata=rule(ge=1))
     max_new_tokens: int = field(default=4096, metadata=rule(ge=1))
     trim_to_sentence: bool = False
+    # > 0: stage 2 may not end before the candidate reaches force_growth x the text it extends (in words, at
+    # TOKENS_PER_WORD, within max_new_tokens). Not in the paper: a small model ends its continuation where
+    # the original ended, so its candidates are rarely longer (evidence run 1: 'not_longer' led the rejections)
+    force_growth: float = field(default=0.0, metadata=rule(ge=0.0, fix="use 0 (off) or e.g. 1.5"))
     repair: bool = False  # cut meta-word chatter lines and a closing loop off before the filter (filters.repair)
 
 
@@ -135,9 +141,9 @@ def attempt(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Cha
     cfg, tpl = ctx.cfg("extend"), ctx.s.prompts["extend"]
     prepare = preparer(cfg.trim_to_sentence, fcfg if cfg.repair else None)
 
-    def request(stage: str, template: str, text: str, prefix: str = "") -> Request:
+    def request(stage: str, template: str, text: str, prefix: str = "", min_new: int = 0) -> Request:
         messages = ctx.messages(tpl.get("system"), template.format(instruction=st.source["instruction"], text=text))
-        params = ctx.params(cfg.max_new_tokens, ctx.seed(stage, st.item, st.attempt, st.next_pass))
+        params = ctx.params(cfg.max_new_tokens, ctx.seed(stage, st.item, st.attempt, st.next_pass), min_new_tokens=min_new)
         return Request.chat(st.item, messages, params, adapter="extender", assistant_prefix=prefix)
 
     while True:
@@ -145,7 +151,10 @@ def attempt(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Cha
         prefix = keep_two_thirds(stage1.text.strip())
         candidate = None
         if prefix:
-            stage2 = yield request("extend-2", tpl["stage2"], st.text, prefix + "\n\n")
+            floor = 0
+            if cfg.force_growth:  # the continuation must carry the candidate past force_growth x the text
+                floor = math.ceil(max(0.0, cfg.force_growth * st.words - count_words(prefix)) * TOKENS_PER_WORD)
+            stage2 = yield request("extend-2", tpl["stage2"], st.text, prefix + "\n\n", floor)
             candidate = prepare(prefix + "\n\n" + stage2.text.strip())
         records = [judge_pass(st, candidate, fcfg)]
         st.take(records[0])
