@@ -55,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate only the first N fitting prompts")
     p.add_argument("--eval-max-hi", type=int, default=150,
                    help="held-out prompts whose range ends at most here: the regime the training targets cover")
+    p.add_argument("--eval-open", type=int, default=16,
+                   help="open eval prompts (eval_mixed_en) given a constraint in the training band, held out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; 1 on a shared CPU (2 threads under load ran 70x slower here)")
@@ -78,8 +80,21 @@ def train_rows(args, eval_prompts: set[str]) -> list[dict]:
 
 
 def eval_rows(args) -> list[dict]:
+    """Held-out constrained prompts: the shipped eval prompts whose range fits the trained regime, and the
+    shipped open eval prompts (eval_mixed_en.jsonl, never trained on) with a length constraint phrased in
+    the way the training prompts get theirs (`--eval-open` of them, targets in the training band)."""
+    import yaml
+
     rows = [R.eval_row(f"eval{i:03d}", r) for i, r in enumerate(read_jsonl(DATA / "eval_en.jsonl"))]
     rows = [r for r in rows if r["hi"] < args.l_max_words and r["hi"] <= args.eval_max_hi]
+    templates = yaml.safe_load((REPO / "conf" / "prompts" / "en.yaml").read_text())["length_control"]
+    rng = random.Random(args.seed + 1)
+    open_ = [r for r in read_jsonl(DATA / "eval_mixed_en.jsonl") if r.get("type") in (None, "none")]
+    for i, r in enumerate(open_[: args.eval_open]):
+        words = rng.randint(args.train_words_min, args.train_words_max)
+        row = R.constrained_row(f"open{i:03d}", r["prompt"], words, templates, rng)
+        if row["hi"] < args.l_max_words:
+            rows.append(row)
     return rows[: args.eval_limit] if args.eval_limit else rows
 
 
@@ -130,6 +145,13 @@ def score(rows: list[dict], answers: list[list[str]], l_max: int) -> dict:
 
 
 def evaluate(path: Path, model_path: str, adapter: str | None, rows: list[dict], args) -> dict:
+    """Scores of `adapter` on `rows`, stored under a name that carries everything that made them (the rows,
+    samples, budget, seed, adapter): a result is never served for other settings."""
+    import hashlib
+
+    key = json.dumps([[r["prompt"], r["lo"], r["hi"]] for r in rows] + [args.samples, args.max_tokens, args.seed,
+                     args.l_max_words, adapter and _digest_dir(Path(adapter))])
+    path = path.with_name(f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:10]}{path.suffix}")
     if path.exists():
         return read_json(path)
     start = time.perf_counter()
@@ -137,6 +159,16 @@ def evaluate(path: Path, model_path: str, adapter: str | None, rows: list[dict],
     result["seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_json(path, result)
     return result
+
+
+def _digest_dir(folder: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
 
 
 def main() -> None:
@@ -155,7 +187,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}"
           f" threads {torch.get_num_threads()}; model: embedded SmolLM2-135M-Instruct")
     print(f"train prompts: {len(train)} (seeds_en + constraints), held-out prompts: {len(held_out)} x "
-          f"{args.samples} samples (eval_en, range ending at <= {args.eval_max_hi} words)")
+          f"{args.samples} samples (eval_en with a range ending at <= {args.eval_max_hi} words, and "
+          f"{args.eval_open} open eval prompts with constraints)")
 
     t0 = time.perf_counter()
     base = evaluate(out / "base.json", model_path, None, held_out, args)

@@ -219,21 +219,20 @@ def _tail_lines(text: str, k: int) -> list[str]:
 
 
 def trim_meta_edges(text: str, cfg: FilterConfig = EN) -> str:
-    """Drop the edge lines the meta-word check would object to: while one of the first
-    `cfg.meta_head_lines` non-empty lines names a meta-word, that line and every line before it go; the
-    same from the end with `cfg.meta_tail_lines`. What remains is unchanged (it may be empty)."""
+    """Drop the edge lines the meta-word check would object to, once: of the first `cfg.meta_head_lines`
+    non-empty lines, the last one naming a meta-word and every line before it go; of the last
+    `cfg.meta_tail_lines`, the first one naming a meta-word and every line after it. One pass only — a text
+    whose new edges name meta-words again is left to the filter, so a text about, say, software versions is
+    rejected, not eaten line by line. What remains is unchanged (it may be empty)."""
     if not cfg.meta_words:
         return text
     lines = text.strip().split("\n")
-    while True:
-        body = [i for i, line in enumerate(lines) if line.strip()]
-        head = [i for i in body[: cfg.meta_head_lines] if _mentions_meta(lines[i], cfg.meta_words)]
-        tail = [i for i in body[len(body) - cfg.meta_tail_lines :] if _mentions_meta(lines[i], cfg.meta_words)]
-        if not head and not tail:
-            return "\n".join(lines).strip()
-        lo = head[-1] + 1 if head else 0
-        hi = tail[0] if tail else len(lines)
-        lines = lines[lo:hi] if lo < hi else []
+    body = [i for i, line in enumerate(lines) if line.strip()]
+    head = [i for i in body[: cfg.meta_head_lines] if _mentions_meta(lines[i], cfg.meta_words)]
+    tail = [i for i in body[max(0, len(body) - cfg.meta_tail_lines):] if _mentions_meta(lines[i], cfg.meta_words)]
+    lo = head[-1] + 1 if head else 0
+    hi = tail[0] if tail else len(lines)
+    return "\n".join(lines[lo:hi]).strip() if lo < hi else ""
 
 
 def cut_at_repeat(text: str, n: int, unit: str = "word", min_share: float = 0.5) -> str:
@@ -259,12 +258,16 @@ def cut_at_repeat(text: str, n: int, unit: str = "word", min_share: float = 0.5)
 
 
 def repair(text: str, cfg: FilterConfig = EN) -> str:
-    """`trim_meta_edges`, then `cut_at_repeat` (only when the text repeats), then the edges once more (the
-    cut can expose a new last line)."""
-    text = trim_meta_edges(text, cfg)
-    if text and has_repeated_ngram(text, cfg.ngram, cfg.ngram_unit):
-        text = trim_meta_edges(cut_at_repeat(text, cfg.ngram, cfg.ngram_unit), cfg)
-    return text
+    """`trim_meta_edges` (unless that would drop more than half the words), then `cut_at_repeat` (only when
+    the text repeats; it keeps at least half or nothing)."""
+    from selflengthen.text import count_words
+
+    trimmed = trim_meta_edges(text, cfg)
+    if not trimmed or count_words(trimmed) < count_words(text) / 2:
+        return text  # the edges were most of it: not chatter around an answer; the filter judges the whole
+    if has_repeated_ngram(trimmed, cfg.ngram, cfg.ngram_unit):
+        trimmed = cut_at_repeat(trimmed, cfg.ngram, cfg.ngram_unit)
+    return trimmed
 
 
 # --------------------------------------------------------------------------------- repeated n-grams

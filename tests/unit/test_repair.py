@@ -19,7 +19,7 @@ def test_trim_meta_edges_drops_the_chatter_and_keeps_the_body():
     assert trim_meta_edges(wrapped, EN) == BODY  # "Sure!" goes with the meta line below it, "Enjoy!" with the one above
     assert check(trim_meta_edges(wrapped, EN), EN).ok
     assert trim_meta_edges(BODY, EN) == BODY  # nothing to trim: unchanged
-    # chatter exposed by a first trim is trimmed too; a text that is all chatter becomes empty
+    # every meta line within the edge windows goes; a text that is all chatter becomes empty
     assert trim_meta_edges("Revised:\nThis version is better.\n\n" + BODY, EN) == BODY
     assert trim_meta_edges("My revised version.\nAnother version.", EN) == ""
     # a meta-word in the middle is none of the filter's business, nor of the trim
@@ -53,6 +53,9 @@ def test_repair_composes_both_and_the_preparer_applies_it_only_when_asked():
     assert not check(text, EN).ok
     fixed = repair(text, EN)
     assert check(fixed, EN).ok and fixed.startswith("The harbour")
+    # edges that are most of the text are not chatter around an answer: the whole goes to the filter
+    short = "Version one of the plan.\n\nIt has two steps.\n\nThe revised version follows."
+    assert repair(short, EN) == short and check(short, EN).reason == "meta_word"
     assert preparer(False)(text) == text.strip()
     assert preparer(False, EN)(text) == fixed
     # trim_to_sentence first (a budget-cut ending), then the repair
