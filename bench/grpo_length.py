@@ -161,6 +161,15 @@ def evaluate(path: Path, model_path: str, adapter: str | None, rows: list[dict],
     return result
 
 
+def train_key(model_path: str, rows: list[dict], cfg) -> dict:
+    """What a finished GRPO training was made from: a rerun with the same key reuses its adapter."""
+    import dataclasses
+    import hashlib
+
+    rows_digest = hashlib.sha256(json.dumps([[r["prompt"], r["lo"], r["hi"]] for r in rows]).encode()).hexdigest()
+    return {"model": model_path, "rows": rows_digest, "cfg": json.loads(json.dumps(dataclasses.asdict(cfg), default=str))}
+
+
 def _digest_dir(folder: Path) -> str:
     import hashlib
 
@@ -200,9 +209,17 @@ def main() -> None:
         batch_size=args.group, max_completion_length=args.max_tokens, l_max_words=args.l_max_words,
         lr=args.lr, save_steps=2, seed=args.seed))
     start = time.perf_counter()
-    metrics = train_grpo(model_path, train, out / "grpo", None, cfg,
-                         progress=lambda d, t: print(f"  step {d}/{t}  {time.perf_counter() - start:.0f} s",
-                                                     flush=True))
+    key = train_key(model_path, train, cfg)
+    key_file = out / "grpo" / "bench_train_key.json"
+    if (out / "grpo" / "adapter").is_dir() and (out / "grpo" / "metrics.json").exists() and \
+            key_file.exists() and read_json(key_file) == key:
+        metrics = read_json(out / "grpo" / "metrics.json")  # a finished training with these rows and settings
+        print(f"grpo : reusing the finished run in {out / 'grpo'} (same rows and settings)")
+    else:
+        metrics = train_grpo(model_path, train, out / "grpo", None, cfg,
+                             progress=lambda d, t: print(f"  step {d}/{t}  {time.perf_counter() - start:.0f} s",
+                                                         flush=True))
+        atomic_write_json(key_file, key)
     print(f"grpo : {metrics['steps']} steps in {metrics['seconds']:.0f} s; train length reward first step "
           f"{metrics['first_step'].get('rewards/length/mean', float('nan')):.3f} -> last step "
           f"{metrics['last_step'].get('rewards/length/mean', float('nan')):.3f}")
