@@ -154,10 +154,9 @@ def _owned(chains: Iterable, me: Rank) -> Iterator:
     """The chains whose item this rank owns. A chain is started to see its first request (or record); an
     owned one is handed on as a chain that yields that first value again."""
     from selflengthen.engines.base import Request
-    from selflengthen.stages.common import Attempts
 
     for chain in chains:
-        if isinstance(chain, Attempts):  # names its item: nothing to start
+        if not hasattr(chain, "send"):  # an item's attempts (stages.common.Attempts) name their item: nothing to start
             if owner(chain.item, me.world) == me.rank:
                 yield chain
             continue
