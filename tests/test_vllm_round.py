@@ -12,7 +12,7 @@ import json
 import pytest
 
 from conftest import compose
-from selflengthen import recipe
+from selflengthen import engine_session, recipe
 from selflengthen.settings import Settings
 
 pytestmark = pytest.mark.vllm
@@ -29,17 +29,17 @@ SMALL = ["engine=vllm", "engine.enforce_eager=true", "engine.cpu_kvcache_space_g
 def test_a_round_with_vllm(tmp_path):
     pytest.importorskip("vllm")
     s = Settings.from_config(compose(*SMALL), tmp_path)
-    engine = engine_session.LazyEngine(s.engine, recipe.model_resolver(s))
+    engine, _ = engine_session.for_settings(s)
     [summary] = recipe.run(s, engine)
     rd = tmp_path / "round_001"
     for stage in ("self_instruct", "initial", "extend", "sft_data"):
         assert (rd / stage / "done.json").exists(), stage
     assert json.loads((rd / "summary.json").read_text())["round"] == 1
-    assert summary["instructions"] == 2
+    assert summary["stages"]["self_instruct"]["instructions"] == 2
     assert summary["seconds"]["generate"] > 0
     # every generation went through vLLM; the engine was shut down for training and closed at the end
     assert engine.inner is None
-    assert summary["initial"]["items"] == 4
-    if summary["extended"]["kept"]:
+    assert summary["stages"]["initial"]["items"] == 4
+    if summary["stages"]["extend"]["kept"]:
         for role in ("generator", "extender"):
             assert (rd / "train" / role / "adapter" / "adapter_config.json").exists()
