@@ -339,7 +339,7 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain | Attempts], durabil
     chains = ranks.share(engine, log, chains, advance)
     if chains is None:  # every rank ran its share: their records are in `log`
         return
-    open_items: dict[str, _Item] = {}  # Attempts items not settled yet, in start order
+    open_items: dict[int, _Item] = {}  # items with attempts left to run ahead, not settled yet, in start order
 
     def spare(n: int) -> None:
         """Start up to n attempts ahead of their turn: one more per item under way, round after round."""
@@ -348,7 +348,7 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain | Attempts], durabil
             for it in list(open_items.values()):
                 if n <= 0:
                     break
-                if not it.settled and it.next_k < it.spec.end:
+                if it.next_k < it.spec.end:
                     k = it.next_k
                     it.runs[k] = _Attempt(k, it.spec.make(k), ahead=True)
                     SPECULATION["started"] += 1
@@ -360,20 +360,6 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain | Attempts], durabil
 
     sched = Scheduler(engine, spare if durability.speculate else None)
     with Journal(log, durability) as journal:
-        def step(chain: Chain, value: Optional[Completion]) -> None:
-            under_way = value is not None  # called with a completion: the chain's next step
-            try:
-                while True:
-                    out = chain.send(value)
-                    if isinstance(out, Request):
-                        sched.submit(out, lambda c: step(chain, c), next_step=under_way)
-                        return
-                    journal.add(out)
-                    value = None
-            except StopIteration:
-                if advance is not None:
-                    advance(1)
-
         def drive(it: _Item, run: _Attempt, value: Optional[Completion], fresh: bool = False) -> None:
             """Advance one attempt; its records go to the log if it is the live one, else they are held. `fresh`:
             the item's very first request, which waits behind the steps of chains under way."""
@@ -417,7 +403,7 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain | Attempts], durabil
                             later.chain.close()
                             if later.pending is not None:
                                 sched.cancel(later.pending)  # still queued: never started
-                    open_items.pop(it.spec.item, None)
+                    open_items.pop(id(it), None)
                     if advance is not None:
                         advance(1)
                     return
@@ -434,15 +420,15 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain | Attempts], durabil
                 nxt.held.clear()
 
         for chain in chains:
-            if isinstance(chain, Attempts):
-                if chain.first >= chain.end:
-                    continue
-                it = _Item(chain)
-                open_items[chain.item] = it
-                it.runs[chain.first] = _Attempt(chain.first, chain.make(chain.first))
-                drive(it, it.runs[chain.first], None, fresh=True)
-            else:
-                step(chain, None)
+            # a plain chain is an item of one attempt: driven the same way, never run ahead
+            spec = chain if isinstance(chain, Attempts) else Attempts("", 0, 1, lambda _k, c=chain: c)
+            if spec.first >= spec.end:
+                continue
+            it = _Item(spec)
+            if spec.end - spec.first > 1:
+                open_items[id(it)] = it
+            it.runs[spec.first] = _Attempt(spec.first, spec.make(spec.first))
+            drive(it, it.runs[spec.first], None, fresh=True)
         sched.run()
     ranks.finished(log)  # in a rank process the stage ends here; the coordinator writes its artifacts
 
