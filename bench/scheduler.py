@@ -218,8 +218,8 @@ def main() -> None:
         if size == sizes[0]:
             for n in (64, 256, 1024):
                 runs.append((f"waves {n}", size, one_round(size, n, wpt)))
-    print(f"\n| scheduling | instructions | completions | utilization | useful | ahead (used) | simulated round | wall s | logs |")
-    print(f"|------------|--------------|-------------|-------------|--------|--------------|-----------------|--------|------|")
+    print("\n| scheduling | instructions | completions | utilization | useful | ahead (used) | simulated round | wall s | logs |")
+    print("|------------|--------------|-------------|-------------|--------|--------------|-----------------|--------|------|")
     for name, size, r in runs:
         ahead = f"{r['ahead']:,} ({r['ahead_used']:,})" if name == "streaming" else "-"
         print(f"| {name:10} | {size:12,} | {r['completions']:11,} | {r['utilization']:11.3f} | {r['useful']:6.3f} | "

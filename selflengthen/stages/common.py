@@ -20,6 +20,7 @@ from selflengthen.engines.base import Completion, Request, RequestQueue, Samplin
 from selflengthen.store import ItemLog, mark_done, stage_done
 
 if TYPE_CHECKING:  # pragma: no cover
+    from selflengthen.filters import FilterConfig
     from selflengthen.methods.base import Method
     from selflengthen.settings import Settings
 

@@ -32,13 +32,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from selflengthen import rewards as R
 from selflengthen.filters import DEFAULTS as FILTER_DEFAULTS
 from selflengthen.store import append_bytes, atomic_write_bytes, atomic_write_json, check_no_links, reset_dir
 from selflengthen.training import launch
 from selflengthen.training.launch import Launch
+from selflengthen.training.save import prepare_resume
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def train_grpo(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
     check_no_links(out_dir / "metrics.jsonl")  # a linked out_dir is refused before anything is made in it
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
-    resume = _prepare_resume(ckpt_dir, _resume_key(model_path, examples, init_adapter, cfg))
+    resume = prepare_resume(ckpt_dir, _resume_key(model_path, examples, init_adapter, cfg), "GRPO")
     if launch.should_launch(cfg):  # accelerate launch: N processes run this function again; rank 0 saves
         return launch.launch("selflengthen.training.grpo_lora:train_grpo", model_path, rows, out_dir, init_adapter, cfg)
     metrics_log = MetricsLog(out_dir / "metrics.jsonl", keep_until=resume or 0)
@@ -374,22 +375,6 @@ def _resume_key(model_path: str, examples: list[dict], init_adapter: Optional[st
     for ex in examples:
         h.update(json.dumps(ex, ensure_ascii=False, sort_keys=True).encode())
     return h.hexdigest()
-
-
-def _prepare_resume(ckpt_dir: Path, key: str) -> Optional[int]:
-    """Step of the checkpoint to resume from, or None to start fresh (clearing checkpoints of other data)."""
-    key_file = ckpt_dir / "resume_key.json"
-    steps = sorted(int(p.name.split("-")[1]) for p in ckpt_dir.glob("checkpoint-*")
-                   if p.is_dir() and p.name.split("-")[1].isdigit())
-    if steps:
-        old = json.loads(key_file.read_text())["key"] if key_file.exists() else None
-        if old == key:
-            log.info("resuming GRPO from %s", ckpt_dir / f"checkpoint-{steps[-1]}")
-            return steps[-1]
-        log.warning("checkpoints in %s were trained on other prompts or settings; starting afresh", ckpt_dir)
-        reset_dir(ckpt_dir)
-    atomic_write_json(key_file, {"key": key})
-    return None
 
 
 def _progress_callback(progress: Optional[ProgressFn]):

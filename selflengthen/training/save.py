@@ -13,13 +13,14 @@ in the adapter's place or on the way to it is refused (`LinkRefused`) before any
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
-from selflengthen.store import _disk_error, check_no_links, fsync_dir, reset_dir
+from selflengthen.store import _disk_error, atomic_write_json, check_no_links, fsync_dir, reset_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +87,20 @@ def save_adapter(out_dir: Path, write: Callable[[Path], None]) -> Path:
             raise _disk_error(final, exc, "save the adapter to") from exc
         raise
     return final
+
+
+def prepare_resume(ckpt_dir: Path, key: str, what: str) -> Optional[int]:
+    """Step of the checkpoint in `ckpt_dir` to resume `what` ("training", "GRPO") from, or None to start
+    fresh. `key` says what the checkpoints must have been made from; checkpoints of another key are cleared."""
+    key_file = ckpt_dir / "resume_key.json"
+    steps = sorted(int(p.name.split("-")[1]) for p in ckpt_dir.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    if steps:
+        old = json.loads(key_file.read_text())["key"] if key_file.exists() else None
+        if old == key:
+            log.info("resuming %s from %s", what, ckpt_dir / f"checkpoint-{steps[-1]}")
+            return steps[-1]
+        log.warning("checkpoints in %s were made from other data or settings; starting %s afresh", ckpt_dir, what)
+        reset_dir(ckpt_dir)
+    atomic_write_json(key_file, {"key": key})
+    return None

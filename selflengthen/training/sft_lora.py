@@ -22,19 +22,19 @@ Heavy libraries (torch, transformers, peft, trl, datasets) are imported inside t
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from selflengthen.config import rule
 from selflengthen.store import _disk_error, atomic_write_json, reset_dir
 from selflengthen.training import launch
 from selflengthen.training.launch import Launch
+from selflengthen.training.save import prepare_resume
 from selflengthen.training.save import adapter_digest
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
     _to_prompt_completion(rows)  # fail on bad rows before touching the disk
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
-    resume = _prepare_resume(ckpt_dir, _resume_key(model_path, rows, init_adapter, cfg))
+    resume = prepare_resume(ckpt_dir, _resume_key(model_path, rows, init_adapter, cfg), "training")
     if launch.should_launch(cfg):  # accelerate launch: N processes run this function again; rank 0 saves
         return launch.launch("selflengthen.training.sft_lora:train_lora", model_path, rows, out_dir, init_adapter, cfg)
     trainer, truncated = build_trainer(model_path, rows, ckpt_dir, init_adapter, cfg, progress)
@@ -237,23 +237,6 @@ def _resume_key(model_path: str, rows: list[dict], init_adapter: Optional[str], 
     for row in rows:
         h.update(json.dumps(row["messages"], ensure_ascii=False, sort_keys=True).encode())
     return h.hexdigest()
-
-
-def _prepare_resume(ckpt_dir: Path, key: str) -> Optional[int]:
-    """Step of the checkpoint to resume from, or None to start fresh (clearing checkpoints of other data)."""
-    key_file = ckpt_dir / "resume_key.json"
-    steps = sorted(int(p.name.split("-")[1]) for p in ckpt_dir.glob("checkpoint-*")
-                   if p.is_dir() and p.name.split("-")[1].isdigit())
-    if steps:
-        old = json.loads(key_file.read_text())["key"] if key_file.exists() else None
-        if old == key:
-            log.info("resuming training from %s", ckpt_dir / f"checkpoint-{steps[-1]}")
-            return steps[-1]
-        log.warning("checkpoints in %s were trained on other data or settings; starting this training afresh",
-                    ckpt_dir)
-        reset_dir(ckpt_dir)
-    atomic_write_json(key_file, {"key": key})
-    return None
 
 
 class _TokenCounter:
