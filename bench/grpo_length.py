@@ -149,8 +149,10 @@ def evaluate(path: Path, model_path: str, adapter: str | None, rows: list[dict],
     samples, budget, seed, adapter): a result is never served for other settings."""
     import hashlib
 
+    from selflengthen.training.save import adapter_digest
+
     key = json.dumps([[r["prompt"], r["lo"], r["hi"]] for r in rows] + [args.samples, args.max_tokens, args.seed,
-                     args.l_max_words, adapter and _digest_dir(Path(adapter))])
+                     args.l_max_words, adapter and adapter_digest(Path(adapter))])
     path = path.with_name(f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:10]}{path.suffix}")
     if path.exists():
         return read_json(path)
@@ -168,16 +170,6 @@ def train_key(model_path: str, rows: list[dict], cfg) -> dict:
 
     rows_digest = hashlib.sha256(json.dumps([[r["prompt"], r["lo"], r["hi"]] for r in rows]).encode()).hexdigest()
     return {"model": model_path, "rows": rows_digest, "cfg": json.loads(json.dumps(dataclasses.asdict(cfg), default=str))}
-
-
-def _digest_dir(folder: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*")):
-        if f.is_file():
-            h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()
 
 
 def main() -> None:
