@@ -408,27 +408,7 @@ class ItemLog:
         fresh = [r for r in records if r["id"] not in self.by_id]
         if not fresh:
             return
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh).encode("utf-8")
-        check_no_links(self.path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = _open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise _disk_error(self.path, exc, "append to") from exc
-        try:
-            _check_own_file(fd, self.path)
-            size = os.fstat(fd).st_size
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            except OSError as exc:
-                try:
-                    os.ftruncate(fd, size)
-                except OSError:
-                    pass
-                raise _disk_error(self.path, exc, "append to") from exc
-        finally:
-            os.close(fd)
+        append_bytes(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh).encode("utf-8"))
         for r in fresh:
             self.by_id[r["id"]] = r
             self.records.append(r)
