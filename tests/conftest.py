@@ -64,6 +64,29 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"))
 
 
+@pytest.fixture(scope="session")
+def lively_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with its weights re-drawn larger: its greedy answers differ from prompt to prompt (and
+    from adapter to adapter), which the conftest model's near-zero weights do not."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("lively_llama")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.25, generator=gen)
+    model.save_pretrained(out)
+    for f in Path(tiny_model_dir).iterdir():
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, out)
+    return out
+
+
 REPO = Path(__file__).resolve().parent.parent
 
 # A whole run with the deterministic fake engine and fake trainer: seconds, no model.

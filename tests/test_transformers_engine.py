@@ -1,14 +1,12 @@
 """TransformersEngine mechanics on a tiny random Llama: rendering, batching, order, stops, seeds, adapters.
 
 The conftest model's weights are so small that greedy decoding repeats one token for every prompt, which
-would make order and adapter checks vacuous; `lively_dir` re-draws its weights larger so that different
+would make order and adapter checks vacuous; `lively_dir` (conftest) re-draws its weights larger so that different
 prompts (and different adapters) give visibly different nonsense.
 """
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -26,25 +24,6 @@ def chat(id: str, text: str, params: SamplingParams = GREEDY, **kw) -> Request:
 
 TOPICS = ["the printing press", "city traffic " * 6, "a story", "the budget and the risks of the project " * 3,
           "yes", "paragraph one explains the idea"]
-
-
-@pytest.fixture(scope="module")
-def lively_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("lively_llama")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.25, generator=gen)
-    model.save_pretrained(out)
-    for f in Path(tiny_model_dir).iterdir():
-        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
-            shutil.copy(f, out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ seeds and adapters give visibly different nonsense.
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -34,25 +32,6 @@ def drain(engine: TransformersEngine, reqs) -> dict[str, Completion]:
     for c in engine.stream(RequestQueue(reqs)):
         assert c.id not in out
         out[c.id] = c
-    return out
-
-
-@pytest.fixture(scope="module")
-def lively_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("lively_llama_stream")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.25, generator=gen)
-    model.save_pretrained(out)
-    for f in Path(tiny_model_dir).iterdir():
-        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
-            shutil.copy(f, out)
     return out
 
 
