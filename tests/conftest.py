@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -148,3 +149,42 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# Runs `python -m selflengthen` once per case in ONE fresh interpreter (imports paid once), each case's
+# stderr captured on its own; a case may hold the run folder's lock while it runs.
+_CLI_DRIVER = r"""
+import json, os, runpy, sys, tempfile
+from selflengthen.store import RunLock
+for i, case in enumerate(json.loads(sys.argv[1])):
+    lock = RunLock(case["lock"]) if case["lock"] else None
+    if lock:
+        lock.acquire()  # another open file: the job's own flock on the lock file conflicts with it
+    sys.argv = ["selflengthen", *case["argv"]]
+    err = tempfile.TemporaryFile()
+    saved = os.dup(2); os.dup2(err.fileno(), 2)
+    code = 0
+    try:
+        runpy.run_module("selflengthen", run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.stderr.flush(); os.dup2(saved, 2)
+        if lock: lock.release()
+    err.seek(0)
+    print(f"CASE {i} exit={code}\n" + err.read().decode(errors="replace") + "\nEND", flush=True)
+"""
+
+
+def run_cli_cases(cases: list, locks: Optional[list] = None) -> list[str]:
+    """`exit=<code>\n<stderr>` of each case (a list of CLI arguments); `locks[i]`, a run folder whose lock
+    case i runs under, or None."""
+    import json
+    import subprocess
+    import sys
+
+    spec = [{"argv": list(argv), "lock": str(lock) if lock else None}
+            for argv, lock in zip(cases, locks or [None] * len(cases))]
+    proc = subprocess.run([sys.executable, "-c", _CLI_DRIVER, json.dumps(spec)], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "COLUMNS": "200"}, timeout=900)
+    return [proc.stdout.split(f"CASE {i} ")[1].split("\nEND")[0] for i in range(len(cases))]

@@ -5,42 +5,14 @@ when what they were built from changes."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import FAKE, REPO, fake_engine, fake_settings, finished_run
+from conftest import FAKE, fake_engine, fake_settings, finished_run, run_cli_cases
 from selflengthen import engine_session, recipe
 from selflengthen.manifest import DriftError
-
-DRIVER = r"""
-import os, runpy, sys, tempfile
-from selflengthen.store import RunLock
-run_dir, cases = sys.argv[1], sys.argv[2:]
-for i, case in enumerate(cases):
-    lock = None
-    if case.startswith("LOCK "):
-        case, lock = case[5:], RunLock(run_dir)
-        lock.acquire()  # another open file: the job's own flock on the lock file conflicts with it
-    sys.argv = ["selflengthen", *case.split()]
-    err = tempfile.TemporaryFile()
-    saved = os.dup(2); os.dup2(err.fileno(), 2)
-    code = 0
-    try:
-        runpy.run_module("selflengthen", run_name="__main__")
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.stderr.flush(); os.dup2(saved, 2)
-        if lock: lock.release()
-    err.seek(0)
-    print(f"CASE {i} exit={code}\n" + err.read().decode(errors="replace") + "\nEND", flush=True)
-"""
-
 
 def test_refused_commands_keep_the_runs_hydra_record(tmp_path):
     run = tmp_path / "fake"
@@ -49,14 +21,12 @@ def test_refused_commands_keep_the_runs_hydra_record(tmp_path):
     hydra.mkdir()
     for name in ("config.yaml", "overrides.yaml"):
         (hydra / name).write_text("SENTINEL\n")
-    common = f"{' '.join(FAKE)} run.root={tmp_path} iterations=1"
-    cases = [f"{common} decoding.temperature=abc",  # invalid value
-             f"{common} seed=7",  # drift
-             f"LOCK {common}",  # another process holds the run
-             common]  # accepted: now the record is written
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(run), *cases], cwd=REPO, capture_output=True,
-                          text=True, env={**os.environ, "COLUMNS": "200"}, timeout=900)
-    parts = [proc.stdout.split(f"CASE {i} ")[1].split("\nEND")[0] for i in range(len(cases))]
+    common = [*FAKE, f"run.root={tmp_path}", "iterations=1"]
+    parts = run_cli_cases([[*common, "decoding.temperature=abc"],  # invalid value
+                           [*common, "seed=7"],  # drift
+                           common,  # another process holds the run
+                           common],  # accepted: now the record is written
+                          locks=[None, None, run, None])
     for part, word in zip(parts[:3], ("decoding.temperature", "different config", "in use by another process")):
         assert part.startswith("exit=2") and word in part and "Traceback" not in part, part
     assert parts[3].startswith("exit=0"), parts[3]

@@ -11,15 +11,11 @@ Hydra's logging config opens. `.hydra/` is not written (cli.py turns Hydra's own
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose
+from conftest import REPO, compose, run_cli_cases
 from selflengthen.config import ConfigError
 from selflengthen.settings import Settings
 
@@ -119,32 +115,11 @@ CLI_CASES = [("iterations=true", "iterations"), ("decoding.temperature=abc", "de
              ("train.lr=-1", "train.lr"), ("extend.min_growth=0.5", "extend.min_growth"),
              ("prompts.generate.user=no_field", "prompts.generate.user")]
 
-DRIVER = r"""
-import os, runpy, sys, tempfile
-cases, root = sys.argv[1].split("\x1f"), sys.argv[2]
-for i, case in enumerate(cases):
-    sys.argv = ["selflengthen", "experiment=fake", f"run.root={root}", f"run.name=case{i}", case]
-    err = tempfile.TemporaryFile()
-    saved = os.dup(2); os.dup2(err.fileno(), 2)
-    code = None
-    try:
-        runpy.run_module("selflengthen", run_name="__main__")
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.stderr.flush(); os.dup2(saved, 2)
-    err.seek(0)
-    print(f"CASE {i} exit={code}\n" + err.read().decode(errors="replace") + "\nEND", flush=True)
-"""
-
-
 def test_cli_refuses_with_one_paragraph_and_writes_nothing_of_its_own(tmp_path):
     root = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "-c", DRIVER, "\x1f".join(c for c, _ in CLI_CASES), str(root)], cwd=REPO,
-                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=900)
-    out = proc.stdout
-    for i, (case, key) in enumerate(CLI_CASES):
-        part = out.split(f"CASE {i} ")[1].split("\nEND")[0]
+    parts = run_cli_cases([["experiment=fake", f"run.root={root}", f"run.name=case{i}", case]
+                           for i, (case, _) in enumerate(CLI_CASES)])
+    for i, ((case, key), part) in enumerate(zip(CLI_CASES, parts)):
         assert part.startswith("exit=2"), (case, part)
         assert key in part and "Fix:" in part and "Traceback" not in part, (case, part)
         run = root / f"case{i}"
