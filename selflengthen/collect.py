@@ -202,7 +202,7 @@ def _answer(ctx: CollectContext, folder: Path, cc: CollectConfig) -> tuple[dict,
         fcfg = filters.FilterConfig.from_dict(ctx.s.prompts["filter"])
         passed = redraws(attempts, items, request, quality(fcfg), ctx.s.generate.max_attempts, ctx.engine,
                          ctx.durability, advance,
-                         prepare=preparer(ctx.s.generate.trim_to_sentence, fcfg if ctx.s.generate.repair else None))
+                         prepare=preparer(ctx.s.generate, fcfg))
     rows = [{"id": i, "instruction": items[i]["prompt"], "text": rec["text"].strip(),
              "words": count_words(rec["text"].strip())} for i, rec in passed.items() if rec]
     atomic_write_jsonl(folder / "answers.jsonl", rows)

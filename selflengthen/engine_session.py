@@ -66,8 +66,9 @@ class LazyEngine:
 
     @property
     def capacity(self):
-        """The loaded engine's `capacity` (stages.common.engine_capacity), None if it states none."""
-        return getattr(self._ensure(), "capacity", None)
+        """The loaded engine's `capacity` (stages.common.engine_capacity); None if it states none or is not
+        loaded yet — asking never loads a model."""
+        return getattr(self.inner, "capacity", None) if self.inner is not None else None
 
     def release(self) -> None:
         if self.inner is not None:

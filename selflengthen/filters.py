@@ -127,6 +127,7 @@ def check(text: str, cfg: FilterConfig = EN) -> FilterResult:
 
 
 _CLOSERS = "\"'”’)」』）"
+_ENDINGS = ".!?…。！？" + _CLOSERS  # a text ending in one of these ends a sentence
 _SENTENCE_END = re.compile(rf"(?<!\d)[.!?…][{_CLOSERS}]*(?=\s|$)|[。！？][{_CLOSERS}]*")
 
 
@@ -135,7 +136,7 @@ def trim_to_sentence(text: str, min_share: float = 0.5) -> str:
     last complete sentence, if that keeps at least `min_share` of it; otherwise return it unchanged (and
     the filter rejects it). Opt-in per stage (`trim_to_sentence`): the paper simply re-draws such samples."""
     text = text.rstrip()
-    if not text or text[-1] in ".!?…。！？" + _CLOSERS:
+    if not text or text[-1] in _ENDINGS:
         return text
     last = None
     for m in _SENTENCE_END.finditer(text):
@@ -246,13 +247,16 @@ def cut_at_repeat(text: str, n: int, unit: str = "word", min_share: float = 0.5)
         return text
     hashes = _ngram_hashes(buf, starts, ends, n).tolist()
     s, e = starts.tolist(), ends.tolist()
-    seen: dict[int, list[int]] = {}
+    seen: dict[int, list[int]] = {}  # n-gram hash -> where it started (a shared hash is confirmed on the bytes)
+
+    def gram(i: int) -> tuple[bytes, ...]:
+        return tuple(buf[s[j] : e[j]] for j in range(i, i + n))
+
     for i, h in enumerate(hashes):
-        gram = tuple(buf[s[j] : e[j]] for j in range(i, i + n))
-        if any(gram == tuple(buf[s[j] : e[j]] for j in range(k, k + n)) for k in seen.get(h, ())):
+        if h in seen and any(gram(i) == gram(k) for k in seen[h]):
             cut = len(buf[len(_PAD) : s[i]].decode("utf-8", "surrogatepass"))
             kept = trim_to_sentence(text[:cut], min_share=0.0)
-            return kept if len(kept) >= min_share * len(text) and kept[-1:] in ".!?…。！？" + _CLOSERS else text
+            return kept if len(kept) >= min_share * len(text) and kept[-1:] in _ENDINGS else text
         seen.setdefault(h, []).append(i)
     return text
 

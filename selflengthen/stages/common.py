@@ -215,8 +215,9 @@ class Scheduler:
         self.queue = ChainQueue()
         self._then: dict[str, Callable[[Completion], None]] = {}
         # `spare(n)`: may submit up to n speculative requests; called when nothing is queued and the engine
-        # (one that says how many sequences it decodes at once: `capacity`) has idle slots
-        self.capacity = engine_capacity(engine) if spare is not None else None
+        # (one that says how many sequences it decodes at once: `capacity`) has idle slots. The capacity is
+        # asked once a completion is back, when the engine is loaded (never to load it).
+        self.capacity: Optional[int] = None
         self._spare = spare
         self._dropped: set[str] = set()  # cancelled while in flight
 
@@ -244,6 +245,8 @@ class Scheduler:
                 for c in stream:
                     self._dropped.discard(c.id)
                     self._then.pop(c.id)(c)
+                    if self._spare is not None and self.capacity is None:
+                        self.capacity = engine_capacity(self.engine) or 0
                     if self.capacity and not self.queue:
                         idle = self.capacity - len(self._then)  # nothing queued: every pending request is in flight
                         if idle > 0:
@@ -497,13 +500,14 @@ def resumable(name: str):
     return wrap
 
 
-def preparer(trim: bool, repair: Optional["FilterConfig"] = None) -> Callable[[str], str]:
-    """How a generation is cleaned before the filter sees it: stripped, optionally cut back to its last
-    complete sentence when the token budget ended it mid-sentence (see filters.trim_to_sentence), and with
-    `repair` (the stage's filter settings) chatter lines and a closing loop cut off (filters.repair)."""
-    from selflengthen.filters import repair as repaired, trim_to_sentence
+def preparer(section: Any, fcfg: "FilterConfig") -> Callable[[str], str]:
+    """How a generation is cleaned before the filter (`fcfg`) sees it, by the stage's section: stripped,
+    with `trim_to_sentence` cut back to its last complete sentence when the token budget ended it
+    mid-sentence (filters.trim_to_sentence), and with `repair` chatter lines and a closing loop cut off
+    (filters.repair)."""
+    from selflengthen.filters import repair, trim_to_sentence
 
-    cut = trim_to_sentence if trim else str.strip
-    if repair is None:
+    cut = trim_to_sentence if section.trim_to_sentence else str.strip
+    if not section.repair:
         return cut
-    return lambda text: repaired(cut(text), repair)
+    return lambda text: repair(cut(text), fcfg)

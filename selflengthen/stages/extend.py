@@ -139,7 +139,7 @@ def sample(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Atte
 def attempt(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Chain:
     """The passes of one attempt; returns whether it grew the text enough."""
     cfg, tpl = ctx.cfg("extend"), ctx.s.prompts["extend"]
-    prepare = preparer(cfg.trim_to_sentence, fcfg if cfg.repair else None)
+    prepare = preparer(cfg, fcfg)
 
     def request(stage: str, template: str, text: str, prefix: str = "", min_new: int = 0) -> Request:
         messages = ctx.messages(tpl.get("system"), template.format(instruction=st.source["instruction"], text=text))

@@ -57,7 +57,7 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     with ui.progress(f"round {ctx.round_no} · initial responses", len(items)) as advance:
         fcfg = filters.FilterConfig.from_dict(ctx.s.prompts["filter"])
         passed = redraws(log, items, request, quality(fcfg), cfg.max_attempts, ctx.engine, ctx.durability, advance,
-                         prepare=preparer(cfg.trim_to_sentence, fcfg if cfg.repair else None))
+                         prepare=preparer(cfg, fcfg))
 
     ok = [(i, rec) for i, rec in passed.items() if rec]
     texts = [rec["text"].strip() for _, rec in ok]

@@ -93,7 +93,7 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     items = {p["id"]: {**p, "steps": [PlanStep(**s) for s in p["steps"]]} for p in plans}
     fcfg = filters.FilterConfig.from_dict(ctx.s.prompts["filter"])
     step_cfg = dataclasses.replace(fcfg, meta_words=())
-    prepare = preparer(cfg.trim_to_sentence, fcfg if cfg.repair else None)
+    prepare = preparer(cfg, fcfg)
 
     def request(item_id: str, c: Chain) -> Request:
         it = items[item_id]

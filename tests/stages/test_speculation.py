@@ -117,3 +117,18 @@ def test_extension_with_speculation_writes_the_same_artifacts(tmp_path):
     assert _by_item(read_jsonl(tmp_path / "a/round_001/extend/passes.jsonl")) == \
         _by_item(read_jsonl(tmp_path / "b/round_001/extend/passes.jsonl"))
     assert spec.sim.steps <= plain.sim.steps
+
+
+def test_asking_for_capacity_never_loads_a_model(tmp_path):
+    """A resumed stage with nothing left to generate must not load the engine just to learn its capacity;
+    once the engine is loaded (a completion came back) its capacity is used."""
+    from selflengthen import engine_session
+    from selflengthen.stages.common import run_chains
+
+    lazy = engine_session.LazyEngine({"name": "fake", "max_slots": 8}, lambda: "m")
+    assert lazy.capacity is None and lazy.inner is None
+    run_chains(lazy, open_log(tmp_path / "none.jsonl"), [], Durability(speculate=True))
+    assert lazy.inner is None  # nothing to do: never loaded
+    SPECULATION.clear()
+    _redraw(tmp_path, "lazy", lazy, speculate=True)
+    assert lazy.inner is not None and lazy.capacity == 8 and SPECULATION["started"] > 0

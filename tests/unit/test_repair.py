@@ -8,6 +8,7 @@ from selflengthen.engines.fake import FakeEngine
 from selflengthen.filters import EN, ZH, check, cut_at_repeat, repair, trim_meta_edges
 from selflengthen.stages import extend
 from selflengthen.stages.common import RoundContext, preparer
+from selflengthen.stages.initial import Generate
 
 BODY = ("The harbour opened in May.\n\nShips came from the north with salt and timber.\n\n"
         "By June the quay was full, and the town grew along the water.")
@@ -56,10 +57,10 @@ def test_repair_composes_both_and_the_preparer_applies_it_only_when_asked():
     # edges that are most of the text are not chatter around an answer: the whole goes to the filter
     short = "Version one of the plan.\n\nIt has two steps.\n\nThe revised version follows."
     assert repair(short, EN) == short and check(short, EN).reason == "meta_word"
-    assert preparer(False)(text) == text.strip()
-    assert preparer(False, EN)(text) == fixed
+    assert preparer(Generate(), EN)(text) == text.strip()
+    assert preparer(Generate(repair=True), EN)(text) == fixed
     # trim_to_sentence first (a budget-cut ending), then the repair
-    assert preparer(True, EN)(text + " And then the") == fixed
+    assert preparer(Generate(trim_to_sentence=True, repair=True), EN)(text + " And then the") == fixed
 
 
 class Chatty(FakeEngine):
