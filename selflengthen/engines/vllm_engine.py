@@ -257,7 +257,7 @@ class VllmEngine:
                     done = self._add(core, r, limit, flight)
                     if done is not None:
                         yield done
-                gone = [rid for rid, (r, _) in flight.items() if r.id in queue.cancelled]
+                gone = [rid for rid, (r, _) in flight.items() if r.id in queue.cancelled] if queue.cancelled else []
                 if gone:  # the consumer no longer needs these (speculative attempts made useless)
                     core.abort_request(gone)
                     for rid in gone:
