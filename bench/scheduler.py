@@ -134,6 +134,8 @@ def settings(run_dir: Path, checkpoint_every: int, speculate: bool = True):
 
 def one_round(n_instructions: int, waves: int | None, words_per_token: float, speculate: bool = True) -> dict:
     """Initial answers + extension for `n_instructions`, streamed (waves=None) or in chunked waves."""
+    from selflengthen.methods.base import load_method
+    from selflengthen.recipe import run_stages
     from selflengthen.stages import extend, initial
     from selflengthen.stages.common import SPECULATION, RoundContext
     from selflengthen.store import atomic_write_jsonl
@@ -148,8 +150,9 @@ def one_round(n_instructions: int, waves: int | None, words_per_token: float, sp
                            [{"id": f"i{k:05d}", "prompt": f"Write a long article about subject {k}."}
                             for k in range(n_instructions)])
         cpu0, wall0 = time.process_time(), time.time()
-        first = initial.run(ctx)
-        second = extend.run(ctx)
+        method = load_method("selflengthen")
+        sections = run_stages(ctx, [method.stage(initial.NAME), method.stage(extend.NAME)])
+        first, second = sections[initial.NAME], sections[extend.NAME]
         cpu, wall = time.process_time() - cpu0, time.time() - wall0
         digest = _digest(ctx)
     finally:
@@ -158,6 +161,7 @@ def one_round(n_instructions: int, waves: int | None, words_per_token: float, sp
     wasted = SPECULATION["wasted_tokens"]
     return {"utilization": engine.sim.utilization, "useful": (engine.sim.tokens - wasted) / (engine.sim.steps * SLOTS),
             "ahead": SPECULATION["started"], "ahead_used": SPECULATION["used"], "digest": digest,
+            "handover": SPECULATION["handover_started"], "handover_used": SPECULATION["handover_used"],
             "sim_hours": engine.sim.seconds / 3600, "completions": n,
             "tokens": engine.sim.tokens, "wall_s": wall, "kept_initial": first["kept"], "kept_extended": second["kept"],
             "cpu_us_per_completion": (cpu - engine.cpu) / n * 1e6}
@@ -223,7 +227,7 @@ def main() -> None:
     for name, size, r in runs:
         ahead = f"{r['ahead']:,} ({r['ahead_used']:,})" if name == "streaming" else "-"
         print(f"| {name:10} | {size:12,} | {r['completions']:11,} | {r['utilization']:11.3f} | {r['useful']:6.3f} | "
-              f"{ahead:>12} | {r['sim_hours']:13.1f} h | {r['wall_s']:6.1f} | {r['digest'][:8]} |")
+              f"{ahead:>12} | {r['sim_hours']:13.2f} h | {r['wall_s']:6.1f} | {r['digest'][:8]} |")
     cpu = next(r for name, size, r in runs if name == "streaming" and size == 500)
     f_us = filter_us()
     print(f"\norchestration CPU per completion (streaming, 500 instructions, texts of real length): "

@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from selflengthen import cli, engine_session, evaluate, layout
 from selflengthen import manifest as manifest_mod
-from selflengthen import ui
-from selflengthen.methods.base import Method
+from selflengthen import ranks, ui
+from selflengthen.methods.base import Method, Stage
 from selflengthen.settings import Settings
-from selflengthen.stages.common import RoundContext
+from selflengthen.stages.common import Handover, RoundContext
 from selflengthen.store import RunLock, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,7 @@ def run_round(ctx: RoundContext) -> dict:
     layout.migrate_round(ctx.s.run_dir, ctx.round_no)
     ctx.engine.set_adapters(ctx.adapters)
     start, generating, loading = time.time(), ctx.engine.generate_seconds, ctx.engine.load_seconds
-    sections = {}
-    for stage in ctx.method.stages:
-        sections[stage.name] = stage.run(ctx)
+    sections = run_stages(ctx, ctx.method.stages)
     summary = build_summary(ctx, sections, time.time() - start)
     summary["seconds"].update(_split(summary["seconds"]["round"], ctx.engine.generate_seconds - generating,
                                      ctx.engine.load_seconds - loading, sections))
@@ -82,6 +80,35 @@ def run_round(ctx: RoundContext) -> dict:
     atomic_write_json(layout.summary_path(ctx.s.run_dir, ctx.round_no), summary)  # written last: round complete
     ui.console.print(ui.round_table(summary, ctx.method))
     return summary
+
+
+def run_stages(ctx: RoundContext, stages: Sequence[Stage]) -> dict:
+    """Run `stages` in order; returns their summary sections. A stage that may start ahead (`Stage.ahead`:
+    extension on the initial answers) gets its items started by the stage before it when the engine has
+    slots that stage cannot fill (stages.common.Handover), so the engine does not drain between the two."""
+    sections = {}
+    try:
+        for i, stage in enumerate(stages):
+            ctx.handover_in, ctx.handover_out = ctx.handover_out, handover_for(ctx, stages[i + 1] if i + 1 < len(stages) else None)
+            sections[stage.name] = stage.run(ctx)
+            if ctx.handover_in is not None:
+                ctx.handover_in.close()
+                ctx.handover_in = None
+    finally:
+        for h in (ctx.handover_in, ctx.handover_out):
+            if h is not None:
+                h.close()
+        ctx.handover_in = ctx.handover_out = None
+    return sections
+
+
+def handover_for(ctx: RoundContext, nxt: Optional[Stage]) -> Optional[Handover]:
+    """The handover to `nxt` if it can start ahead here: it says it can, speculation is on (`run.speculate`)
+    and one process generates (engine ranks run each stage on its own)."""
+    if nxt is None or nxt.ahead is None or not ctx.s.run.speculate or ranks.world_size(ctx) > 1:
+        return None
+    make = nxt.ahead(ctx)
+    return Handover(ctx.engine, make) if make is not None else None
 
 
 def run_final(ctx: RoundContext) -> bool:

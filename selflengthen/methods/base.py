@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     from selflengthen.stages.common import RoundContext
@@ -34,6 +34,9 @@ class Stage:
     config: tuple[tuple[str, type], ...] = ()  # (config key, dataclass) sections the stage reads
     lengths: Optional[str] = None  # an artifact whose rows carry "words": drawn in the lengths plot
     label: str = ""  # the plot's legend entry for `lengths` (default: the stage name)
+    # may start before the previous stage ends: ctx -> (a row of the previous stage -> this stage's items for
+    # it), or None when it cannot (stages.common.Handover; used with run.speculate on a continuous batcher)
+    ahead: Optional[Callable[["RoundContext"], Any]] = None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ METHOD = Method(
         Stage(initial.NAME, initial.run, initial.brief, config=(("generate", initial.Generate), ("sampling", Sampling)),
               lengths="responses.jsonl", label="initial"),
         Stage(extend.NAME, extend.run, extend.brief, config=(("extend", extend.Extend), ("sampling", Sampling)),
-              lengths="extended.jsonl", label="extended"),
+              lengths="extended.jsonl", label="extended", ahead=extend.ahead),
         Stage(sft_data.NAME, sft_data.run, sft_data.brief, config=(("sft", sft_data.Sft),)),
         train_stage(sft_data.NAME),
     ),

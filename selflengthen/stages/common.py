@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import heapq
 import threading
 import time
 from collections import Counter, deque
@@ -55,10 +56,17 @@ class RoundContext:
     model_path: Optional[Callable[[], str]] = None
     folder: Optional[Path] = None  # default: the round's folder; the final stages use final/
     adapters_out: dict = field(default_factory=dict)  # set by the train stage
+    # work of the next stage started ahead on this stage's engine stream (`Handover`): handover_out is what
+    # the running stage offers to the next one, handover_in what the previous stage started for this one
+    handover_out: Optional["Handover"] = None
+    handover_in: Optional["Handover"] = None
 
     def __post_init__(self) -> None:
         if not self.adapters_out:
             self.adapters_out = dict(self.adapters)
+
+    def __getstate__(self) -> dict:  # a rank process gets the context without the live engine stream
+        return {**self.__dict__, "handover_out": None, "handover_in": None}
 
     @property
     def round_dir(self) -> Path:
@@ -206,20 +214,27 @@ class ChainQueue(RequestQueue):
 
 class Scheduler:
     """One engine stream shared by many requests: `submit(request, then)` queues a request (at any time,
-    also from inside a `then`), and `run()` feeds the engine until nothing is queued or in flight, calling
-    each request's `then(completion)` as soon as it finishes. A request id is in flight at most once.
-    `next_step=True` marks the continuation of a chain under way: it is served before first requests."""
+    also from inside a `then`), and `run()` feeds the engine, calling each request's `then(completion)` as
+    soon as it finishes. A request id is in flight at most once. `next_step=True` marks the continuation of
+    a chain under way: it is served before first requests.
 
-    def __init__(self, engine, spare: Optional[Callable[[int], None]] = None):
+    `run()` alone runs until nothing is queued or in flight, then closes the stream. `run(until)` returns as
+    soon as `until()` holds and leaves the stream open with whatever is still queued or in flight: a later
+    `run()` (the next stage, taking over work started ahead for it: `Handover`) goes on with the same stream,
+    so the engine never drains between the two. `close()` ends the stream and forgets what it still held."""
+
+    def __init__(self, engine, spare: Optional[Callable[[int], Optional[int]]] = None):
         self.engine = engine
         self.queue = ChainQueue()
         self._then: dict[str, Callable[[Completion], None]] = {}
-        # `spare(n)`: may submit up to n speculative requests; called when nothing is queued and the engine
-        # (one that says how many sequences it decodes at once: `capacity`) has idle slots. The capacity is
-        # asked once a completion is back, when the engine is loaded (never to load it).
+        # `spares`: each may submit up to n speculative requests and returns how many it did; asked in order
+        # when nothing is queued and the engine (one that says how many sequences it decodes at once:
+        # `capacity`) has idle slots. The capacity is asked once a completion is back, when the engine is
+        # loaded (never to load it).
+        self.spares: list[Callable[[int], Optional[int]]] = [spare] if spare else []
         self.capacity: Optional[int] = None
-        self._spare = spare
         self._dropped: set[str] = set()  # cancelled while in flight
+        self._stream_it: Optional[Iterator[Completion]] = None  # the engine stream, open across run() calls
 
     def submit(self, request: Request, then: Callable[[Completion], None], next_step: bool = False) -> None:
         if request.id in self._then:
@@ -232,37 +247,69 @@ class Scheduler:
 
     def cancel(self, request_id: str) -> None:
         """Withdraw a request: a queued one never starts; one in flight is left to the engine (dropped if it
-        checks `queue.cancelled`, else finished and handed to its `then`), and not waited for."""
+        checks `queue.cancelled`, else finished and dropped here), and not waited for."""
         if self.queue.cancel(request_id):
             del self._then[request_id]
-        else:
+        elif request_id in self._then:
             self._dropped.add(request_id)
 
-    def run(self) -> None:
-        while self.queue:
-            stream = self._stream()
-            try:
-                for c in stream:
-                    self._dropped.discard(c.id)
-                    self._then.pop(c.id)(c)
-                    if self._spare is not None and self.capacity is None:
-                        self.capacity = engine_capacity(self.engine) or 0
-                    if self.capacity and not self.queue:
-                        idle = self.capacity - len(self._then)  # nothing queued: every pending request is in flight
-                        if idle > 0:
-                            self._spare(idle)
-                    if not self.queue and self._then and self._dropped.issuperset(self._then):
-                        break  # only cancelled work is left in flight: the stage does not wait for it
-            finally:
-                if hasattr(stream, "close"):
-                    stream.close()  # an engine stream closed early stops what it still decodes
-            for rid in self._dropped:
-                self._then.pop(rid, None)
-            self._dropped.clear()
-        if self._then:
-            raise RuntimeError(f"the engine's stream ended with {len(self._then)} request(s) unanswered "
-                               f"(e.g. {next(iter(self._then))})")
+    def run(self, until: Optional[Callable[[], bool]] = None) -> None:
+        try:
+            while until is None or not until():
+                if not self.queue and self._dropped.issuperset(self._then):
+                    break  # nothing to wait for: only cancelled work is left in flight, if any
+                if self._stream_it is None:
+                    self._stream_it = self._stream()
+                c = next(self._stream_it, None)
+                if c is None:  # the stream ended: nothing was queued or in flight any more
+                    self._stream_it = None
+                    waiting = [rid for rid in self._then if rid not in self._dropped]
+                    if waiting and not self.queue:
+                        raise RuntimeError(f"the engine's stream ended with {len(waiting)} request(s) "
+                                           f"unanswered (e.g. {waiting[0]})")
+                    self._forget_dropped()
+                    continue
+                self._dropped.discard(c.id)
+                then = self._then.pop(c.id, None)
+                if then is not None:
+                    then(c)
+                self._offer_spare()
+        except BaseException:
+            self.close()
+            raise
+        if until is None:
+            self.close()
 
+    def close(self) -> None:
+        """End the stream (an engine stream closed early stops what it still decodes) and forget every
+        request still queued or in flight."""
+        it, self._stream_it = self._stream_it, None
+        if it is not None and hasattr(it, "close"):
+            it.close()
+        for rid in list(self._then):
+            self.queue.cancel(rid)
+        self.queue.cancelled.clear()
+        self._then.clear()
+        self._dropped.clear()
+
+    def _forget_dropped(self) -> None:
+        for rid in self._dropped:
+            self._then.pop(rid, None)
+        self._dropped.clear()
+
+    def _offer_spare(self) -> None:
+        if not self.spares:
+            return
+        if self.capacity is None:
+            self.capacity = engine_capacity(self.engine) or 0
+        if self.capacity and not self.queue:
+            # nothing queued: every pending request is in flight, but a cancelled one no longer holds a slot
+            # (engines that state a capacity drop what `queue.cancelled` names)
+            idle = self.capacity - (len(self._then) - len(self._dropped))
+            for spare in self.spares:
+                if idle <= 0:
+                    return
+                idle -= spare(idle) or 0
 
     def _stream(self) -> Iterator[Completion]:
         if hasattr(self.engine, "stream"):
@@ -298,10 +345,15 @@ class Attempts:
     first: int  # the attempt to start from (where the log left the item)
     end: int  # no attempt k >= end (max_attempts)
     make: Callable[[int], Chain]
+    # what the item is made from (e.g. the row it extends): an item started ahead of its stage (`Handover`) is
+    # taken over only if the stage makes it from an equal source
+    source: Any = None
+    on_success: Optional[Callable[[int], None]] = None  # called with k when attempt k settles the item
 
 
 # What speculation did in this process (for benches; never part of an artifact): attempts started ahead of
-# their turn, those of them whose records were used, and the tokens of the ones dropped.
+# their turn, those of them whose records were used, and the tokens of the ones dropped; items of a next stage
+# started ahead of it (`Handover`), and those it took over.
 SPECULATION: Counter = Counter()
 
 
@@ -320,130 +372,268 @@ class _Attempt:
 class _Item:
     """The attempts of one `Attempts` item under way: `live` is the attempt whose records go to the log."""
 
-    def __init__(self, spec: Attempts):
+    def __init__(self, spec: Attempts, driver: "_Driver"):
         self.spec, self.live, self.runs = spec, spec.first, {}  # k -> _Attempt
         self.settled = False
+        self.driver = driver  # whose journal its records go to; changes when a stage takes the item over
+        self.held: list = []  # the live attempt's records while the item has no journal (started ahead)
 
     @property
     def next_k(self) -> int:
         return max(self.runs, default=self.live - 1) + 1
 
 
+class _Driver:
+    """Drives items through a `Scheduler`: a chain's next request is queued the moment its previous completion
+    has been judged; the live attempt's records go to `journal` (None: held on the item until a stage
+    takes it over); `advance(1)` as each item settles. `spare(n)` starts up to n attempts ahead of their
+    turn (`Attempts`)."""
+
+    def __init__(self, sched: Scheduler, journal: Optional[Journal], advance: Optional[Callable[[int], None]]):
+        self.sched, self.journal, self.advance = sched, journal, advance
+        self.open: dict[int, _Item] = {}  # items with attempts left to run ahead, not settled yet, in start order
+        self.unsettled = 0
+
+    def start(self, spec: Attempts) -> _Item:
+        it = _Item(spec, self)
+        self.unsettled += 1
+        if spec.end - spec.first > 1:
+            self.open[id(it)] = it
+        it.runs[spec.first] = _Attempt(spec.first, spec.make(spec.first))
+        self.drive(it, it.runs[spec.first], None, fresh=True)
+        return it
+
+    def adopt(self, it: _Item) -> None:
+        """Take over an item another driver started ahead (records held): they reach this journal now."""
+        old = it.driver
+        old.open.pop(id(it), None)
+        old.unsettled -= not it.settled
+        it.driver = self
+        for records in it.held:
+            self._log(it, records)
+        it.held.clear()
+        if it.settled:
+            if self.advance is not None:
+                self.advance(1)
+            return
+        self.unsettled += 1
+        if it.next_k < it.spec.end:
+            self.open[id(it)] = it
+
+    def drop(self, it: _Item) -> None:
+        """Stop an item for good (started ahead, and its stage does not take it): nothing of it is logged."""
+        for run in it.runs.values():
+            self._kill(run)
+        self.open.pop(id(it), None)
+        self.unsettled -= not it.settled
+        it.settled = True
+        it.held.clear()
+
+    def spare(self, n: int, depth: Optional[int] = None) -> int:
+        """Start up to n attempts ahead of their turn: one more per item under way, round after round; with
+        `depth`, none more than `depth` attempts ahead of the item's live one."""
+        total = 0
+        while n > total:
+            started = 0
+            for it in list(self.open.values()):
+                if n <= total:
+                    break
+                if it.next_k < it.spec.end and (depth is None or it.next_k - it.live <= depth):
+                    k = it.next_k
+                    it.runs[k] = _Attempt(k, it.spec.make(k), ahead=True)
+                    SPECULATION["started"] += 1
+                    self.drive(it, it.runs[k], None)
+                    total += 1
+                    started += 1
+            if not started:
+                break
+        return total
+
+    def _log(self, it: _Item, records: list) -> None:
+        if self.journal is None:
+            it.held.append(records)
+        else:
+            self.journal.add(records)
+
+    def _kill(self, run: _Attempt) -> None:
+        if run.dead:
+            return
+        run.dead = True
+        SPECULATION["wasted_tokens"] += run.tokens
+        run.chain.close()
+        if run.pending is not None:
+            self.sched.cancel(run.pending)  # still queued: never started; in flight: not waited for
+
+    def drive(self, it: _Item, run: _Attempt, value: Optional[Completion], fresh: bool = False) -> None:
+        """Advance one attempt; its records go to the log if it is the live one, else they are held. `fresh`:
+        the item's very first request, which waits behind the steps of chains under way."""
+        if run.dead:
+            SPECULATION["wasted_tokens"] += value.new_tokens if value is not None else 0
+            return  # a completion for an attempt made useless by an earlier success: dropped
+        run.pending = None
+        run.tokens += value.new_tokens if value is not None else 0
+        under_way = not fresh and (value is not None or run.k == it.live)
+        try:
+            while True:
+                out = run.chain.send(value)
+                if isinstance(out, Request):
+                    if run.k > it.live:
+                        out = dataclasses.replace(out, id=f"{out.id}~{run.k}")  # one id in flight at a time
+                    run.pending = out.id
+                    # the item's driver at the time the completion comes back (a stage may take it over)
+                    self.sched.submit(out, lambda c: it.driver.drive(it, run, c), next_step=under_way)
+                    return
+                if run.k == it.live:
+                    self._log(it, out)
+                else:
+                    run.held.append(out)
+                value = None
+        except StopIteration as stop:
+            run.result = bool(stop.value)
+            self.settle(it)
+
+    def settle(self, it: _Item) -> None:
+        """Move `live` past finished attempts: a success settles the item, a failure hands over to the next
+        attempt (its held records are logged now), starting it if no slot ran it ahead."""
+        while not it.settled:
+            run = it.runs.get(it.live)
+            if run is None or run.result is None:
+                return
+            if run.result or it.live + 1 >= it.spec.end:
+                it.settled = True
+                for later in it.runs.values():
+                    if later.k > it.live:
+                        self._kill(later)
+                self.open.pop(id(it), None)
+                self.unsettled -= 1
+                if run.result and it.spec.on_success is not None:
+                    it.spec.on_success(it.live)
+                if self.advance is not None:
+                    self.advance(1)
+                return
+            del it.runs[it.live]
+            it.live += 1
+            nxt = it.runs.get(it.live)
+            if nxt is None:
+                it.runs[it.live] = nxt = _Attempt(it.live, it.spec.make(it.live))
+                self.drive(it, nxt, None)
+                return  # drive() settles again when this attempt returns
+            SPECULATION["used"] += nxt.ahead
+            for records in nxt.held:
+                self._log(it, records)
+            nxt.held.clear()
+
+
+class Handover:
+    """Items of the next stage, started ahead of it on the same engine stream (DESIGN §6).
+
+    A stage whose rows the next one builds on (initial answers -> their extension) `offer`s each row as soon
+    as it is final, with a priority (the longest answers first: length-aware sampling keeps them). When the
+    engine has idle slots and the stage itself has nothing to run ahead, `spare` starts the next stage's items
+    for the offered rows, their records held in memory. The stage returns as soon as its own items are
+    settled, leaving the stream open; the next stage then takes over (`take`) each item it makes from an
+    equal source — held records first, in order, into its own log — and `close` drops the rest (rows that
+    length-aware sampling left out). Nothing is logged twice or out of order, so the artifacts are the same
+    as without it; a crash loses only what was held, which a rerun makes again."""
+
+    def __init__(self, engine, make: Callable[[dict], list[Attempts]]):
+        self.sched = Scheduler(engine)
+        self.driver = _Driver(self.sched, None, None)
+        self.make = make
+        self._rows: list[tuple[float, int, dict]] = []  # heap of (-priority, order, row)
+        self._items: dict[str, _Item] = {}
+
+    def offer(self, row: dict, priority: float) -> None:
+        heapq.heappush(self._rows, (-priority, len(self._rows) + len(self._items), row))
+
+    def spare(self, n: int) -> int:
+        started = 0
+        while started < n and self._rows:
+            row = heapq.heappop(self._rows)[2]
+            for spec in self.make(row):
+                if spec.first < spec.end:
+                    self._items[spec.item] = self.driver.start(spec)
+                    SPECULATION["handover_started"] += 1
+                    started += 1
+        return started
+
+    def take(self, spec: Attempts) -> Optional[_Item]:
+        """The item started ahead for `spec`, if it was made from the same source and attempt; else None."""
+        it = self._items.pop(spec.item, None)
+        if it is None:
+            return None
+        if it.spec.source != spec.source or it.spec.first != spec.first or it.spec.end != spec.end:
+            self.driver.drop(it)
+            return None
+        SPECULATION["handover_used"] += 1
+        return it
+
+    def close_rest(self) -> None:
+        """Drop the items not taken over (the next stage does not make them: e.g. rows length-aware sampling
+        left out) and the rows not started; the stream goes on."""
+        for it in self._items.values():
+            self.driver.drop(it)
+        self._items.clear()
+        self._rows.clear()
+
+    def close(self) -> None:
+        """Drop what was not taken over and end the stream."""
+        self.close_rest()
+        self.sched.close()
+
+
 def run_chains(engine, log: ItemLog, chains: Iterable[Chain | Attempts], durability: Durability,
-               advance: Optional[Callable[[int], None]] = None) -> None:
+               advance: Optional[Callable[[int], None]] = None, *, ahead: Optional[Handover] = None,
+               takes: Optional[Handover] = None) -> None:
     """Drive every chain to its end through one engine stream (DESIGN §6). A chain's next request is queued
     the moment its previous completion has been judged, so the engine stays full and no chain waits for
     another; records go to `log` through a `Journal` (durable every N records or T seconds, and at the
     end). `advance(1)` is called as each chain ends. An `Attempts` item runs its attempts in turn, and with
-    `durability.speculate` idle engine slots run its later attempts ahead (see `Attempts`). With
-    `engine.data_parallel_size` > 1 the chains run on engine ranks instead, each writing its own shard,
+    `durability.speculate` idle engine slots run its later attempts ahead (see `Attempts`).
+
+    `ahead`: the next stage's `Handover` — idle slots the stage cannot use start the next stage's items, and
+    the call returns once its own items are settled, with the stream still running. `takes`: this stage is
+    that next stage — it takes over the items started for it and goes on with the same stream.
+    With `engine.data_parallel_size` > 1 the chains run on engine ranks instead, each writing its own shard,
     merged into `log` here (selflengthen/ranks.py)."""
     from selflengthen import ranks
 
     chains = ranks.share(engine, log, chains, advance)
     if chains is None:  # every rank ran its share: their records are in `log`
         return
-    open_items: dict[int, _Item] = {}  # items with attempts left to run ahead, not settled yet, in start order
-
-    def spare(n: int) -> None:
-        """Start up to n attempts ahead of their turn: one more per item under way, round after round."""
-        while n > 0:
-            started = 0
-            for it in list(open_items.values()):
-                if n <= 0:
-                    break
-                if it.next_k < it.spec.end:
-                    k = it.next_k
-                    it.runs[k] = _Attempt(k, it.spec.make(k), ahead=True)
-                    SPECULATION["started"] += 1
-                    drive(it, it.runs[k], None)
-                    n -= 1
-                    started += 1
-            if not started:
-                return
-
-    sched = Scheduler(engine, spare if durability.speculate else None)
+    sched = ahead.sched if ahead is not None else takes.sched if takes is not None else Scheduler(engine)
     with Journal(log, durability) as journal:
-        def drive(it: _Item, run: _Attempt, value: Optional[Completion], fresh: bool = False) -> None:
-            """Advance one attempt; its records go to the log if it is the live one, else they are held. `fresh`:
-            the item's very first request, which waits behind the steps of chains under way."""
-            if run.dead:
-                SPECULATION["wasted_tokens"] += value.new_tokens if value is not None else 0
-                return  # a completion for an attempt made useless by an earlier success: dropped
-            run.pending = None
-            run.tokens += value.new_tokens if value is not None else 0
-            under_way = not fresh and (value is not None or run.k == it.live)
-            try:
-                while True:
-                    out = run.chain.send(value)
-                    if isinstance(out, Request):
-                        if run.k > it.live:
-                            out = dataclasses.replace(out, id=f"{out.id}~{run.k}")  # one id in flight at a time
-                        run.pending = out.id
-                        sched.submit(out, lambda c: drive(it, run, c), next_step=under_way)
-                        return
-                    if run.k == it.live:
-                        journal.add(out)
-                    else:
-                        run.held.append(out)
-                    value = None
-            except StopIteration as stop:
-                run.result = bool(stop.value)
-                settle(it)
-
-        def settle(it: _Item) -> None:
-            """Move `live` past finished attempts: a success settles the item, a failure hands over to the next
-            attempt (its held records are logged now), starting it if no slot ran it ahead."""
-            while not it.settled:
-                run = it.runs.get(it.live)
-                if run is None or run.result is None:
-                    return
-                if run.result or it.live + 1 >= it.spec.end:
-                    it.settled = True
-                    for later in it.runs.values():
-                        if later.k > it.live:
-                            later.dead = True
-                            SPECULATION["wasted_tokens"] += later.tokens
-                            later.chain.close()
-                            if later.pending is not None:
-                                sched.cancel(later.pending)  # still queued: never started
-                    open_items.pop(id(it), None)
-                    if advance is not None:
-                        advance(1)
-                    return
-                del it.runs[it.live]
-                it.live += 1
-                nxt = it.runs.get(it.live)
-                if nxt is None:
-                    it.runs[it.live] = nxt = _Attempt(it.live, it.spec.make(it.live))
-                    drive(it, nxt, None)
-                    return  # drive() settles again when this attempt returns
-                SPECULATION["used"] += nxt.ahead
-                for records in nxt.held:
-                    journal.add(records)
-                nxt.held.clear()
-
+        driver = _Driver(sched, journal, advance)
+        # idle slots go first to the next attempt of items under way (needed whenever the live one fails), then
+        # to the next stage's items (needed unless length-aware sampling drops their row), then further ahead
+        sched.spares = [] if not durability.speculate else [driver.spare] if ahead is None else \
+            [functools.partial(driver.spare, depth=1), ahead.spare, driver.spare]
         for chain in chains:
             # a plain chain is an item of one attempt: driven the same way, never run ahead
             spec = chain if isinstance(chain, Attempts) else Attempts("", 0, 1, lambda _k, c=chain: c)
             if spec.first >= spec.end:
                 continue
-            it = _Item(spec)
-            if spec.end - spec.first > 1:
-                open_items[id(it)] = it
-            it.runs[spec.first] = _Attempt(spec.first, spec.make(spec.first))
-            drive(it, it.runs[spec.first], None, fresh=True)
-        sched.run()
+            started = takes.take(spec) if takes is not None and spec.item else None
+            if started is not None:
+                driver.adopt(started)
+            else:
+                driver.start(spec)
+        if takes is not None:
+            takes.close_rest()
+        sched.run(until=(lambda: driver.unsettled == 0) if ahead is not None else None)
     ranks.finished(log)  # in a rank process the stage ends here; the coordinator writes its artifacts
 
 
 def redraws(log: ItemLog, items: dict[str, dict], make_request: Callable[[str, dict, int], Request],
             judge: Callable[[dict, str], tuple[bool, str]], max_attempts: int, engine, durability: Durability,
-            advance: Callable[[int], None], prepare: Callable[[str], str] = str.strip) -> dict[str, Optional[dict]]:
+            advance: Callable[[int], None], prepare: Callable[[str], str] = str.strip,
+            on_pass: Optional[Callable[[str, dict], None]] = None,
+            ahead: Optional[Handover] = None) -> dict[str, Optional[dict]]:
     """Sample each item until a sample passes `judge` or `max_attempts` is reached, every item a chain of its
     own: a failed sample is re-drawn at once. `prepare` cleans a generation before it is judged and saved.
     Records `{id: "<item>#<attempt>", item, attempt, text, ok, reason}`; a rerun continues every item from
-    its last record. Returns item -> its passing record or None."""
+    its last record. Returns item -> its passing record or None. `on_pass(item, record)` is told each item's
+    passing record as soon as it is final (those already in the log first); `ahead`: see `run_chains`."""
     def state() -> tuple[Counter, dict]:
         tries: Counter = Counter()
         passed: dict[str, dict] = {}
@@ -453,18 +643,32 @@ def redraws(log: ItemLog, items: dict[str, dict], make_request: Callable[[str, d
                 passed[r["item"]] = r
         return tries, passed
 
+    passing: dict[str, dict[int, dict]] = {}  # item -> attempt -> its passing record, until the item settles
+
     def attempt(i: str, k: int) -> Chain:
         c = yield make_request(i, items[i], k)
         text = prepare(c.text)
         ok, reason = judge(items[i], text)
-        yield [{"id": f"{i}#{k}", "item": i, "attempt": k, "text": text, "ok": ok, "reason": reason}]
+        record = {"id": f"{i}#{k}", "item": i, "attempt": k, "text": text, "ok": ok, "reason": reason}
+        if ok and on_pass is not None:
+            passing.setdefault(i, {})[k] = record
+        yield [record]
         return ok
+
+    def settled_by(i: str, k: int) -> None:
+        on_pass(i, passing.pop(i)[k])  # type: ignore[misc]
 
     tries, passed = state()
     settled = [i for i in items if i in passed or tries[i] >= max_attempts]
     advance(len(settled))
-    run_chains(engine, log, (Attempts(i, tries[i], max_attempts, functools.partial(attempt, i))
-                             for i in items if i not in passed and tries[i] < max_attempts), durability, advance)
+    if on_pass is not None:
+        for i in items:
+            if i in passed:
+                on_pass(i, passed[i])
+    run_chains(engine, log, (Attempts(i, tries[i], max_attempts, functools.partial(attempt, i),
+                                      on_success=functools.partial(settled_by, i) if on_pass else None)
+                             for i in items if i not in passed and tries[i] < max_attempts), durability, advance,
+               ahead=ahead)
     _, passed = state()
     return {i: passed.get(i) for i in items}
 

@@ -24,7 +24,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from selflengthen import filters, ui
 from selflengthen.config import rule
@@ -117,7 +117,8 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
         # the longest texts first: their chains are the longest (every pass rewrites the whole text), and a
         # long chain started last is what a stage's end would wait for
         active.sort(key=lambda st: -st.words)
-        run_chains(ctx.engine, log, (sample(ctx, st, fcfg) for st in active), ctx.durability, advance)
+        run_chains(ctx.engine, log, (sample(ctx, st, fcfg) for st in active), ctx.durability, advance,
+                   takes=ctx.handover_in)
 
     return _finish(ctx, folder, items, rebuild(items, log), log)
 
@@ -133,7 +134,22 @@ def sample(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Atte
                                                   words=st.source["words"])
         return attempt(ctx, at, fcfg)
 
-    return Attempts(st.item, st.attempt, cfg.max_attempts, make)
+    return Attempts(st.item, st.attempt, cfg.max_attempts, make, source=st.source if st.next_pass == 1 else None)
+
+
+def ahead(ctx: RoundContext) -> Optional[Callable[[dict], list[Attempts]]]:
+    """Extension samples of an initial answer, to start before the initial stage ends (`Handover`): row ->
+    its samples, as this stage makes them on an empty log. None when this stage has begun already."""
+    folder = ctx.stage_dir(NAME)
+    if (folder / "passes.jsonl").exists() or (folder / "done.json").exists():
+        return None
+    cfg = ctx.cfg("extend")
+    fcfg = filters.FilterConfig.from_dict(ctx.s.prompts["filter"])
+
+    def make(row: dict) -> list[Attempts]:
+        return [sample(ctx, ItemState(f"{row['id']}.e{k}", row, text=row["text"], words=row["words"]), fcfg)
+                for k in range(cfg.samples)]
+    return make
 
 
 def attempt(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Chain:

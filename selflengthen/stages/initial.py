@@ -54,28 +54,34 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
                             adapter="generator")
 
     log = open_log(folder / "attempts.jsonl")
+    ahead = ctx.handover_out  # the next stage may start on passing answers before this stage ends
+
+    def offer(item: str, rec: dict) -> None:
+        row = response_row(item, items[item], rec)
+        ahead.offer(row, priority=row["chars"])  # the longest first: length-aware sampling keeps them
+
     with ui.progress(f"round {ctx.round_no} · initial responses", len(items)) as advance:
         fcfg = filters.FilterConfig.from_dict(ctx.s.prompts["filter"])
         passed = redraws(log, items, request, quality(fcfg), cfg.max_attempts, ctx.engine, ctx.durability, advance,
-                         prepare=preparer(cfg, fcfg))
+                         prepare=preparer(cfg, fcfg), on_pass=offer if ahead else None, ahead=ahead)
 
-    ok = [(i, rec) for i, rec in passed.items() if rec]
-    texts = [rec["text"].strip() for _, rec in ok]
+    ok = [response_row(i, items[i], rec) for i, rec in passed.items() if rec]
     sampling = ctx.cfg("sampling")
-    keep = keep_indices([len(t) for t in texts], sampling.a, sampling.p,
-                        random.Random(ctx.seed("initial-sampling")))
-    rows = []
-    for k in keep:
-        item, rec = ok[k]
-        ins = items[item]
-        rows.append({"id": item, "instruction_id": ins["id"], "instruction": ins["prompt"], "text": texts[k],
-                     "words": count_words(texts[k]), "chars": len(texts[k]), "attempt": rec["attempt"]})
+    keep = keep_indices([r["chars"] for r in ok], sampling.a, sampling.p, random.Random(ctx.seed("initial-sampling")))
+    rows = [ok[k] for k in keep]
     atomic_write_jsonl(folder / "responses.jsonl", rows)
     summary = {"items": len(items), "passed": len(ok), "kept": len(rows),
                "mean_words": mean([r["words"] for r in rows]),
-               "passed_mean_words": mean([count_words(t) for t in texts]),
+               "passed_mean_words": mean([r["words"] for r in ok]),
                "samples_drawn": len(log), "rejections": rejection_counts(log)}
     return summary, ["responses.jsonl"]
+
+
+def response_row(item: str, ins: dict, rec: dict) -> dict:
+    """An item's passing record as a row of `responses.jsonl` (what the extension stage starts from)."""
+    text = rec["text"].strip()
+    return {"id": item, "instruction_id": ins["id"], "instruction": ins["prompt"], "text": text,
+            "words": count_words(text), "chars": len(text), "attempt": rec["attempt"]}
 
 
 def brief(section: dict) -> str:
