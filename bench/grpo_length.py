@@ -163,6 +163,25 @@ def evaluate(path: Path, model_path: str, adapter: str | None, rows: list[dict],
     return result
 
 
+def paired(base: dict, tuned: dict, reps: int = 10_000, seed: int = 0) -> dict:
+    """Per held-out prompt, the mean length reward of its samples before and after; the mean of the paired
+    differences and its 95% bootstrap interval over prompts (resampling prompts: they, not samples, are the
+    independent units). A gain is shown only if the interval excludes zero."""
+    def per_prompt(doc: dict) -> dict[str, float]:
+        out: dict[str, list[float]] = {}
+        for p in doc["rows"]:
+            out.setdefault(p["id"], []).append(p["length_reward"])
+        return {k: sum(v) / len(v) for k, v in out.items()}
+
+    b, t = per_prompt(base), per_prompt(tuned)
+    diffs = [t[k] - b[k] for k in b]
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(reps))
+    return {"prompts": len(diffs), "up": sum(d > 0 for d in diffs), "down": sum(d < 0 for d in diffs),
+            "mean_diff": round(sum(diffs) / len(diffs), 4), "ci95": [round(means[int(0.025 * reps)], 4),
+                                                                  round(means[int(0.975 * reps) - 1], 4)]}
+
+
 def train_key(model_path: str, rows: list[dict], cfg) -> dict:
     """What a finished GRPO training was made from: a rerun with the same key reuses its adapter."""
     import dataclasses
@@ -219,7 +238,10 @@ def main() -> None:
     tuned = evaluate(out / "tuned.json", model_path, str(out / "grpo" / "adapter"), held_out, args)
     print(f"tuned: length reward {tuned['mean_length_reward']:.3f}  in range {tuned['in_range']:.2f}  "
           f"words {tuned['mean_words']:.0f}  repetition {tuned['mean_repetition_reward']:.3f}  ({tuned['seconds']} s)")
-    result = {"args": vars(args), "held_out_prompts": len(held_out), "train_prompts": len(train),
+    diff = paired(base, tuned)
+    print(f"paired over {diff['prompts']} prompts: {diff['up']} up, {diff['down']} down; mean difference "
+          f"{diff['mean_diff']:+.3f}, 95% bootstrap interval {diff['ci95'][0]:+.3f} .. {diff['ci95'][1]:+.3f}")
+    result = {"args": vars(args), "held_out_prompts": len(held_out), "train_prompts": len(train), "paired": diff,
               "base": {k: v for k, v in base.items() if k != "rows"},
               "tuned": {k: v for k, v in tuned.items() if k != "rows"},
               "grpo": metrics, "wall_s": round(time.perf_counter() - t0, 1)}
