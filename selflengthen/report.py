@@ -9,7 +9,9 @@ new stage or method shows up without editing this file. `print_report` shows it 
   (Self-Lengthen: initial answers vs extended ones);
 - `eval.png`: held-out mean/median words and length score (and S_l / 100) per round, round 0 = base model;
 - `requested_vs_generated.png`: requested vs generated length per held-out prompt, log-log, with the
-  y = x line (as LongBench-Write draws it), one colour per round.
+  y = x line (as LongBench-Write draws it), one colour per round;
+- `grpo.png`, when the run trained with GRPO (`method=lwzero`, `rl.enabled`): each reward's group mean and
+  the answer length per optimizer step, from every GRPO `metrics.jsonl` of the rounds and the RL stage.
 
 `python -m selflengthen.report [the run's overrides]` does all three and writes `report/report.json`.
 """
@@ -28,7 +30,8 @@ from selflengthen.store import atomic_write_bytes, atomic_write_json, read_json,
 log = logging.getLogger(__name__)
 
 REPORT_DIR = layout.REPORT_DIR
-PLOTS = ("lengths.png", "eval.png", "requested_vs_generated.png")
+PLOTS = ("lengths.png", "eval.png", "requested_vs_generated.png")  # always drawn
+GRPO_PLOT = "grpo.png"  # drawn when the run has GRPO training logs
 
 
 # --- numbers ------------------------------------------------------------------------------------------
@@ -291,15 +294,66 @@ def _plot_requested(evals: dict[int, dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def grpo_logs(run_dir: Path) -> list[tuple[str, list[dict]]]:
+    """(label, per-step metrics) of every GRPO training in the run, in training order: each round's
+    `train/<role>/metrics.jsonl` (method=lwzero), then the RL stage's (`final/rl/<role>/`). A log without
+    reward columns (not GRPO) is left out."""
+    run_dir = Path(run_dir)
+    found = [(f"round {int(p.parts[-4].split('_')[1])} {p.parent.name}", p)
+             for p in sorted(run_dir.glob("round_*/train/*/metrics.jsonl"))]
+    found += [(f"rl {p.parent.name}", p) for p in sorted((layout.final_dir(run_dir) / "rl").glob("*/metrics.jsonl"))]
+    out = []
+    for label, path in found:
+        rows = [r for r in read_jsonl(path) if any(k.startswith("rewards/") for k in r)]
+        if rows:
+            out.append((label, rows))
+    return out
+
+
+def _plot_grpo(logs: list[tuple[str, list[dict]]], path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.8))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.22)
+    reward_ax, words_ax = fig.subplots(1, 2)
+    names = sorted({k.split("/")[1] for _, rows in logs for r in rows for k in r if k.startswith("rewards/")})
+    step, xs, edges = 0, [], []
+    for label, rows in logs:  # one x axis over all trainings, a dotted line where each starts
+        edges.append((step + 0.5, label))
+        xs.append([step + i + 1 for i in range(len(rows))])
+        step += len(rows)
+    for name in names:
+        key = f"rewards/{name}/mean"
+        reward_ax.plot([x for xx in xs for x in xx], [r.get(key, float("nan")) for _, rows in logs for r in rows],
+                       ".-", label=name, linewidth=1)
+    words_ax.plot([x for xx in xs for x in xx], [r.get("answer_words", float("nan")) for _, rows in logs for r in rows],
+                  ".-", color="tab:purple", linewidth=1, label="answer words (mean of the group)")
+    for ax in (reward_ax, words_ax):
+        for x, label in edges[1:] if len(edges) > 1 else []:
+            ax.axvline(x, color="gray", linestyle=":", linewidth=1)
+        ax.set_xlabel("GRPO step" + (" (" + ", ".join(label for _, label in edges) + ")" if len(edges) > 1 else ""))
+        ax.legend(fontsize=8)
+    reward_ax.set_ylim(-0.02, 1.02)
+    reward_ax.set_title("Rewards per step (group mean)")
+    words_ax.set_title("Answer length per step")
+    words_ax.set_ylabel("words")
+    return _save(fig, path)
+
+
 def plot_report(run_dir: Path, method=None) -> list[Path]:
-    """Write the three PNGs under `report/` (atomically); returns their paths."""
+    """Write the PNGs under `report/` (atomically): the three of PLOTS, and the GRPO plot when the run has
+    GRPO training logs; returns their paths."""
     run_dir = Path(run_dir)
     method = method or method_of(run_dir)
     out = layout.report_dir(run_dir)
     rounds = [s["round"] for s in _summaries(run_dir)]
     evals = _evals(run_dir)
-    return [_plot_lengths(run_dir, rounds, out / PLOTS[0], method), _plot_eval(evals, out / PLOTS[1]),
-            _plot_requested(evals, out / PLOTS[2])]
+    paths = [_plot_lengths(run_dir, rounds, out / PLOTS[0], method), _plot_eval(evals, out / PLOTS[1]),
+             _plot_requested(evals, out / PLOTS[2])]
+    logs = grpo_logs(run_dir)
+    if logs:
+        paths.append(_plot_grpo(logs, out / GRPO_PLOT))
+    return paths
 
 
 def write_report(run_dir: Path, method=None, show: bool = True) -> dict:

@@ -49,3 +49,22 @@ def test_the_check_fails_on_empty_axes(tmp_path):
     fig.savefig(tmp_path / "empty.png")
     plt.close(fig)
     assert coloured_share(tmp_path / "empty.png") < 0.0005
+
+
+def test_grpo_training_logs_get_their_own_plot(tmp_path):
+    """A run trained with GRPO (its train folders hold per-step reward logs) gets grpo.png with data; one
+    without has no such plot."""
+    import json
+
+    s = finished_run(tmp_path / "run", "iterations=1")
+    assert report.GRPO_PLOT not in [p.name for p in report.plot_report(s.run_dir)]
+    for where, steps in (("round_001/train/generator", 6), ("final/rl/generator", 4)):
+        folder = s.run_dir / where
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(
+            {"step": i + 1, "rewards/length/mean": 0.5 + 0.05 * i, "rewards/repetition/mean": 1.0,
+             "answer_words": 80 - 3 * i}) + "\n" for i in range(steps)))
+    logs = report.grpo_logs(s.run_dir)
+    assert [label for label, _ in logs] == ["round 1 generator", "rl generator"] and len(logs[1][1]) == 4
+    plots = report.plot_report(s.run_dir)
+    assert plots[-1].name == report.GRPO_PLOT and coloured_share(plots[-1]) > 0.002
