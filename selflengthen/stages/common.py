@@ -540,11 +540,13 @@ class Handover:
         self.sched = Scheduler(engine)
         self.driver = _Driver(self.sched, None, None)
         self.make = make
-        self._rows: list[tuple[float, int, dict]] = []  # heap of (-priority, order, row)
+        self._rows: list[tuple[float, int, dict]] = []  # heap of (-priority, offer number, row)
+        self._offered = 0  # the tie-breaker: equal priorities in offer order, rows never compared
         self._items: dict[str, _Item] = {}
 
     def offer(self, row: dict, priority: float) -> None:
-        heapq.heappush(self._rows, (-priority, len(self._rows) + len(self._items), row))
+        self._offered += 1
+        heapq.heappush(self._rows, (-priority, self._offered, row))
 
     def spare(self, n: int) -> int:
         started = 0

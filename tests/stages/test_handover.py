@@ -114,6 +114,18 @@ def test_an_item_made_from_another_source_is_not_taken_over(tmp_path):
     assert not h.sched.queue
 
 
+def test_rows_of_equal_priority_are_started_in_offer_order(tmp_path):
+    started = []
+    h = Handover(FakeEngine("m", max_slots=4), lambda row: started.append(row["id"]) or [])
+    for i in range(5):  # equal priorities: the rows (dicts) must never be compared
+        h.offer({"id": f"r{i}"}, priority=1)
+        if i == 1:
+            h.spare(1)
+    h.spare(10)
+    assert started == ["r0", "r1", "r2", "r3", "r4"]
+    h.close()
+
+
 def test_a_request_cancelled_in_flight_frees_its_slot_for_spare_work():
     """Idle slots are counted without the requests cancelled in flight (the engine dropped them), so the
     work started ahead refills them instead of leaving them empty."""
