@@ -295,12 +295,12 @@ def _plot_requested(evals: dict[int, dict], path: Path) -> Path:
 
 
 def grpo_logs(run_dir: Path) -> list[tuple[str, list[dict]]]:
-    """(label, per-step metrics) of every GRPO training in the run, in training order: each round's
+    """(label, per-step metrics) of every GRPO training in the run, in training order: each finished round's
     `train/<role>/metrics.jsonl` (method=lwzero), then the RL stage's (`final/rl/<role>/`). A log without
     reward columns (not GRPO) is left out."""
     run_dir = Path(run_dir)
-    found = [(f"round {int(p.parts[-4].split('_')[1])} {p.parent.name}", p)
-             for p in sorted(run_dir.glob("round_*/train/*/metrics.jsonl"))]
+    found = [(f"round {s['round']} {p.parent.name}", p) for s in _summaries(run_dir)
+             for p in sorted(layout.stage_dir(run_dir, s["round"], "train").glob("*/metrics.jsonl"))]
     found += [(f"rl {p.parent.name}", p) for p in sorted((layout.final_dir(run_dir) / "rl").glob("*/metrics.jsonl"))]
     out = []
     for label, path in found:

@@ -223,7 +223,7 @@ class Scheduler:
     `run()` (the next stage, taking over work started ahead for it: `Handover`) goes on with the same stream,
     so the engine never drains between the two. `close()` ends the stream and forgets what it still held."""
 
-    def __init__(self, engine, spare: Optional[Callable[[int], Optional[int]]] = None):
+    def __init__(self, engine):
         self.engine = engine
         self.queue = ChainQueue()
         self._then: dict[str, Callable[[Completion], None]] = {}
@@ -231,7 +231,7 @@ class Scheduler:
         # when nothing is queued and the engine (one that says how many sequences it decodes at once:
         # `capacity`) has idle slots. The capacity is asked once a completion is back, when the engine is
         # loaded (never to load it).
-        self.spares: list[Callable[[int], Optional[int]]] = [spare] if spare else []
+        self.spares: list[Callable[[int], Optional[int]]] = []
         self.capacity: Optional[int] = None
         self._dropped: set[str] = set()  # cancelled while in flight
         self._stream_it: Optional[Iterator[Completion]] = None  # the engine stream, open across run() calls
@@ -286,8 +286,7 @@ class Scheduler:
         it, self._stream_it = self._stream_it, None
         if it is not None and hasattr(it, "close"):
             it.close()
-        for rid in list(self._then):
-            self.queue.cancel(rid)
+        self.queue.take()  # everything still queued is dropped with the stream
         self.queue.cancelled.clear()
         self._then.clear()
         self._dropped.clear()
