@@ -364,6 +364,7 @@ def _adapter_name(role: str, folder: str) -> str:
 # ---- the slot loop ---------------------------------------------------------------------------------
 
 _SLOT_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # decoder layers whose forward _SlotDecoder reproduces
+_FUSABLE_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")  # weight * x / rms(x), in float
 _CAP_STEP = 128  # key/value columns are allocated in steps of this many: fewer regrowth copies vs more masked work
 
 
@@ -564,8 +565,10 @@ class _SlotDecoder:
             early = [i for i, s in enumerate(slots) if len(s.out) + 1 < floors[i]]
             if early:
                 logits[torch.tensor(early)[:, None], self.eos_t[None, :]] = float("-inf")
-        chosen = logits.argmax(-1)
         sampled = [i for i, p in enumerate(params) if not p.greedy]
+        if len(sampled) == len(slots):  # every row sampled: no argmax, no copy of the logits
+            return self._sample(logits, slots).tolist()
+        chosen = logits.argmax(-1)
         if sampled:
             chosen[torch.tensor(sampled)] = self._sample(logits[sampled], [slots[i] for i in sampled])
         return chosen.tolist()
@@ -576,7 +579,8 @@ class _SlotDecoder:
         ks = [p.top_k if p.top_k and p.top_k > 0 else self.vocab for p in params]
         k = min(self.vocab, max(ks))
         temp = torch.tensor([p.temperature for p in params], device=self.device)[:, None]
-        vals, ids = (logits / temp).topk(k, dim=-1)  # sorted, largest first
+        vals, ids = logits.topk(k, dim=-1)  # sorted, largest first; temperature keeps the order, so it
+        vals = vals / temp                   # scales the k kept values only, not the whole vocabulary
         if min(ks) < k:
             vals = vals.masked_fill(torch.arange(k)[None, :] >= torch.tensor(ks)[:, None], float("-inf"))
         probs = vals.softmax(-1)
@@ -611,29 +615,48 @@ class _SlotDecoder:
 
     def _decode(self, toks, pos):
         """One token for each of the n active rows at its own position; logits [n, vocab]."""
-        torch, n = self.torch, toks.shape[0]
+        torch, n, hd = self.torch, toks.shape[0], self.hd
         names = [s.lora for s in self.slots] if self.peft else None
         x = self.inner.embed_tokens(toks[:, None])
         cos, sin = self.inner.rotary_emb(x, pos[:, None])
+        cos, sin = cos[:, None], sin[:, None]  # [n, 1, 1, head dim]: broadcast over heads
         # Each row attends to its own columns 0..pos (its new token included); the rest are masked.
         cols = torch.arange(self.cap, device=self.device)
         bias = torch.zeros(n, 1, 1, self.cap, device=self.device).masked_fill_(
             (cols[None, :] > pos[:, None]).view(n, 1, 1, self.cap), float("-inf"))
-        rows = torch.arange(n, device=self.device)
-        g = self.nh // self.kvh
+        # Where each row's new key/value goes in a layer's [rows * kv heads * columns, head dim] view: one
+        # index_copy_ per tensor and layer, for every row and head at once.
+        heads = torch.arange(self.kvh, device=self.device)
+        at = ((torch.arange(n, device=self.device)[:, None] * self.kvh + heads[None, :]) * self.cap
+              + pos[:, None]).reshape(-1)
+        g, nq = self.nh // self.kvh, self.nh
         for i, layer in enumerate(self.layers):
             a = layer.self_attn
-            q, k, v = self._qkv(a, layer.input_layernorm(x), names, cos, sin)
+            h = self._norm(layer.input_layernorm, x)
+            q = _lin(a.q_proj, h, names).view(n, -1, hd)
+            k = _lin(a.k_proj, h, names).view(n, -1, hd)
+            v = _lin(a.v_proj, h, names).view(n, -1, hd)
+            if hasattr(a, "q_norm"):  # qwen3
+                q, k = a.q_norm(q), a.k_norm(k)
+            qk = _rope(torch.cat((q, k), 1)[:, :, None], cos, sin)  # queries and keys rotated in one go
+            self.K[i].view(-1, hd).index_copy_(0, at, qk[:, nq:].reshape(-1, hd))
+            self.V[i].view(-1, hd).index_copy_(0, at, v.reshape(-1, hd))
             K, V = self.K[i, :n], self.V[i, :n]  # contiguous [n, kv heads, cap, head dim]
-            K[rows, :, pos] = k[:, :, 0]
-            V[rows, :, pos] = v[:, :, 0]
             # Query heads grouped over their shared key head: two batched matmuls, no repeat_kv copies.
-            scores = torch.matmul(q.reshape(n, self.kvh, g, self.hd), K.transpose(-1, -2)).float()
-            probs = (scores * self.scaling + bias).softmax(-1).to(self.dtype)
-            o = torch.matmul(probs, V).reshape(n, 1, self.nh * self.hd)
+            scores = torch.matmul(qk[:, :nq].reshape(n, self.kvh, g, hd), K.transpose(-1, -2)).float()
+            probs = scores.mul_(self.scaling).add_(bias).softmax(-1).to(self.dtype)
+            o = torch.matmul(probs, V).reshape(n, 1, nq * hd)
             x = x + _lin(a.o_proj, o, names)
             x = x + self._mlp(layer, x, names)
-        return self.lm_head(self.inner.norm(x))[:, -1].float()
+        return self.lm_head(self._norm(self.inner.norm, x))[:, -1].float()
+
+    def _norm(self, module, x):
+        """RMSNorm as one fused kernel (same result as the Llama-family module, which takes seven); any other
+        norm runs its own forward."""
+        if type(module).__name__ not in _FUSABLE_NORMS:
+            return module(x)
+        fused = self.torch.nn.functional.rms_norm(x.float(), module.weight.shape, None, module.variance_epsilon)
+        return module.weight * fused.to(x.dtype)
 
     def _qkv(self, a, h, names, cos, sin):
         n, T = h.shape[:2]
@@ -666,6 +689,15 @@ class _SlotDecoder:
             K[..., :keep, :] = self.K[..., :keep, :]
             V[..., :keep, :] = self.V[..., :keep, :]
         self.K, self.V, self.cap = K, V, cap
+
+
+def _rope(x, cos, sin):
+    """Rotary embedding, the Llama family's formula (x * cos + rotate_half(x) * sin) with the same operations in
+    the same order as transformers' apply_rotary_pos_emb, so results are bit-identical."""
+    import torch
+
+    half = x.shape[-1] // 2
+    return (x * cos) + (torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin)
 
 
 def _round_up(x: int, step: int) -> int:
