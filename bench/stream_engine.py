@@ -81,7 +81,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--budget", type=int, default=1536, help="max_new_tokens of the natural workload")
     ap.add_argument("--forced", type=int, default=768, help="answer length of the forced workload (0: skip)")
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=32, help="slot loop's batch_size (the engine's default)")
+    ap.add_argument("--static-batch", type=int, default=16,
+                    help="model.generate's batch (16: what the engine used before the slot loop)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     ap.add_argument("--static-seconds", type=float, default=150.0, help="cap on model.generate's time per batch")
     ap.add_argument("--static-full", action="store_true",
@@ -120,10 +122,10 @@ def main() -> None:
         reqs = requests(prompts, budget, natural)
         engine.loop = "slots"
         fast = measure(engine, reqs, overrides)
-        engine.loop = "static"
-        cap = min(args.static_seconds, fast["seconds"] / -(-len(reqs) // args.batch))
+        engine.loop, engine.batch_size = "static", args.static_batch
+        cap = min(args.static_seconds, fast["seconds"] / -(-len(reqs) // args.static_batch))
         slow = measure(engine, reqs, overrides if args.static_full else {**overrides, "max_time": cap})
-        engine.loop = "slots"
+        engine.loop, engine.batch_size = "slots", args.batch
         # Bounds at this workload's mean context (prompt + half the mean answer), full batches.
         ctx = fast["prompt_tokens"] / len(reqs) + fast["tokens"] / len(reqs) / 2
         mm_bound = gflops * 1e9 / (2 * n_params)

@@ -257,8 +257,8 @@ def _hub_reachable() -> tuple[bool, str]:
         try:
             socket.create_connection((host, port), timeout=_HUB_PROBE_SECONDS).close()
             result["ok"] = True
-        except OSError as exc:
-            result["why"] = f"{host}:{port} cannot be reached ({exc.strerror or exc})"
+        except Exception as exc:  # noqa: BLE001 - the probe thread may outlive its caller: nothing may escape it
+            result["why"] = f"{host}:{port} cannot be reached ({getattr(exc, 'strerror', None) or exc})"
 
     worker = threading.Thread(target=probe, daemon=True)
     worker.start()

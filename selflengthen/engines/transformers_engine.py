@@ -69,7 +69,7 @@ class TransformersEngine:
     """The Engine protocol (base.py) on transformers models and peft: a continuous-batching slot loop, or
     `model.generate` on static batches."""
 
-    def __init__(self, model_path: str, dtype: str = "auto", batch_size: int = 16, device: str = "auto",
+    def __init__(self, model_path: str, dtype: str = "auto", batch_size: int = 32, device: str = "auto",
                  max_batch_tokens: Optional[int] = None, threads: Optional[int] = None, loop: str = "slots"):
         if dtype not in _DTYPES:
             raise ValueError(f"Config error: engine.dtype={dtype!r}; use one of {', '.join(_DTYPES)}.")
@@ -365,6 +365,7 @@ def _adapter_name(role: str, folder: str) -> str:
 
 _SLOT_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # decoder layers whose forward _SlotDecoder reproduces
 _FUSABLE_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")  # weight * x / rms(x), in float
+_ROW_STEP = 8  # key/value rows are allocated in steps of this many, up to batch_size
 _CAP_STEP = 128  # key/value columns are allocated in steps of this many: fewer regrowth copies vs more masked work
 
 
@@ -432,7 +433,7 @@ class _SlotDecoder:
         self.min_new = int(engine.generate_overrides.get("min_new_tokens") or 0)
         self.seen = torch.zeros(self.rows, self.vocab, dtype=torch.bool, device=self.device)  # repetition penalty
         self.K = self.V = None
-        self.cap = 0
+        self.cap = self.alloc = 0  # key/value columns and rows allocated
         self.slots: list[_Slot] = []
         self.held: Optional[Request] = None  # taken from the queue, waiting for room under max_batch_tokens
 
@@ -482,7 +483,7 @@ class _SlotDecoder:
         slot = _Slot(req, prompt, lora, gen, stops, 4 + 3 * max((len(s) for s in stops), default=0))
         row = len(self.slots)
         self.slots.append(slot)
-        self._ensure_cap(len(prompt) + 1)
+        self._ensure_cap(len(prompt) + 1, rows=len(self.slots))
         self.seen[row].zero_()
         ids = torch.tensor(prompt, device=self.device)
         self.seen[row, ids] = True
@@ -675,20 +676,25 @@ class _SlotDecoder:
         return _lin(mlp.down_proj, mlp.act_fn(_lin(mlp.gate_proj, h, names)) * _lin(mlp.up_proj, h, names), names)
 
     # ---- the key/value tensors ---------------------------------------------------------------------
-    def _ensure_cap(self, columns: int) -> None:
-        if columns > self.cap:
-            self._resize(_round_up(columns, _CAP_STEP))
+    def _ensure_cap(self, columns: int, rows: int = 0) -> None:
+        """Room for `columns` keys/values in `rows` rows. Rows are allocated as requests arrive (in steps of
+        _ROW_STEP up to batch_size), so a large batch_size costs memory only when that many requests are in
+        flight."""
+        if columns > self.cap or rows > self.alloc:
+            self._resize(max(self.cap, _round_up(columns, _CAP_STEP)),
+                         max(self.alloc, min(self.rows, _round_up(rows, _ROW_STEP))))
 
-    def _resize(self, cap: int) -> None:
+    def _resize(self, cap: int, rows: Optional[int] = None) -> None:
         """Reallocate the key/value tensors with `cap` columns (zeros: masked columns must stay finite)."""
-        shape = (len(self.layers), self.rows, self.kvh, cap, self.hd)
+        rows = self.alloc if rows is None else rows
+        shape = (len(self.layers), rows, self.kvh, cap, self.hd)
         K = self.torch.zeros(shape, dtype=self.dtype, device=self.device)
         V = self.torch.zeros(shape, dtype=self.dtype, device=self.device)
         if self.K is not None:
-            keep = min(cap, self.cap)
-            K[..., :keep, :] = self.K[..., :keep, :]
-            V[..., :keep, :] = self.V[..., :keep, :]
-        self.K, self.V, self.cap = K, V, cap
+            keep, live = min(cap, self.cap), min(len(self.slots), self.alloc, rows)
+            K[:, :live, :, :keep] = self.K[:, :live, :, :keep]
+            V[:, :live, :, :keep] = self.V[:, :live, :, :keep]
+        self.K, self.V, self.cap, self.alloc = K, V, cap, rows
 
 
 def _rope(x, cos, sin):

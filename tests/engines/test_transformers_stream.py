@@ -225,3 +225,25 @@ def test_embedded_model_stream_matches_generate_and_seeds():
     target = chat("t", "Write a short poem about rain.", paper)
     alone = eng.generate([target])[0]
     assert eng.generate(reqs + [target])[-1] == alone and len(alone.split()) > 5
+
+
+def test_key_value_rows_grow_with_the_requests_in_flight(lively_dir):
+    """A large batch_size costs memory only when that many requests decode at once: rows are allocated as
+    requests arrive, and the answers equal a small engine's."""
+    import torch
+
+    from selflengthen.engines.transformers_engine import _ROW_STEP, _SlotDecoder
+
+    wide = make(lively_dir, batch_size=4 * _ROW_STEP)
+    dec = _SlotDecoder(wide)
+    reqs = essays(SamplingParams(temperature=0.0, max_new_tokens=64))
+    with torch.inference_mode():
+        for r in reqs[:3]:
+            dec.admit(r, wide._encode(r))
+        assert dec.K.shape[1] == _ROW_STEP < wide.batch_size
+        for i in range(_ROW_STEP):
+            r = chat(f"more{i}", f"Write an essay about {TOPICS[i % len(TOPICS)]}", reqs[0].params)
+            dec.admit(r, wide._encode(r))
+        assert dec.K.shape[1] == 2 * _ROW_STEP
+    small = make(lively_dir, batch_size=2)
+    assert wide.generate(reqs) == small.generate(reqs)
