@@ -18,6 +18,7 @@ finished trainings and evals (the eval file is keyed by adapter, prompts, budget
 
     python bench/transfer.py                                  # every variant below (~8 min each on one core)
     python bench/transfer.py --variants base paper x10 --open 8
+    python bench/transfer.py --variants base preset lr1e-3 --eval-budget 3072   # does the budget hide the effect?
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--open", type=int, default=16, help="open eval prompts (of eval_mixed_en.jsonl)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eval-budget", type=int, default=None,
+                   help="eval answer budget in tokens (default: the preset's 1,536); does the budget hide the effect?")
     p.add_argument("--json", action="store_true", help="last line: one JSON object with every variant's numbers")
     return p.parse_args()
 
@@ -108,13 +111,15 @@ def main() -> None:
     flags = "avx512_bf16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "no avx512_bf16"
     print(f"machine: {os.cpu_count()} CPU ({platform.machine()}, {flags}), torch {torch.__version__} threads "
           f"{args.threads}, load {os.getloadavg()[0]:.1f}")
+    print(f"eval budget: {args.eval_budget or 1536} tokens")
     print(f"rows: {len(rows)} extended answers (mean {row_mean:.0f} words, from initial answers of mean "
           f"{statistics.mean(r['initial_words'] for r in rows):.0f}) from {', '.join(args.runs)}")
     out = Path(args.out)
     results: dict[str, dict] = {}
     for name in args.variants:
         folder = out / name
-        s = settings(folder, VARIANTS[name] + ["engine.threads=" + str(args.threads)])
+        budget = [f"eval.max_new_tokens={args.eval_budget}"] if args.eval_budget else []
+        s = settings(folder, VARIANTS[name] + ["engine.threads=" + str(args.threads)] + budget)
         prompts = [p for p in evaluate.load_prompts(evaluate.prompt_path(s)) if evaluate.is_open(p)][: args.open]
         use = rows[:3] if name == "rows3" else rows
         adapter = None
@@ -150,7 +155,9 @@ def main() -> None:
               f"longest {r['max_words']}  pass {r['pass_rate']:.0%}  transfer "
               f"{'-' if transfer is None else f'{transfer:+.2f}'}  loss {r['train_loss']}  steps {r['train_steps']}"
               f"  (train {r['train_s']} s, eval {r['eval_s']} s)", flush=True)
-    atomic_write_json(out / "result.json", {"rows": len(rows), "row_mean_words": row_mean, "variants": results})
+    name = f"result_{args.eval_budget}.json" if args.eval_budget else "result.json"
+    atomic_write_json(out / name, {"rows": len(rows), "row_mean_words": row_mean, "eval_budget": s.eval.max_new_tokens,
+                                   "variants": results})
     if args.json:
         print(json.dumps({"row_mean_words": row_mean, "variants": results}))
 
