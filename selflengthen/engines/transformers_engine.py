@@ -443,6 +443,8 @@ class _SlotDecoder:
         while True:
             started = time.perf_counter()
             with self.torch.inference_mode():  # only around our work: the consumer runs between yields
+                if queue.cancelled:
+                    self.cancel(queue.cancelled)
                 done = self.fill(queue)
                 if self.slots:
                     done += self.step()
@@ -465,6 +467,17 @@ class _SlotDecoder:
             if finished is not None:
                 done.append(finished)
         return done
+
+    def cancel(self, ids: set[str]) -> None:
+        """Drop the rows (and the held request) the consumer withdrew while in flight: no completion comes for
+        them, and their slots take queued requests at once (vLLM aborts them the same way)."""
+        if self.held is not None and self.held.id in ids:
+            ids.discard(self.held.id)
+            self.held = None
+        for row in reversed(range(len(self.slots))):  # _drop moves the last row in: walk from the end
+            if self.slots[row].req.id in ids:
+                ids.discard(self.slots[row].req.id)
+                self._drop(row)
 
     def _reserved(self) -> int:
         return sum(len(s.prompt) + s.req.params.max_new_tokens for s in self.slots)

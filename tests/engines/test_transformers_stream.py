@@ -90,6 +90,23 @@ def test_a_request_added_during_the_stream_is_served(engine):
     assert seen[-1] == "late"  # queued after c0 finished, so it ends last
 
 
+def test_a_request_cancelled_in_flight_is_dropped_and_its_slot_refilled(engine):
+    """The consumer withdraws a request that is decoding: it never completes, its row goes to the next queued
+    request, and the others' answers are unchanged."""
+    short = SamplingParams(temperature=0.0, max_new_tokens=3)
+    reqs = [chat("quick", "yes", short)] + essays(SamplingParams(temperature=0.0, max_new_tokens=40))[:3]
+    alone = {r.id: engine.generate([r])[0] for r in reqs}
+    queue = RequestQueue(reqs)  # batch 3: quick, c0 and c1 decode; c2 waits for a slot
+    seen = []
+    for c in engine.stream(queue):
+        seen.append(c.id)
+        assert c.text == alone[c.id]
+        if c.id == "quick":
+            assert queue.cancel("c0") is False  # in flight: marked, then dropped by the engine
+    assert sorted(seen) == ["c1", "c2", "quick"]
+    assert not queue.cancelled
+
+
 def test_greedy_stream_equals_generate_and_each_request_alone(lively_dir, engine):
     reqs = essays()
     streamed = drain(engine, reqs)
