@@ -12,7 +12,8 @@ Two decode loops, picked by `engine.loop`:
   The slot loop keeps one key/value tensor per layer, contiguous over the allocated columns, writes each
   new token in place at its row's own position, and attends with two batched matmuls per layer (query
   heads grouped over their shared key head, no copies) under an additive mask. It runs the model's own
-  modules (so peft LoRA layers apply), for Llama-family decoders (llama, mistral without sliding window,
+  linear modules (so peft LoRA layers apply) and reproduces its RMSNorm (one fused kernel) and rotary
+  embedding with the same results, for Llama-family decoders (llama, mistral without sliding window,
   qwen2, qwen3); other architectures fall back to "static".
 - "static": `model.generate` on static batches, grouped by (adapter, sampling params), sorted by prompt
   length, left-padded; a batch runs until its longest answer ends. Kept for architectures the slot loop
