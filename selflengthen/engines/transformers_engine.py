@@ -413,8 +413,6 @@ class _SlotDecoder:
     its row; a finished row is filled by moving the last row into it, and new requests append rows."""
 
     def __init__(self, engine: TransformersEngine):
-        import sys
-
         import torch
 
         self.torch, self.engine, self.tok = torch, engine, engine.tokenizer
@@ -424,7 +422,6 @@ class _SlotDecoder:
         attn = self.layers[0].self_attn
         self.hd, self.scaling = attn.head_dim, attn.scaling
         self.nh, self.kvh = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         self.dtype, self.device = model.lm_head.weight.dtype, model.lm_head.weight.device
         self.vocab = model.lm_head.out_features
         self.rows = engine.batch_size
@@ -619,14 +616,14 @@ class _SlotDecoder:
         cos, sin = self.inner.rotary_emb(x, torch.arange(T, device=self.device)[None])
         for i, layer in enumerate(self.layers):
             a = layer.self_attn
-            q, k, v = self._qkv(a, layer.input_layernorm(x), names, cos, sin)
+            q, k, v = self._qkv(a, self._norm(layer.input_layernorm, x), names, cos, sin)
             self.K[i, row, :, :T] = k[0]
             self.V[i, row, :, :T] = v[0]
             o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
                                                                  scale=self.scaling)
             x = x + _lin(a.o_proj, o.transpose(1, 2).reshape(1, T, -1), names)
             x = x + self._mlp(layer, x, names)
-        return self.lm_head(self.inner.norm(x[:, -1:]))[:, -1].float()
+        return self.lm_head(self._norm(self.inner.norm, x[:, -1:]))[:, -1].float()
 
     def _decode(self, toks, pos):
         """One token for each of the n active rows at its own position; logits [n, vocab]."""
@@ -634,7 +631,6 @@ class _SlotDecoder:
         names = [s.lora for s in self.slots] if self.peft else None
         x = self.inner.embed_tokens(toks[:, None])
         cos, sin = self.inner.rotary_emb(x, pos[:, None])
-        cos, sin = cos[:, None], sin[:, None]  # [n, 1, 1, head dim]: broadcast over heads
         # Each row attends to its own columns 0..pos (its new token included); the rest are masked.
         cols = torch.arange(self.cap, device=self.device)
         bias = torch.zeros(n, 1, 1, self.cap, device=self.device).masked_fill_(
@@ -647,18 +643,12 @@ class _SlotDecoder:
         g, nq = self.nh // self.kvh, self.nh
         for i, layer in enumerate(self.layers):
             a = layer.self_attn
-            h = self._norm(layer.input_layernorm, x)
-            q = _lin(a.q_proj, h, names).view(n, -1, hd)
-            k = _lin(a.k_proj, h, names).view(n, -1, hd)
-            v = _lin(a.v_proj, h, names).view(n, -1, hd)
-            if hasattr(a, "q_norm"):  # qwen3
-                q, k = a.q_norm(q), a.k_norm(k)
-            qk = _rope(torch.cat((q, k), 1)[:, :, None], cos, sin)  # queries and keys rotated in one go
-            self.K[i].view(-1, hd).index_copy_(0, at, qk[:, nq:].reshape(-1, hd))
+            q, k, v = self._qkv(a, self._norm(layer.input_layernorm, x), names, cos, sin)
+            self.K[i].view(-1, hd).index_copy_(0, at, k.reshape(-1, hd))
             self.V[i].view(-1, hd).index_copy_(0, at, v.reshape(-1, hd))
             K, V = self.K[i, :n], self.V[i, :n]  # contiguous [n, kv heads, cap, head dim]
             # Query heads grouped over their shared key head: two batched matmuls, no repeat_kv copies.
-            scores = torch.matmul(qk[:, :nq].reshape(n, self.kvh, g, hd), K.transpose(-1, -2)).float()
+            scores = torch.matmul(q.reshape(n, self.kvh, g, hd), K.transpose(-1, -2)).float()
             probs = scores.mul_(self.scaling).add_(bias).softmax(-1).to(self.dtype)
             o = torch.matmul(probs, V).reshape(n, 1, nq * hd)
             x = x + _lin(a.o_proj, o, names)
@@ -674,19 +664,19 @@ class _SlotDecoder:
         return module.weight * fused.to(x.dtype)
 
     def _qkv(self, a, h, names, cos, sin):
+        """Queries, keys (rotated together in one call) and values, each [n, heads, T, head dim]."""
         n, T = h.shape[:2]
         q = _lin(a.q_proj, h, names).view(n, T, -1, self.hd)
         k = _lin(a.k_proj, h, names).view(n, T, -1, self.hd)
         v = _lin(a.v_proj, h, names).view(n, T, -1, self.hd)
         if hasattr(a, "q_norm"):  # qwen3
             q, k = a.q_norm(q), a.k_norm(k)
-        q, k = self.rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-        return q, k, v.transpose(1, 2)
+        qk = _rope(self.torch.cat((q, k), 2).transpose(1, 2), cos[:, None], sin[:, None])
+        return qk[:, :self.nh], qk[:, self.nh:], v.transpose(1, 2)
 
-    @staticmethod
-    def _mlp(layer, x, names):
+    def _mlp(self, layer, x, names):
         mlp = layer.mlp
-        h = layer.post_attention_layernorm(x)
+        h = self._norm(layer.post_attention_layernorm, x)
         return _lin(mlp.down_proj, mlp.act_fn(_lin(mlp.gate_proj, h, names)) * _lin(mlp.up_proj, h, names), names)
 
     # ---- the key/value tensors ---------------------------------------------------------------------
