@@ -111,7 +111,6 @@ def main() -> None:
     flags = "avx512_bf16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "no avx512_bf16"
     print(f"machine: {os.cpu_count()} CPU ({platform.machine()}, {flags}), torch {torch.__version__} threads "
           f"{args.threads}, load {os.getloadavg()[0]:.1f}")
-    print(f"eval budget: {args.eval_budget or 1536} tokens")
     print(f"rows: {len(rows)} extended answers (mean {row_mean:.0f} words, from initial answers of mean "
           f"{statistics.mean(r['initial_words'] for r in rows):.0f}) from {', '.join(args.runs)}")
     out = Path(args.out)
@@ -154,7 +153,7 @@ def main() -> None:
         print(f"{name:16} rows {r['rows']:2}  open mean {r['mean_words']:.0f} median {r['median_words']:.0f} "
               f"longest {r['max_words']}  pass {r['pass_rate']:.0%}  transfer "
               f"{'-' if transfer is None else f'{transfer:+.2f}'}  loss {r['train_loss']}  steps {r['train_steps']}"
-              f"  (train {r['train_s']} s, eval {r['eval_s']} s)", flush=True)
+              f"  (train {r['train_s']} s, eval {r['eval_s']} s at {s.eval.max_new_tokens} tokens)", flush=True)
     name = f"result_{args.eval_budget}.json" if args.eval_budget else "result.json"
     atomic_write_json(out / name, {"rows": len(rows), "row_mean_words": row_mean, "eval_budget": s.eval.max_new_tokens,
                                    "variants": results})
