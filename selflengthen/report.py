@@ -207,36 +207,54 @@ def _plot_lengths(run_dir: Path, rounds: list[int], path: Path, method) -> Path:
     return _save(fig, path)
 
 
+def eval_series(evals: dict) -> dict:
+    """What the eval plot draws: one x position per evaluated round (0 = the base model), then the final model
+    (labelled "final", one step right of the last round) when it was evaluated. Lengths are the open prompts'
+    when the eval has them (they show the natural length), else all prompts'; length score and S_l are the
+    constrained prompts' (the eval averages them over those only); the filter pass rate is drawn per group, so
+    a model that degenerates on open prompts is not hidden by the constrained ones. A missing value is NaN (a
+    gap in the line, never a crash)."""
+    rounds = sorted(r for r in evals if isinstance(r, int))
+    keys = rounds + (["final"] if "final" in evals else [])
+    xs = rounds + ([(rounds[-1] if rounds else 0) + 1] if "final" in evals else [])
+    has_open = any((evals[k].get("open") or {}).get("n") for k in keys)
+    has_constrained = any((evals[k].get("constrained") or {}).get("n") for k in keys)
+
+    def series(group: str | None, key: str, scale: float = 1.0) -> list[float]:
+        out = []
+        for k in keys:
+            src = evals[k].get(group) if group and isinstance(evals[k].get(group), dict) else evals[k]
+            v = src.get(key) if src else None
+            out.append(float("nan") if v is None else v * scale)
+        return out
+
+    group = "open" if has_open else None
+    words = {("mean (open prompts)" if has_open else "mean"): series(group, "mean_words"),
+             "median": series(group, "median_words")}
+    scores = {"length score": series(None, "length_score"), "S_l / 100": series(None, "s_l", 0.01)}
+    if has_open and has_constrained:
+        scores["filter pass, open"] = series("open", "repetition_pass_rate")
+        scores["filter pass, constrained"] = series("constrained", "repetition_pass_rate")
+    else:
+        scores["filter pass rate"] = series(None, "repetition_pass_rate")
+    return {"x": xs, "labels": [str(k) for k in keys], "words": words, "scores": scores}
+
+
 def _plot_eval(evals: dict, path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    evals = {r: e for r, e in evals.items() if isinstance(r, int)}  # the final model has no x position
     fig = Figure(figsize=(9, 3.8))
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.2)
     words_ax, score_ax = fig.subplots(1, 2)
-    rounds = sorted(evals)
-
-    def series(group: str | None, key: str, scale: float = 1.0) -> list:
-        out = []
-        for r in rounds:
-            src = evals[r].get(group) if group and isinstance(evals[r].get(group), dict) else evals[r]
-            v = src.get(key) if src else None
-            out.append(float("nan") if v is None else v * scale)  # a gap, never a crash
-        return out
-
-    if rounds:
-        has_open = any((evals[r].get("open") or {}).get("n") for r in rounds)
-        group = "open" if has_open else None  # open prompts show the natural length best
-        words_ax.plot(rounds, series(group, "mean_words"), "o-", label="mean" + (" (open prompts)" if has_open else ""))
-        words_ax.plot(rounds, series(group, "median_words"), "s--", label="median")
-        words_ax.legend()
-        score_ax.plot(rounds, series(None, "length_score"), "o-", label="length score")
-        score_ax.plot(rounds, series(None, "s_l", 0.01), "s--", label="S_l / 100")
-        score_ax.plot(rounds, series(None, "repetition_pass_rate"), "^:", label="filter pass rate")
+    data = eval_series(evals)
+    if data["x"]:
+        styles = ("o-", "s--", "^:", "v-.", "d:")
+        for ax, lines in ((words_ax, data["words"]), (score_ax, data["scores"])):
+            for style, (label, ys) in zip(styles, lines.items()):
+                ax.plot(data["x"], ys, style, label=label)
+            ax.set_xticks(data["x"], data["labels"])
+            ax.legend(fontsize=8)
         score_ax.set_ylim(-0.02, 1.02)
-        score_ax.legend()
-        for ax in (words_ax, score_ax):
-            ax.set_xticks(rounds)
     else:
         for ax in (words_ax, score_ax):
             _note(ax, "no held-out eval yet:\npython -m selflengthen.eval")

@@ -94,3 +94,41 @@ def test_cli_writes_the_report(tmp_path):
     for name in report.PLOTS:
         assert_valid_png(tmp_path / "x/report" / name)
     assert json.loads((tmp_path / "x/report/report.json").read_text())["rounds"][0]["round"] == 1
+
+
+def _scored(texts: dict[str, list[str]]) -> dict:
+    """An eval document's aggregates from real scoring: `open` texts answer open prompts, `constrained`
+    texts answer "about 100 words" prompts."""
+    from selflengthen import filters
+
+    fcfg = filters.FilterConfig()
+    rows = [evaluate.score_row({"prompt": "Write.", "type": "none"}, t, fcfg) for t in texts.get("open", [])]
+    rows += [evaluate.score_row({"prompt": "Write.", "type": "about", "target": 100}, t, fcfg)
+             for t in texts.get("constrained", [])]
+    return evaluate.aggregate(rows)
+
+
+def test_the_eval_plot_shows_the_final_model_and_each_groups_pass_rate():
+    good = " ".join(f"Sentence number {i} is here." for i in range(20))  # 100 words, passes the filter
+    loop = "again " * 300  # a token loop: fails the filter
+    evals = {0: _scored({"open": [good, good], "constrained": [good, good]}),
+             1: _scored({"open": [good, loop], "constrained": [good, good]}),
+             "final": _scored({"open": [loop, loop], "constrained": [good, loop]})}
+    data = report.eval_series(evals)
+    assert data["x"] == [0, 1, 2] and data["labels"] == ["0", "1", "final"]  # the final model one step right
+    assert data["words"]["mean (open prompts)"] == [100, 200, 300]
+    assert data["scores"]["filter pass, open"] == [1.0, 0.5, 0.0]  # the open prompts' degeneration shows ...
+    assert data["scores"]["filter pass, constrained"] == [1.0, 1.0, 0.5]  # ... apart from the constrained ones
+    assert data["scores"]["length score"][:2] == [1.0, 1.0] and data["scores"]["length score"][2] < 1.0
+    # without open prompts: one pass rate over all rows, lengths over all rows; no final, no extra position
+    only = report.eval_series({0: _scored({"constrained": [good]}), 2: _scored({"constrained": [loop]})})
+    assert only["x"] == [0, 2] and list(only["scores"])[-1] == "filter pass rate"
+    assert list(only["words"]) == ["mean", "median"]
+    assert report.eval_series({}) == {"x": [], "labels": [], "words": {"mean": [], "median": []},
+                                      "scores": {"length score": [], "S_l / 100": [], "filter pass rate": []}}
+
+
+def test_the_eval_plot_draws_a_run_with_a_final_eval(run_dir, tmp_path):
+    evals = report._evals(run_dir)
+    evals["final"] = evals[max(k for k in evals if isinstance(k, int))]
+    assert_valid_png(report._plot_eval(evals, tmp_path / "eval.png"))
