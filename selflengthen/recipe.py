@@ -5,6 +5,10 @@ round with its summary, and after the last round run the method's final stages.
 Everything a round needs is read from disk, so a rerun of the same command skips what is finished and
 continues what was cut off; a finished run called with a larger `iterations` continues from its last
 adapters. The engine is created once and loaded only when a stage actually has to generate.
+
+The last round does not train the roles nothing after it uses (`run.defer_unused`; Self-Lengthen's extender:
+the eval, the collection and the final model answer with the generator). Their records say `deferred`, and
+`complete_deferred` trains them, from the same rows and parent adapter, before a later round needs them.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ def run(s: Settings, engine: Optional[engine_session.LazyEngine] = None,
             if s.eval.every_round:
                 evaluate.evaluate_round(s, engine, 0, adapters)
             for r in range(1, s.iterations + 1):
-                ctx = RoundContext(s, r, engine, adapters, method, trainer, s.train, model_path)
+                ctx = RoundContext(s, r, engine, adapters, method, trainer, s.train, model_path,
+                                   defer=unused_roles(s, method) if r == s.iterations else ())
                 summary = finished_round(s.run_dir, r, method)
                 if summary is None:
                     summary = run_round(ctx)
@@ -52,6 +57,9 @@ def run(s: Settings, engine: Optional[engine_session.LazyEngine] = None,
                     ran = True
                 else:
                     log.info("round %d is complete on disk: skipped", r)
+                if not ctx.defer and deferred(summary):
+                    summary = complete_deferred(ctx, summary)
+                    ran = True
                 adapters = layout.adapters_abs(s.run_dir, summary["adapters_out"])
                 summaries.append(summary)
             if any(getattr(s.sections.get(key), "enabled", False) for st in method.final_stages for key, _ in st.config):
@@ -61,6 +69,40 @@ def run(s: Settings, engine: Optional[engine_session.LazyEngine] = None,
             engine.close()
         _final_report(s, ran)
     return summaries
+
+
+def unused_roles(s: Settings, method: Method) -> tuple[str, ...]:
+    """The roles the last round may leave untrained: every role but the answering one (which the eval, the
+    collection and the final stages use), unless run.defer_unused is off."""
+    return tuple(role for role in method.roles if role != method.answer_role) if s.run.defer_unused else ()
+
+
+def deferred(summary: dict) -> dict[str, list[str]]:
+    """Stage name -> the roles its section left for later (stages.train), for a sealed round's summary."""
+    from selflengthen.stages.train import deferred_roles
+
+    found = {name: deferred_roles(sec) for name, sec in (summary.get("stages") or {}).items() if isinstance(sec, dict)}
+    return {name: roles for name, roles in found.items() if roles}
+
+
+def complete_deferred(ctx: RoundContext, summary: dict) -> dict:
+    """Train the roles sealed round `ctx.round_no` left for later, now that something needs them, and
+    rewrite its summary with their records and adapters. They start from the round's own input adapters
+    (`adapters_in`), as they would have then. Cut off, it resumes: the summary still says deferred until
+    the training's own record is done, and the trainer continues from its checkpoints."""
+    run_dir, r = ctx.s.run_dir, ctx.round_no
+    ctx.adapters = layout.adapters_abs(run_dir, summary["adapters_in"])
+    ctx.adapters_out = layout.adapters_abs(run_dir, summary["adapters_out"])
+    for name, roles in deferred(summary).items():
+        ui.console.print(f"round {r} · training the {', '.join(roles)} it left for later: round {r + 1} needs it")
+        section = ctx.method.stage(name).run(ctx)
+        summary["stages"][name] = section
+        for role in roles:
+            if isinstance(section.get(role), dict) and "seconds" in section[role]:
+                summary["seconds"][f"{name}_{role}"] = section[role]["seconds"]
+    summary["adapters_out"] = layout.adapters_rel(run_dir, ctx.adapters_out)
+    atomic_write_json(layout.summary_path(run_dir, r), summary)
+    return summary
 
 
 def run_round(ctx: RoundContext) -> dict:

@@ -37,6 +37,9 @@ class RunSection:
     # idle slots of a continuous-batching engine run later attempts of items still under way; the records
     # and artifacts are the same with or without (stages.common.Attempts)
     speculate: bool = True
+    # the last round trains only the roles used after it (the answering role); the others (Self-Lengthen's
+    # extender) are trained when a later `iterations=` needs them (recipe.complete_deferred). Same adapters
+    defer_unused: bool = True
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,11 @@ def test_two_rounds_write_every_artifact_and_chain_adapters(tmp_path):
         assert st["self_instruct"]["instructions"] == 4
         assert st["initial"]["kept"] > 0 and st["extend"]["kept"] > 0
         assert st["extend"]["mean_words"] > st["initial"]["mean_words"]  # extension lengthens
-        assert st["train"]["generator"]["loss"] is not None and st["train"]["extender"]["loss"] is not None
+        assert st["train"]["generator"]["loss"] is not None
+        if r == 1:
+            assert st["train"]["extender"]["loss"] is not None
+        else:  # the last round leaves the extender for later (nothing after it uses it): test_deferred_*
+            assert st["train"]["extender"]["deferred"] and st["train"]["extender"]["loss"] is None
         assert set(s["seconds"]) >= {"self_instruct", "initial", "extend", "sft_data", "train_generator"}
     one, two = summaries
     assert one["adapters_in"] == {"generator": None, "extender": None}
@@ -106,12 +110,60 @@ def test_same_seed_same_artifacts(tmp_path):
 
 def test_more_iterations_continue_from_last_adapters(tmp_path):
     run_fake(tmp_path / "once", "iterations=1")
-    first = (tmp_path / "once/round_001/summary.json").read_text()
+    first = json.loads((tmp_path / "once/round_001/summary.json").read_text())
+    assert first["stages"]["train"]["extender"]["deferred"] and first["adapters_out"]["extender"] is None
+    assert not (tmp_path / "once/round_001/train/extender/adapter").exists()  # the last round's extender waits
     summaries, _ = run_fake(tmp_path / "once", "iterations=2")
-    assert (tmp_path / "once/round_001/summary.json").read_text() == first  # round 1 untouched
-    assert summaries[1]["adapters_in"] == summaries[0]["adapters_out"]
+    again = json.loads((tmp_path / "once/round_001/summary.json").read_text())
+    # round 1 is untouched but for the extender it left for later, trained now that round 2 needs it
+    assert {k: v for k, v in again["stages"].items() if k != "train"} == {
+        k: v for k, v in first["stages"].items() if k != "train"}
+    assert again["stages"]["train"]["generator"] == first["stages"]["train"]["generator"]
+    assert again["stages"]["train"]["extender"]["loss"] is not None
+    assert again["adapters_out"] == {r: f"round_001/train/{r}/adapter" for r in ("generator", "extender")}
+    assert summaries[1]["adapters_in"] == summaries[0]["adapters_out"] == again["adapters_out"]
+    # ... into the very adapter (data and parent) and records a straight two-round run has
     run_fake(tmp_path / "straight", "iterations=2")
     assert tree(tmp_path / "once") == tree(tmp_path / "straight")
+
+
+def test_defer_unused_false_trains_every_role_and_what_an_earlier_run_left(tmp_path):
+    run_fake(tmp_path / "all", "iterations=1", "run.defer_unused=false")
+    s = json.loads((tmp_path / "all/round_001/summary.json").read_text())
+    assert s["stages"]["train"]["extender"]["loss"] is not None
+    assert (tmp_path / "all/round_001/train/extender/adapter/adapter_config.json").exists()
+    run_fake(tmp_path / "later", "iterations=1")  # deferred ...
+    _, engine = run_fake(tmp_path / "later", "iterations=1", "run.defer_unused=false")  # ... trained on request
+    assert engine.inner is None  # training only: no generation
+    assert tree(tmp_path / "later") == tree(tmp_path / "all")
+
+
+def test_a_deferred_training_cut_off_resumes_and_trains_nothing_twice(tmp_path, monkeypatch):
+    from selflengthen import training
+    from selflengthen.training.fake import fake_train_lora
+
+    run_fake(tmp_path / "run", "iterations=1")
+    calls: list[str] = []
+
+    def crashing(model_path, rows, out_dir, init_adapter, cfg=None, progress=None):
+        calls.append(Path(out_dir).relative_to(tmp_path / "run").as_posix())
+        if len(calls) == 1:
+            raise RuntimeError("killed")
+        return fake_train_lora(model_path, rows, out_dir, init_adapter, cfg, progress)
+
+    monkeypatch.setattr(training, "trainer_for", lambda backend: crashing)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_fake(tmp_path / "run", "iterations=2")
+    s = json.loads((tmp_path / "run/round_001/summary.json").read_text())
+    assert s["stages"]["train"]["extender"]["deferred"]  # still owed: the next run trains it
+    assert not (tmp_path / "run/round_002").exists()  # round 2 never starts without round 1's extender
+    run_fake(tmp_path / "run", "iterations=2")
+    # the extender once more, then round 2: generator trained, its own extender deferred; round 1's generator
+    # was never trained again
+    assert calls == ["round_001/train/extender", "round_001/train/extender", "round_002/train/generator"]
+    monkeypatch.undo()
+    run_fake(tmp_path / "straight", "iterations=2")
+    assert tree(tmp_path / "run") == tree(tmp_path / "straight")
 
 
 def test_drift_is_refused_with_the_keys_and_the_ways_out(tmp_path):

@@ -56,6 +56,7 @@ class RoundContext:
     model_path: Optional[Callable[[], str]] = None
     folder: Optional[Path] = None  # default: the round's folder; the final stages use final/
     adapters_out: dict = field(default_factory=dict)  # set by the train stage
+    defer: tuple = ()  # roles the train stage leaves for later (the last round's unused ones: run.defer_unused)
     # work of the next stage started ahead on this stage's engine stream (`Handover`): handover_out is what
     # the running stage offers to the next one, handover_in what the previous stage started for this one
     handover_out: Optional["Handover"] = None

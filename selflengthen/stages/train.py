@@ -5,6 +5,11 @@
 writes `train/<role>/adapter`; the next round generates with these. A role with no training rows
 (nothing survived the filters) keeps its previous adapter and says so in the summary. Adapter paths are
 recorded relative to the run folder, so a moved or copied run keeps using its own adapters.
+
+A role in `ctx.defer` (the last round's roles that nothing after the rounds uses: run.defer_unused) is not
+trained: its record says `deferred` and its adapter is None until recipe.complete_deferred trains it — from
+the same rows and the same parent adapter, so the adapter is the one it would have been — when a larger
+`iterations=` needs it. A deferred record is not "done" for a context that does not defer the role.
 """
 
 from __future__ import annotations
@@ -56,8 +61,14 @@ def brief(section: dict) -> str:
     parts = []
     for role, t in section.items():
         if isinstance(t, dict):
-            parts.append(f"{role} " + ("skipped" if t.get("loss") is None else f"loss {t['loss']:.3f}"))
+            parts.append(f"{role} " + ("deferred" if t.get("deferred") else "skipped" if t.get("loss") is None
+                                       else f"loss {t['loss']:.3f}"))
     return ", ".join(parts)
+
+
+def deferred_roles(section: dict) -> list[str]:
+    """The roles a train stage's summary section left for later."""
+    return [role for role, t in (section or {}).items() if isinstance(t, dict) and t.get("deferred")]
 
 
 def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) -> dict:
@@ -69,6 +80,8 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
         free_memory()
         folder = ctx.stage_dir(NAME) / role
         done = stage_done(folder)
+        if done and done["summary"].get("deferred") and role not in ctx.defer:
+            done = None  # left for later, and later is now
         if done:
             out[role] = done["summary"]
             ctx.adapters_out[role] = layout.absolute(ctx.s.run_dir, done["summary"].get("adapter"))
@@ -77,6 +90,14 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
         recover_adapter(folder)  # killed mid-swap: the previous adapter goes back in place (training/save.py)
         rows = read_jsonl(ctx.stage_dir(source) / f"{role}.jsonl")
         previous = ctx.adapters.get(role)
+        if rows and role in ctx.defer:
+            log.info("round %d: the %s is not trained now: nothing after the last round uses it (it is trained "
+                     "when a later round needs it; run.defer_unused=false trains it now)", ctx.round_no, role)
+            summary = {"loss": None, "deferred": "unused after the last round", "adapter": None, "rows": len(rows),
+                       "seconds": 0.0, "from": layout.relative(ctx.s.run_dir, previous)}
+            mark_done(folder, [], summary=summary)
+            out[role], ctx.adapters_out[role] = summary, None
+            continue
         if not rows:
             log.warning("round %d: no %s training rows survived the filters; the %s keeps its previous adapter (%s)",
                         ctx.round_no, role, role, previous or "base model")
