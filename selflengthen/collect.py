@@ -6,9 +6,10 @@
    itself on a virtual round after the last one (its own seeds, never a later round's);
 2. `collect/02_answers`: the final generator (the last finished round's adapters) answers each once,
    with the quality filter and re-draws (`generate.max_attempts`), budget `collect.max_new_tokens`;
-3. gathers every (instruction, long response) pair: each round's `03_extend/extended.jsonl` plus the
-   answers of step 2 (`round` = last round + 1, `source` = "collect"); drops duplicates (normalised
-   instruction + response);
+3. gathers every (instruction, response) pair: each round's artifacts the method names in `pairs`
+   (Self-Lengthen: `initial/responses.jsonl` and `extend/extended.jsonl`, as the paper's collect_data.py
+   takes both; `source` = the stage) plus the answers of step 2 (`round` = last round + 1, `source` =
+   "collect"); drops duplicates (normalised instruction + response);
 4. adds a length constraint to every query that the response already satisfies
    (`length_control.make_constraint`), phrased with a random wording of `prompts.length_control`; with
    `collect.rewrite=true` the model rewrites the query around the requirement instead (kept only if it
@@ -212,16 +213,16 @@ def _answer(ctx: CollectContext, folder: Path, cc: CollectConfig) -> tuple[dict,
 # --- 3: every pair, once -------------------------------------------------------------------------------
 
 def gather_pairs(run_dir: Path, last: int, answers: list[dict], method=None) -> list[dict]:
-    """Every round's kept pairs (the method's `pairs` artifact: Self-Lengthen's extended answers) plus the
-    collected answers, first occurrence of each pair kept."""
+    """Every round's kept pairs (the method's `pairs` artifacts: Self-Lengthen's initial and extended
+    answers) plus the collected answers, first occurrence of each pair kept."""
     from selflengthen import layout
     from selflengthen.methods.base import method_of
 
-    stage, artifact = (method or method_of(run_dir)).pairs
     pairs = []
     for r in range(1, last + 1):
-        for row in read_jsonl(layout.stage_dir(run_dir, r, stage) / artifact):
-            pairs.append({"instruction": row["instruction"], "response": row["text"], "round": r, "source": "extend"})
+        for stage, artifact in (method or method_of(run_dir)).pair_sources():
+            for row in read_jsonl(layout.stage_dir(run_dir, r, stage) / artifact):
+                pairs.append({"instruction": row["instruction"], "response": row["text"], "round": r, "source": stage})
     pairs += [{"instruction": a["instruction"], "response": a["text"], "round": last + 1, "source": "collect"}
               for a in answers]
     seen, out = set(), []
@@ -346,7 +347,8 @@ def collect(s: Settings, cc: CollectConfig, engine) -> dict:
     last, adapters = final_round(s.run_dir)
     source = made_by(s, cc, last, adapters)
     _start_fresh_if_stale(s.run_dir, source)
-    key = {**source, "rewrite": cc.rewrite}  # the export's key: the collection's plus the phrasing step
+    # the export's key: the collection's plus the phrasing step and which artifacts of the rounds it takes
+    key = {**source, "rewrite": cc.rewrite, "pairs": [list(p) for p in s.method.pair_sources()]}
     done = stage_done(s.run_dir / EXPORT_DIR)
     if done and done["summary"].get("made_by") == key:
         log.info("export is complete on disk: skipped")
@@ -367,8 +369,11 @@ def collect(s: Settings, cc: CollectConfig, engine) -> dict:
     kinds: dict[str, int] = {}
     for r in rows:
         kinds[r["constraint"]["type"]] = kinds.get(r["constraint"]["type"], 0) + 1
-    info = {"rows": len(rows), "final_round": last, "from_rounds": sum(r["source"] == "extend" for r in rows),
-            "from_collect": sum(r["source"] == "collect" for r in rows), "kinds": kinds,
+    sources: dict[str, int] = {}
+    for r in rows:
+        sources[r["source"]] = sources.get(r["source"], 0) + 1
+    info = {"rows": len(rows), "final_round": last, "from_rounds": sum(r["source"] != "collect" for r in rows),
+            "from_collect": sources.get("collect", 0), "sources": sources, "kinds": kinds,
             "rewritten": sum(r["rewritten"] for r in rows), "config": dataclasses.asdict(cc),
             "made_by": key, "seconds": time.time() - start}
     return export(rows, s.run_dir / EXPORT_DIR, info)["summary"]

@@ -74,16 +74,26 @@ def test_export_loads_back_with_satisfiable_well_labelled_constraints(collected)
     assert {r["round"] for r in chat} == {1, 2, 3}  # both rounds' pairs and the collected answers (round 3)
 
 
-def test_every_extended_pair_and_every_new_answer_is_in(collected):
+def test_every_initial_and_extended_pair_and_every_new_answer_is_in(collected):
     s, info = collected
     chat = read_jsonl(s.run_dir / "export/chat.jsonl")
     have = {(norm(r["instruction"]), norm(r["messages"][-1]["content"])) for r in chat}
-    want = {(norm(row["instruction"]), norm(row["text"])) for r in (1, 2)
-            for row in read_jsonl(s.run_dir / f"round_{r:03d}/extend/extended.jsonl")}
+    # the paper's collect_data.py: every round's initial and extended answers, so the length-controlled
+    # queries span short and long answers (often to one instruction)
+    rounds = {stage: {(norm(row["instruction"]), norm(row["text"])) for r in (1, 2)
+                      for row in read_jsonl(s.run_dir / f"round_{r:03d}/{stage}/{artifact}")}
+              for stage, artifact in (("initial", "responses.jsonl"), ("extend", "extended.jsonl"))}
     answers = read_jsonl(s.run_dir / "collect/02_answers/answers.jsonl")
-    want |= {(norm(a["instruction"]), norm(a["text"])) for a in answers}
+    want = rounds["initial"] | rounds["extend"] | {(norm(a["instruction"]), norm(a["text"])) for a in answers}
     assert have == want
     assert info["from_collect"] == len(answers) > 0
+    assert info["sources"] == {"initial": len(rounds["initial"]), "extend": len(rounds["extend"]),
+                               "collect": len(answers)}
+    assert info["from_rounds"] == len(rounds["initial"]) + len(rounds["extend"])
+    by_source = {src: [r["words"] for r in chat if r["source"] == src] for src in ("initial", "extend")}
+    assert max(by_source["initial"]) < max(by_source["extend"])  # the length range the constraints need
+    assert {r["instruction"] for r in chat if r["source"] == "initial"} & {
+        r["instruction"] for r in chat if r["source"] == "extend"}  # the same instruction at two lengths
     fresh = {norm(i["prompt"]) for i in read_jsonl(s.run_dir / "collect/self_instruct/instructions.jsonl")}
     earlier = {norm(i["prompt"]) for r in (1, 2)
                for i in read_jsonl(s.run_dir / f"round_{r:03d}/self_instruct/instructions.jsonl")}
@@ -109,6 +119,21 @@ def test_rerun_is_a_noop(collected):
     assert collect.collect(s, collect.CollectConfig(num_new=3), engine) == info
     assert engine.inner is None
     assert {p: p.read_bytes() for p in (s.run_dir / "export").rglob("*") if p.is_file()} == before
+
+
+def test_an_export_made_from_other_artifacts_is_made_again(collected, monkeypatch):
+    """An export whose key names another set of round artifacts (an older version took the extended answers
+    only) is never served as today's: it is rebuilt, and the fresh answers are not drawn again."""
+    s, info = collected
+    done = s.run_dir / "export/done.json"
+    doc = json.loads(done.read_text())
+    doc["summary"]["made_by"]["pairs"] = [["extend", "extended.jsonl"]]
+    done.write_text(json.dumps(doc))
+    engine = fake_engine()
+    again = collect.collect(s, collect.CollectConfig(num_new=3), engine)
+    assert engine.inner is None  # the collected answers are reused: nothing generated
+    assert again["made_by"]["pairs"] == [["initial", "responses.jsonl"], ["extend", "extended.jsonl"]]
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in info.items() if k != "seconds"}
 
 
 def test_zh_prompt_set(tmp_path):

@@ -29,6 +29,6 @@ METHOD = Method(
     ),
     # the teacher's model changes the data; its engine settings are throughput knobs
     semantic_keys=("self_instruct", "plan", "write", "sampling", "agentwrite.teacher.model"),
-    pairs=(write.NAME, "answers.jsonl"),
+    pairs=((write.NAME, "answers.jsonl"),),
     answer_role="writer",
 )

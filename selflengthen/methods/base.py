@@ -46,8 +46,10 @@ class Method:
     stages: tuple[Stage, ...]
     # config keys (besides model, seed, prompts, data, decoding, train) that change what it produces: drift
     semantic_keys: tuple[str, ...] = ()
-    # (stage, artifact) whose rows hold the round's kept (instruction, long answer) pairs: collect exports them
-    pairs: Optional[tuple[str, str]] = None
+    # (stage, artifact) entries whose rows hold the round's kept (instruction, answer) pairs: collect exports them
+    # (Self-Lengthen: the initial and the extended answers, as the paper's collect_data.py does); one bare
+    # (stage, artifact) is read as a single entry
+    pairs: tuple = ()
     # the adapter the held-out eval and collect answer with
     answer_role: str = "generator"
     final_stages: tuple[Stage, ...] = ()  # after the last round (e.g. the final model), in `final/`
@@ -58,6 +60,12 @@ class Method:
             for key, cls in stage.config:
                 out.setdefault(key, cls)
         return out
+
+    def pair_sources(self) -> tuple[tuple[str, str], ...]:
+        """`pairs` as a tuple of (stage, artifact), whichever way it was written."""
+        if len(self.pairs) == 2 and all(isinstance(x, str) for x in self.pairs):
+            return (tuple(self.pairs),)
+        return tuple(tuple(p) for p in self.pairs)
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages + self.final_stages if s.name == name)

@@ -25,7 +25,9 @@ METHOD = Method(
         train_stage(sft_data.NAME),
     ),
     semantic_keys=("self_instruct", "generate", "extend", "sampling", "sft"),
-    pairs=(extend.NAME, "extended.jsonl"),
+    # the final data: every round's kept initial and extended answers (the paper's collect_data.py takes both),
+    # so the length-controlled queries span short and long answers, often to the same instruction
+    pairs=((initial.NAME, "responses.jsonl"), (extend.NAME, "extended.jsonl")),
     answer_role="generator",
     # after the last round, each switched on by its own section: final.enabled (SFT on the collected,
     # length-controlled pairs, merged) and rl.enabled (LongWriter-Zero's GRPO from the last generator)

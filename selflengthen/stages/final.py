@@ -57,6 +57,7 @@ def _fingerprint(ctx: RoundContext) -> str:
                                else dict(ctx.train_cfg or {})).items() if k not in NON_SEMANTIC_TRAIN}
     return json.dumps({"round": ctx.round_no - 1, "adapter": adapter_identity(ctx.s.run_dir, ctx.adapters.get(role)),
                        "from_adapter": fin.from_adapter, "merge": fin.merge,
+                       "pairs": [list(p) for p in ctx.method.pair_sources()],
                        "collect": dataclasses.asdict(ctx.s.collect), "train": train}, sort_keys=True, default=str)
 
 

@@ -69,7 +69,7 @@ def _ctx(tmp_path, engine):
 def test_the_method_declares_its_stages_and_sections():
     m = load_method("agentwrite")
     assert [st.name for st in m.stages] == ["self_instruct", "plan", "write", "sft_data", "train"]
-    assert m.roles == ("writer",) and m.pairs == ("write", "answers.jsonl") and m.answer_role == "writer"
+    assert m.roles == ("writer",) and m.pair_sources() == (("write", "answers.jsonl"),) and m.answer_role == "writer"
     assert {"plan", "write", "sampling", "self_instruct"} <= set(m.config_sections())
 
 
