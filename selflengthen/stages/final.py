@@ -66,13 +66,23 @@ def _legacy_fingerprint(ctx: RoundContext) -> str:
     return f"{ctx.round_no - 1}:{layout.relative(ctx.s.run_dir, ctx.adapters.get(ctx.method.answer_role))}"
 
 
-def _stale(ctx: RoundContext) -> bool:
+def _stale(ctx: RoundContext) -> str | None:
+    """Why the final folder on disk is not this build's (the keys that changed), or None when it is (or is
+    empty)."""
+    from selflengthen.evaluate import differences
+
     marker = ctx.round_dir / "built_from.txt"
     check_no_links(marker)
     if not marker.exists():
-        return False
+        return None
     text = marker.read_text(encoding="utf-8", errors="replace")
-    return text != _fingerprint(ctx) and text != _legacy_fingerprint(ctx)  # a legacy marker is upgraded below
+    if text in (_fingerprint(ctx), _legacy_fingerprint(ctx)):  # a legacy marker is upgraded below
+        return None
+    try:
+        old = json.loads(text)
+    except ValueError:
+        old = None
+    return differences(old, json.loads(_fingerprint(ctx)))
 
 
 def run_data(ctx: RoundContext) -> dict:
@@ -81,8 +91,10 @@ def run_data(ctx: RoundContext) -> dict:
 
     if not ctx.cfg("final").enabled:
         return {"skipped": "final.enabled=false"}
-    if _stale(ctx):
-        log.info("the run has new rounds since the final model was built: building it again")
+    why = _stale(ctx)
+    if why:
+        log.info("the final model on disk was built from another last round or other settings (%s): building "
+                 "it again", why)
         reset_dir(ctx.round_dir)
     atomic_write_bytes(ctx.round_dir / "built_from.txt", _fingerprint(ctx).encode())
     info = collect.collect(ctx.s, ctx.s.collect, ctx.engine)

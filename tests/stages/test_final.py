@@ -35,7 +35,7 @@ def test_merged_folder_equals_base_plus_adapter(tiny_model_dir, tmp_path):
     assert torch.allclose(got, expected, atol=1e-4)
 
 
-def test_final_stages_after_the_last_round(tmp_path):
+def test_final_stages_after_the_last_round(tmp_path, caplog):
     s = finished_run(tmp_path, "final.enabled=true", "eval.every_round=true", "eval.limit=4", "collect.num_new=2")
     final = tmp_path / "final"
     rows = [json.loads(line) for line in (final / "final_data/generator.jsonl").read_text().splitlines()]
@@ -49,10 +49,12 @@ def test_final_stages_after_the_last_round(tmp_path):
     from selflengthen import recipe
     from conftest import fake_settings
 
-    recipe.run(fake_settings(tmp_path, "iterations=3", "final.enabled=true", "eval.every_round=true",
-                             "eval.limit=4", "collect.num_new=2"), fake_engine(), lambda: "fake-model")
+    with caplog.at_level("INFO", logger="selflengthen.stages.final"):
+        recipe.run(fake_settings(tmp_path, "iterations=3", "final.enabled=true", "eval.every_round=true",
+                                 "eval.limit=4", "collect.num_new=2"), fake_engine(), lambda: "fake-model")
     done = json.loads((final / "train/generator/done.json").read_text())["summary"]
     assert done["from"] == "round_003/train/generator/adapter"
+    assert "building it again" in caplog.text and "changed: adapter, round" in caplog.text  # and says why
 
 
 @pytest.mark.parametrize("value", ["sometimes", "1"])
