@@ -110,9 +110,10 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
             # a crash mid-training leaves checkpoints the trainer resumes from; a stray adapter is redone
             if (folder / "adapter").exists():
                 reset_dir(folder / "adapter")
-            ui.console.print(f"round {ctx.round_no} · training {role} on {len(rows)} rows"
+            where = f"round {ctx.round_no}" if ctx.folder is None else ctx.round_dir.name  # final/: "final"
+            ui.console.print(f"{where} · training {role} on {len(rows)} rows"
                              f" (from {'round ' + str(ctx.round_no - 1) if previous else 'the base model'})")
-            with ui.progress(f"round {ctx.round_no} · train {role}", 1) as bar:
+            with ui.progress(f"{where} · train {role}", 1) as bar:
                 metrics = ctx.trainer(ctx.model_path(), rows, folder, previous, ctx.train_cfg, progress=bar.set)
             summary = _trained(metrics, folder, rows, start, previous)
         summary = {**summary, "adapter": layout.relative(ctx.s.run_dir, summary.get("adapter")),
