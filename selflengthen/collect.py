@@ -33,6 +33,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Mapping
 
@@ -366,12 +367,8 @@ def collect(s: Settings, cc: CollectConfig, engine) -> dict:
     rows = add_length_control(s, pairs)
     if cc.rewrite:
         rows = rewrite_queries(ctx, rows)
-    kinds: dict[str, int] = {}
-    for r in rows:
-        kinds[r["constraint"]["type"]] = kinds.get(r["constraint"]["type"], 0) + 1
-    sources: dict[str, int] = {}
-    for r in rows:
-        sources[r["source"]] = sources.get(r["source"], 0) + 1
+    kinds = dict(Counter(r["constraint"]["type"] for r in rows))
+    sources = dict(Counter(r["source"] for r in rows))
     info = {"rows": len(rows), "final_round": last, "from_rounds": sum(r["source"] != "collect" for r in rows),
             "from_collect": sources.get("collect", 0), "sources": sources, "kinds": kinds,
             "rewritten": sum(r["rewritten"] for r in rows), "config": dataclasses.asdict(cc),

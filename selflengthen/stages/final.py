@@ -66,9 +66,9 @@ def _legacy_fingerprint(ctx: RoundContext) -> str:
     return f"{ctx.round_no - 1}:{layout.relative(ctx.s.run_dir, ctx.adapters.get(ctx.method.answer_role))}"
 
 
-def _stale(ctx: RoundContext) -> str | None:
-    """Why the final folder on disk is not this build's (the keys that changed), or None when it is (or is
-    empty)."""
+def _stale(ctx: RoundContext, fingerprint: str) -> str | None:
+    """Why the final folder on disk is not the build `fingerprint` names (the keys that changed), or None when
+    it is (or is empty)."""
     from selflengthen.evaluate import differences
 
     marker = ctx.round_dir / "built_from.txt"
@@ -76,13 +76,13 @@ def _stale(ctx: RoundContext) -> str | None:
     if not marker.exists():
         return None
     text = marker.read_text(encoding="utf-8", errors="replace")
-    if text in (_fingerprint(ctx), _legacy_fingerprint(ctx)):  # a legacy marker is upgraded below
+    if text in (fingerprint, _legacy_fingerprint(ctx)):  # a legacy marker is upgraded below
         return None
     try:
         old = json.loads(text)
     except ValueError:
         old = None
-    return differences(old, json.loads(_fingerprint(ctx)))
+    return differences(old, json.loads(fingerprint))
 
 
 def run_data(ctx: RoundContext) -> dict:
@@ -91,12 +91,13 @@ def run_data(ctx: RoundContext) -> dict:
 
     if not ctx.cfg("final").enabled:
         return {"skipped": "final.enabled=false"}
-    why = _stale(ctx)
+    fingerprint = _fingerprint(ctx)  # hashes the adapter's content: once
+    why = _stale(ctx, fingerprint)
     if why:
         log.info("the final model on disk was built from another last round or other settings (%s): building "
                  "it again", why)
         reset_dir(ctx.round_dir)
-    atomic_write_bytes(ctx.round_dir / "built_from.txt", _fingerprint(ctx).encode())
+    atomic_write_bytes(ctx.round_dir / "built_from.txt", fingerprint.encode())
     info = collect.collect(ctx.s, ctx.s.collect, ctx.engine)
     return _data(ctx, info)
 

@@ -94,11 +94,8 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
             log.info("round %d: the %s is not trained now: nothing after the last round uses it (it is trained "
                      "when a later round needs it; run.defer_unused=false trains it now)", ctx.round_no, role)
             summary = {"loss": None, "deferred": "unused after the last round", "adapter": None, "rows": len(rows),
-                       "seconds": 0.0, "from": layout.relative(ctx.s.run_dir, previous)}
-            mark_done(folder, [], summary=summary)
-            out[role], ctx.adapters_out[role] = summary, None
-            continue
-        if not rows:
+                       "seconds": 0.0}
+        elif not rows:
             log.warning("round %d: no %s training rows survived the filters; the %s keeps its previous adapter (%s)",
                         ctx.round_no, role, role, previous or "base model")
             summary = {"loss": None, "skipped": "no training rows", "adapter": previous, "seconds": 0.0}
