@@ -45,11 +45,11 @@ def settings(run_dir: Path, method: str, args, lenient: bool = False) -> object:
             overrides += ["plan.prefill=true", f"plan.default_words={max(20, int(0.6 * n / 1.5))}"]
         overrides += [f"plan.max_steps={steps}", f"plan.max_attempts={args.attempts}", "plan.min_words=20",
                       f"plan.max_words={max(20, int(n / 1.5))}", f"plan.max_new_tokens={n}", "write.max_attempts=2",
-                      "write.tokens_per_word=1.5", f"write.max_new_tokens={n}", "write.trim_to_sentence=true"]
+                      "write.tokens_per_word=1.5", f"write.max_new_tokens={n}"]
     else:  # an initial answer, then `passes` passes of stage 1 + stage 2
         overrides += ["generate.samples=1", f"generate.max_attempts={args.attempts}", f"generate.max_new_tokens={n}",
-                      "generate.trim_to_sentence=true", "extend.samples=1", f"extend.passes={passes}",
-                      "extend.max_attempts=2", f"extend.max_new_tokens={n}", "extend.trim_to_sentence=true"]
+                      "extend.samples=1", f"extend.passes={passes}",
+                      "extend.max_attempts=2", f"extend.max_new_tokens={n}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return Settings.from_config(compose("config", overrides=overrides), run_dir)
 

@@ -139,7 +139,7 @@ def made_by(s: Settings, cc: CollectConfig, last: int, adapters: dict) -> dict:
             "seed": s.seed, "model": s.model_path, "engine": (s.engine or {}).get("name"),
             "decoding": dataclasses.asdict(s.decoding), "num_new": cc.num_new, "max_new_tokens": cc.max_new_tokens,
             "self_instruct": si, "max_attempts": s.generate.max_attempts,
-            "trim_to_sentence": s.generate.trim_to_sentence, "repair": s.generate.repair, "prompts_sha256": sha256_json(s.prompts),
+            "answers": "ended by the model", "repair": s.generate.repair, "prompts_sha256": sha256_json(s.prompts),
             "seed_prompts_sha256": sha256_json(list(s.seeds))}
 
 

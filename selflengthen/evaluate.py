@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from selflengthen import filters, layout, ui
-from selflengthen.engines.base import Request
+from selflengthen.engines.base import Request, complete
 from selflengthen.judge import DIMENSIONS
 from selflengthen.length_control import Constraint, length_score, s_l
 from selflengthen.settings import ConfigError, Settings, read_prompt_rows, shipped_data
@@ -54,9 +54,12 @@ from selflengthen.text import count_words
 log = logging.getLogger(__name__)
 
 EVAL_DIR = "eval"
+SCORING = 2  # what a stored eval holds: 2 = every row's finish reason and the budget-hit rate
 BY_KEY_DIR = "by_key"
 OPEN = "none"  # the `type` of an open prompt (a row without `type` means the same)
-GROUP_STATS = ("n", "mean_words", "median_words", "max_words", "repetition_pass_rate")
+# budget_hit_rate: the share of answers the token budget cut (they ran to eval.max_new_tokens): length bought
+# by looping or rambling past the end shows up here, not as a longer mean alone
+GROUP_STATS = ("n", "mean_words", "median_words", "max_words", "repetition_pass_rate", "budget_hit_rate")
 LENGTH_STATS = ("length_score", "s_l")
 GROUPS = ("open", "constrained")
 # with eval.judge: LongBench-Write S_q (0-100, mean over judged rows), its six dimensions, the judge's counters
@@ -239,6 +242,7 @@ def eval_key(s: Settings, adapters: dict, path: Optional[Path] = None) -> dict:
         "decoding": dataclasses.asdict(s.decoding), "model": s.model_path, "engine": (s.engine or {}).get("name"),
         "adapter": adapter_identity(s.run_dir, adapters.get(s.method.answer_role)), "seed": s.seed,
         "template": {"system": tpl.get("system"), "user": tpl["user"]}, "filter": s.prompts.get("filter"),
+        "scoring": SCORING,
         # the judge only when set, so the keys of evals made without one stay what they were
         **({"judge": judge_key(s)} if s.eval.judge else {}),
     }
@@ -306,7 +310,7 @@ def aggregates_of(doc: dict) -> dict:
 
 # --- scoring ------------------------------------------------------------------------------------------
 
-def score_row(prompt: dict, text: str, fcfg: filters.FilterConfig) -> dict:
+def score_row(prompt: dict, text: str, fcfg: filters.FilterConfig, finish: str = "stop") -> dict:
     text = text.strip()
     words = count_words(text)
     verdict = filters.check(text, fcfg)
@@ -315,7 +319,8 @@ def score_row(prompt: dict, text: str, fcfg: filters.FilterConfig) -> dict:
     else:
         c = Constraint.from_dict(prompt)
         scores = {"length_score": length_score(c, words), "s_l": s_l(c.reference(), words)}
-    return {**prompt, "words": words, **scores, "passes_filter": verdict.ok, "reason": verdict.reason, "text": text}
+    return {**prompt, "words": words, **scores, "passes_filter": verdict.ok, "reason": verdict.reason,
+            "finish": finish, "text": text}
 
 
 def group_stats(rows: list[dict], lengths: bool = False) -> dict:
@@ -323,13 +328,15 @@ def group_stats(rows: list[dict], lengths: bool = False) -> dict:
     the mean length score and S_l (a range's midpoint is its L, done per row in `score_row`)."""
     words = [r["words"] for r in rows]
     out: dict = {"n": len(rows), "mean_words": None, "median_words": None, "max_words": None,
-                 "repetition_pass_rate": None}
+                 "repetition_pass_rate": None, "budget_hit_rate": None}
     if lengths:
         out.update(length_score=None, s_l=None)
     if not rows:
         return out
     out.update(mean_words=mean(words), median_words=float(statistics.median(words)), max_words=max(words),
                repetition_pass_rate=mean([1.0 if r["passes_filter"] else 0.0 for r in rows]))
+    if all("finish" in r for r in rows):  # rows scored before finish reasons were kept have no budget hits to count
+        out["budget_hit_rate"] = mean([1.0 if r["finish"] == "length" else 0.0 for r in rows])
     if lengths:
         out.update(length_score=mean([r["length_score"] for r in rows]), s_l=mean([r["s_l"] for r in rows]))
     return out
@@ -372,9 +379,9 @@ def evaluate_round(s: Settings, engine, r: int, adapters: dict, prompts: Optiona
                 for i, p in enumerate(prompts)]
     engine.set_adapters({role: resolve_adapter(s.run_dir, a) for role, a in adapters.items()})
     with ui.progress(f"eval · round {r}", len(requests)) as advance:
-        texts = engine.generate(requests, advance)
+        done = complete(engine, requests, advance)
     fcfg = filters.FilterConfig.from_dict(s.prompts["filter"])
-    rows = [score_row(p, t, fcfg) for p, t in zip(prompts, texts)]
+    rows = [score_row(p, c.text, fcfg, c.finish_reason) for p, c in zip(prompts, done)]
     quality = judge_rows(s, engine, r, rows) if s.eval.judge else {}
     doc = {"round": r, **aggregate(rows), **quality, "adapter": (key["adapter"] or {}).get("path"), "prompt_file": str(path),
            "prompt_file_sha256": key["prompt_file_sha256"], "max_new_tokens": s.eval.max_new_tokens,

@@ -126,24 +126,6 @@ def check(text: str, cfg: FilterConfig = EN) -> FilterResult:
     return PASS
 
 
-_CLOSERS = "\"'”’)」』）"
-_ENDINGS = ".!?…。！？" + _CLOSERS  # a text ending in one of these ends a sentence
-_SENTENCE_END = re.compile(rf"(?<!\d)[.!?…][{_CLOSERS}]*(?=\s|$)|[。！？][{_CLOSERS}]*")
-
-
-def trim_to_sentence(text: str, min_share: float = 0.5) -> str:
-    """Cut a text that stopped mid-sentence (a generation that ran out of tokens) back to the end of its
-    last complete sentence, if that keeps at least `min_share` of it; otherwise return it unchanged (and
-    the filter rejects it). Opt-in per stage (`trim_to_sentence`): the paper simply re-draws such samples."""
-    text = text.rstrip()
-    if not text or text[-1] in _ENDINGS:
-        return text
-    last = None
-    for m in _SENTENCE_END.finditer(text):
-        last = m.end()
-    return text[:last] if last is not None and last >= min_share * len(text) else text
-
-
 def _last_non_space(text: str) -> int:
     i = len(text) - 1
     while i >= 0 and text[i].isspace():
@@ -214,9 +196,9 @@ def _tail_lines(text: str, k: int) -> list[str]:
 
 # ------------------------------------------------------------------------------------------- repair
 # Opt-in (`repair: true` on a generating stage): a small model often wraps a good answer in chatter about
-# it ("Here is the revised version:" ... "I hope this response helps.") or falls into a loop near its end.
-# The paper rejects and re-draws such samples; `repair` cuts the chatter lines and the loop off first and
-# lets the filter judge what is left, which on a 135M model turns many wasted generations into usable ones.
+# it ("Here is the revised version:" ... "I hope this response helps."). The paper rejects and re-draws such
+# samples; `repair` cuts those edge lines off first and lets the filter judge what is left. It never cuts a
+# text inside the answer (a loop, a budget cut): what remains ends where the model ended a line of its own.
 
 
 def trim_meta_edges(text: str, cfg: FilterConfig = EN) -> str:
@@ -236,41 +218,14 @@ def trim_meta_edges(text: str, cfg: FilterConfig = EN) -> str:
     return "\n".join(lines[lo:hi]).strip() if lo < hi else ""
 
 
-def cut_at_repeat(text: str, n: int, unit: str = "word", min_share: float = 0.5) -> str:
-    """Cut a text where it starts repeating itself: everything from the first unit whose n-gram occurred
-    before is dropped, then the text is cut back to its last complete sentence. Returned unchanged (so
-    the filter still rejects it) when the repeat-free part is less than `min_share` of the text."""
-    norm = text if text.isascii() else _UNICODE_SPACES_RE.sub(" ", text)  # one character for one: offsets hold
-    buf = _PAD + norm.encode("utf-8", "surrogatepass") + _PAD
-    starts, ends = _unit_bounds(np.frombuffer(buf, dtype=np.uint8), unit)
-    if starts.size < n:
-        return text
-    hashes = _ngram_hashes(buf, starts, ends, n).tolist()
-    s, e = starts.tolist(), ends.tolist()
-    seen: dict[int, list[int]] = {}  # n-gram hash -> where it started (a shared hash is confirmed on the bytes)
-
-    def gram(i: int) -> tuple[bytes, ...]:
-        return tuple(buf[s[j] : e[j]] for j in range(i, i + n))
-
-    for i, h in enumerate(hashes):
-        if h in seen and any(gram(i) == gram(k) for k in seen[h]):
-            cut = len(buf[len(_PAD) : s[i]].decode("utf-8", "surrogatepass"))
-            kept = trim_to_sentence(text[:cut], min_share=0.0)
-            return kept if len(kept) >= min_share * len(text) and kept[-1:] in _ENDINGS else text
-        seen.setdefault(h, []).append(i)
-    return text
-
-
 def repair(text: str, cfg: FilterConfig = EN) -> str:
-    """`trim_meta_edges` (unless that would drop more than half the words), then `cut_at_repeat` (only when
-    the text repeats; it keeps at least half or nothing)."""
+    """`trim_meta_edges`, unless that would drop more than half the words (then the edges were not chatter
+    around an answer, and the filter judges the whole)."""
     from selflengthen.text import count_words
 
     trimmed = trim_meta_edges(text, cfg)
     if not trimmed or count_words(trimmed) < count_words(text) / 2:
-        return text  # the edges were most of it: not chatter around an answer; the filter judges the whole
-    if has_repeated_ngram(trimmed, cfg.ngram, cfg.ngram_unit):
-        trimmed = cut_at_repeat(trimmed, cfg.ngram, cfg.ngram_unit)
+        return text
     return trimmed
 
 

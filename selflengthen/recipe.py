@@ -231,8 +231,10 @@ def build_summary(ctx: RoundContext, sections: dict[str, dict], wall: float) -> 
     rejections: dict[str, int] = {}
     seconds: dict[str, float] = {}
     for name, sec in sections.items():
-        for k, v in (sec.get("rejections") or {}).items():
-            rejections[k] = rejections.get(k, 0) + v
+        parts = [sec] if "seconds" in sec else [sec] + [p for p in sec.values() if isinstance(p, dict)]
+        for part in parts:  # a stage with one section per role (train) counts its roles' rejections
+            for k, v in (part.get("rejections") or {}).items():
+                rejections[k] = rejections.get(k, 0) + v
         if "seconds" in sec:
             seconds[name] = sec["seconds"]
         else:  # a stage with one section per role (train): its roles' times

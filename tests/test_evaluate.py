@@ -32,6 +32,11 @@ class Recorder(engine_session.LazyEngine):
             self.waves.append((dict(self.adapters), list(requests)))
         return super().generate(requests, progress)
 
+    def stream(self, queue):
+        if queue:  # the eval's wave: everything is queued before the stream starts
+            self.waves.append((dict(self.adapters), list(queue._q)))
+        return super().stream(queue)
+
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +52,13 @@ def test_every_round_gets_an_eval_file_with_the_aggregates(evaluated):
     assert sorted(results) == [0, 1, 2]
     for r in (0, 1, 2):
         doc = json.loads((s.run_dir / "eval" / f"round_{r:03d}.json").read_text())
-        for key in ("mean_words", "median_words", "repetition_pass_rate", "length_score", "s_l", "rows"):
+        for key in ("mean_words", "median_words", "repetition_pass_rate", "budget_hit_rate", "length_score", "s_l",
+                    "rows"):
             assert key in doc
         assert doc["n"] == len(doc["rows"]) == len(evaluate.load_prompts(evaluate.prompt_path(s)))
         for row in doc["rows"]:
-            assert {"prompt", "type", "words", "length_score", "s_l", "passes_filter", "reason", "text"} <= set(row)
+            assert {"prompt", "type", "words", "length_score", "s_l", "passes_filter", "reason", "finish",
+                    "text"} <= set(row)
             assert ("low" in row and "high" in row) if row["type"] == "range" else "target" in row
         assert results[r] == evaluate.aggregates_of(doc)
 
@@ -284,3 +291,30 @@ def test_open_prompts_in_a_run_eval(tmp_path):
     assert all(r["length_score"] is None and r["s_l"] is None for r in open_rows)
     assert doc["length_score"] == doc["constrained"]["length_score"] == pytest.approx(
         sum(r["length_score"] for r in constrained) / len(constrained))
+
+
+def test_budget_hit_rate_is_the_share_of_answers_the_budget_cut(tmp_path):
+    """Length bought by running to the budget is visible in one number, overall and per group."""
+    import dataclasses
+
+    from selflengthen.engines.fake import FakeEngine
+
+    class CutsOpen(FakeEngine):  # open prompts run to the budget; constrained ones end
+        def _finish(self, r):
+            c = super()._finish(r)
+            return dataclasses.replace(c, finish_reason="length") if "words" not in r.messages[-1][1] else c
+
+    s = fake_settings(tmp_path, "eval.prompt_file=eval_mixed_en.jsonl", "eval.limit=12")
+    lazy = engine_session.LazyEngine({"name": "fake"}, lambda: "m")
+    lazy.inner = CutsOpen()
+    doc = evaluate.evaluate_round(s, lazy, 0, {})
+    open_rows = [r for r in doc["rows"] if evaluate.is_open(r)]
+    assert open_rows and len(open_rows) < len(doc["rows"])
+    hits = [r["finish"] == "length" for r in doc["rows"]]
+    assert doc["budget_hit_rate"] == pytest.approx(sum(hits) / len(hits)) and 0 < doc["budget_hit_rate"] < 1
+    assert doc["open"]["budget_hit_rate"] == 1.0 and all(r["finish"] == "length" for r in open_rows)
+    assert doc["constrained"]["budget_hit_rate"] == pytest.approx(
+        sum(r["finish"] == "length" for r in doc["rows"] if not evaluate.is_open(r)) / (len(doc["rows"]) - len(open_rows)))
+    # rows scored before finish reasons were recorded: no rate rather than a made-up 0
+    assert evaluate.group_stats([{k: v for k, v in r.items() if k != "finish"} for r in doc["rows"]])[
+        "budget_hit_rate"] is None

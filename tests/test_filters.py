@@ -220,18 +220,3 @@ def test_check_many_streams_in_order_with_and_without_workers():
     assert list(check_many([], EN, workers=2)) == []
 
 
-def test_trim_to_sentence_cuts_a_budget_truncated_tail():
-    from selflengthen.filters import EN, ZH, check, trim_to_sentence
-
-    text = "The harbour opened in May. Ships came from the north. By June the quay was full and the"
-    trimmed = trim_to_sentence(text)
-    assert trimmed == "The harbour opened in May. Ships came from the north."
-    assert check(trimmed, EN).ok and not check(text, EN).ok
-    assert trim_to_sentence('She said "go." Then they') == 'She said "go."'
-    assert trim_to_sentence("Steps:\n1. Mix the flour. Add water.\n2. Knead the") == "Steps:\n1. Mix the flour. Add water."
-    zh = "港口在五月开放。船只从北方驶来。到了六月码头已经满了而且"
-    assert trim_to_sentence(zh) == "港口在五月开放。船只从北方驶来。" and check(trim_to_sentence(zh), ZH).ok
-    # finished text, or too little left to keep, is returned as it was (and the filter judges it)
-    assert trim_to_sentence("Done.  ") == "Done."
-    assert trim_to_sentence("Short. Then a very long unfinished tail that keeps going and going") == \
-        "Short. Then a very long unfinished tail that keeps going and going"

@@ -15,9 +15,10 @@ from selflengthen.text import count_words
 pytestmark = pytest.mark.slow
 
 SMALL = ["iterations=1", "self_instruct.num_new=2", "self_instruct.per_wave=4", "self_instruct.max_waves=1",
-         "self_instruct.max_new_tokens=40", "generate.samples=2", "generate.max_attempts=2",
-         "generate.max_new_tokens=160", "generate.trim_to_sentence=true", "extend.samples=1", "extend.passes=1",
-         "extend.max_attempts=2", "extend.max_new_tokens=200", "extend.trim_to_sentence=true",
+         "self_instruct.max_new_tokens=40", "generate.samples=2", "generate.max_attempts=3",
+         # budgets the base model's answers end within: an answer the budget cuts is re-drawn, never kept
+         "generate.max_new_tokens=768", "extend.samples=1", "extend.passes=1",
+         "extend.max_attempts=2", "extend.max_new_tokens=1024",
          "sampling.a=0"]  # keep every passing answer: the assertions below must have rows to look at
 
 

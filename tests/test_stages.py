@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
+import shutil
 
 from conftest import fake_settings
 from selflengthen import engine_session, recipe
-from selflengthen.engines.fake import FakeEngine
+from selflengthen.engines.fake import _PLAN_ASK, FakeEngine
 from selflengthen.stages import extend, self_instruct, sft_data
 from selflengthen.stages.common import RoundContext, derive_seed
 from selflengthen.store import read_jsonl
@@ -98,34 +101,94 @@ def test_extension_streams_every_pass_of_every_item_through_one_stream(tmp_path)
     assert summary["requests"] == len(engine.stages)
 
 
-class FloorEngine(FakeEngine):
-    """Records each extension request's stage and min_new_tokens."""
+class BudgetEngine(FakeEngine):
+    """Every answer runs to its token budget (a model that never ends), as a real engine reports it: the
+    fake text, finish_reason "length". The yes/no judge of self-instruct and the instructions end normally."""
 
-    def __init__(self):
+    def __init__(self, plans_end: bool = False):
         super().__init__()
-        self.floors = []
+        self.plans_end = plans_end  # AgentWrite's plans end normally: only its written steps run on
 
     def _finish(self, r):
-        self.floors.append(("2" if r.assistant_prefix else "1", r.params.min_new_tokens,
-                            len(r.assistant_prefix.split())))
-        return super()._finish(r)
+        c = super()._finish(r)
+        plan = bool(self.plans_end and r.messages and _PLAN_ASK.search(r.messages[-1][1]))
+        if r.messages is not None and r.params.max_new_tokens > 8 and not plan:
+            return dataclasses.replace(c, finish_reason="length")
+        return c
 
 
-def test_force_growth_puts_a_floor_under_stage_2_only(tmp_path):
-    def extended(folder, *overrides):
-        s = fake_settings(folder, "iterations=1", "extend.passes=1", *overrides)
-        recipe.run(s, engine_session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
-        (folder / "round_001/extend/done.json").unlink()
-        (folder / "round_001/extend/passes.jsonl").unlink()
-        engine = FloorEngine()
-        return extend.run(RoundContext(s, 1, engine, {"generator": None, "extender": None})), engine.floors
+def _run_with(folder, engine, *overrides):
+    from selflengthen.engine_session import LazyEngine
 
-    _, plain_floors = extended(tmp_path / "plain")
-    _, floors = extended(tmp_path / "forced", "extend.force_growth=2.0")
-    assert all(f == 0 for _, f, _ in plain_floors)
-    assert all(f == 0 for stage, f, _ in floors if stage == "1")
-    # the floor is what the continuation needs to take the candidate to 2x the text it extends: 0 only when
-    # the stage-1 prefix alone is that long
-    second = [(f, prefix) for stage, f, prefix in floors if stage == "2"]
-    shortest = min(r["words"] for r in read_jsonl(tmp_path / "forced/round_001/initial/responses.jsonl"))
-    assert all(f > 0 or prefix >= 2 * shortest for f, prefix in second) and any(f > 0 for f, _ in second)
+    s = fake_settings(folder, *overrides)
+    lazy = LazyEngine({"name": "fake"}, lambda: "m")
+    lazy.inner = engine  # the run's engine is this one
+    recipe.run(s, lazy, lambda: "m")
+    return s
+
+
+def test_answers_cut_by_the_budget_never_become_training_rows(tmp_path):
+    """A model whose every answer runs to the budget gives no training row at all, whatever the method: the
+    samples are re-drawn and finally dropped, each counted as `unfinished`."""
+    s = _run_with(tmp_path / "sl", BudgetEngine(), "iterations=1")
+    r1 = tmp_path / "sl/round_001"
+    assert read_jsonl(r1 / "initial/responses.jsonl") == []
+    attempts = read_jsonl(r1 / "initial/attempts.jsonl")
+    assert attempts and all(a["finish"] == "length" and a["reason"] == "unfinished" and not a["ok"] for a in attempts)
+    assert len(attempts) == len({a["item"] for a in attempts}) * s.generate.max_attempts  # every try re-drawn
+    for role in ("generator", "extender"):
+        assert read_jsonl(r1 / f"sft_data/{role}.jsonl") == []
+    summary = json.loads((r1 / "summary.json").read_text())
+    assert summary["rejections"]["unfinished"] == len(attempts)
+    # AgentWrite: every step cut by its budget is re-drawn, and no answer is written from them
+    _run_with(tmp_path / "aw", BudgetEngine(plans_end=True), "iterations=1", "method=agentwrite")
+    aw = tmp_path / "aw/round_001"
+    steps = read_jsonl(aw / "write/steps.jsonl")
+    assert read_jsonl(aw / "plan/plans.jsonl")  # the plans ended, their steps did not
+    assert steps and all(r["reason"] == "step_unfinished" and r["finish"] == "length" for r in steps)
+    assert read_jsonl(aw / "write/answers.jsonl") == []
+
+
+class CutStage2(FakeEngine):
+    """The fake extender, but every stage-2 continuation (the request with the stage-1 text pre-placed) runs to
+    the budget; stage 1 ends normally (its tail is cut by design anyway)."""
+
+    def _finish(self, r):
+        c = super()._finish(r)
+        return dataclasses.replace(c, finish_reason="length") if r.assistant_prefix else c
+
+
+def test_an_extension_whose_continuation_ran_to_the_budget_is_rejected(tmp_path):
+    s = fake_settings(tmp_path, "iterations=1", "extend.passes=1", "extend.max_attempts=2")
+    recipe.run(s, engine_session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
+    normal = read_jsonl(tmp_path / "round_001/extend/extended.jsonl")
+    assert normal  # the fake extender grows texts: the same run keeps rows when the model ends its answers
+    (tmp_path / "round_001/extend/done.json").unlink()
+    (tmp_path / "round_001/extend/passes.jsonl").unlink()
+    out = extend.run(RoundContext(s, 1, CutStage2(), {"generator": None, "extender": None}))
+    passes = [r for r in read_jsonl(tmp_path / "round_001/extend/passes.jsonl") if not r.get("final")]
+    assert passes and all(p["reason"] in ("unfinished", "empty_stage1") and not p["accepted"] for p in passes)
+    assert all(p["finish"] == "length" for p in passes if p["reason"] == "unfinished")
+    assert out["kept"] == 0 and read_jsonl(tmp_path / "round_001/extend/extended.jsonl") == []
+
+
+def test_rows_longer_than_max_length_are_dropped_not_truncated(tmp_path):
+    """A training row the trainer would cut (longer than train.max_length) is not trained on: counted as
+    `truncated_row` in the role's record and the round's rejections; the rest train as before."""
+    s = _run_with(tmp_path, FakeEngine(), "iterations=1", "run.defer_unused=false")
+    r1 = tmp_path / "round_001"
+    rows = read_jsonl(r1 / "sft_data/generator.jsonl")
+    lengths = sorted(sum(len(m["content"].split()) for m in row["messages"]) for row in rows)
+    assert len(set(lengths)) > 1
+    limit = lengths[len(lengths) // 2]  # about half the rows are longer
+    over = sum(n > limit for n in lengths)
+    shutil.rmtree(r1 / "train")
+    (r1 / "summary.json").unlink()
+    s = _run_with(tmp_path, FakeEngine(), "iterations=1", "run.defer_unused=false", f"train.max_length={limit}",
+                  "run.accept_drift=true")
+    summary = json.loads((r1 / "summary.json").read_text())
+    gen = summary["stages"]["train"]["generator"]
+    assert gen["rejections"] == {"truncated_row": over} and gen["rows"] == len(rows) - over
+    assert summary["rejections"]["truncated_row"] >= over
+
+

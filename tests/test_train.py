@@ -136,6 +136,33 @@ def test_max_length_is_ours_not_trls_default(tiny_model_dir, tmp_path):
     assert truncated == 1
 
 
+def test_every_row_the_trainer_gets_ends_with_the_end_of_turn_token(tiny_model_dir, tmp_path):
+    """What the train stage hands the real trainer (training.fitting_rows with train_lora) is whole: a row
+    longer than max_length is dropped, and every tokenised row that is trained ends with <|im_end|>."""
+    from transformers import AutoTokenizer
+
+    from selflengthen.training import fitting_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    rows = _rows(3) + [{"messages": [{"role": "user", "content": "Write at length."},
+                                     {"role": "assistant", "content": "Paragraph one explains the idea. " * 300}]}]
+    cfg = TrainConfig(**FAST, max_length=512)
+    kept, dropped = fitting_rows(train_lora, str(tiny_model_dir), rows, cfg)
+    assert dropped == 1 and kept == rows[:3]
+    trainer, truncated = build_trainer(str(tiny_model_dir), kept, tmp_path / "ck", None, cfg)
+    assert truncated == 0
+    for i in range(len(kept)):
+        ids = trainer.train_dataset[i]["input_ids"]
+        last = max(k for k, t in enumerate(ids) if t == end)
+        assert all(t in (end,) or tok.decode([t]).isspace() for t in ids[last:])  # nothing after it but a newline
+        assert tok.decode(ids[:last]).rstrip().endswith("It reviewed the budget.")
+    # the same row, let through, would lose its end: that is what the drop prevents
+    trainer, truncated = build_trainer(str(tiny_model_dir), rows, tmp_path / "ck2", None, cfg)
+    cut = trainer.train_dataset[3]["input_ids"]
+    assert truncated == 1 and len(cut) == 512 and cut[-1] != end and cut[-2] != end
+
+
 def test_crashed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
     out = tmp_path / "round1"
     cfg = TrainConfig(**{**FAST, "max_steps": 4, "save_steps": 1})

@@ -17,12 +17,12 @@ from selflengthen.settings import Settings
 
 pytestmark = pytest.mark.vllm
 
-SMALL = ["engine=vllm", "engine.enforce_eager=true", "engine.cpu_kvcache_space_gib=1", "engine.max_model_len=2048",
+SMALL = ["engine=vllm", "engine.enforce_eager=true", "engine.cpu_kvcache_space_gib=1", "engine.max_model_len=4096",
          "engine.dtype=float32", "iterations=1", "self_instruct.num_new=2", "self_instruct.per_wave=4",
          "self_instruct.max_waves=1", "self_instruct.max_new_tokens=40", "generate.samples=2",
-         "generate.max_attempts=2", "generate.max_new_tokens=160", "generate.trim_to_sentence=true",
-         "extend.samples=1", "extend.passes=1", "extend.max_attempts=1", "extend.max_new_tokens=200",
-         "extend.trim_to_sentence=true", "extend.min_growth=1.0", "train.max_steps=2", "train.max_length=1024",
+         "generate.max_attempts=2", "generate.max_new_tokens=768",
+         "extend.samples=1", "extend.passes=1", "extend.max_attempts=1", "extend.max_new_tokens=1024",
+         "extend.min_growth=1.0", "train.max_steps=2", "train.max_length=1024",
          "train.grad_accum=1"]
 
 

@@ -151,17 +151,25 @@ def stream_in_batches(engine, queue: RequestQueue, batch_size: int) -> Iterator[
             yield Completion(req.id, text)
 
 
-def generate_via_stream(engine, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
-    """The batch form on top of `engine.stream`: one text per request, in request order (ids may repeat)."""
+def complete(engine, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[Completion]:
+    """The completions (text and why each ended) of `requests`, in request order, from the engine's stream;
+    an engine with only `generate` (a test double) reports every text as ended by the model."""
+    if not hasattr(engine, "stream"):
+        return [Completion(r.id, t) for r, t in zip(requests, engine.generate(requests, progress))]
     slots: dict[str, list[int]] = {}
     for i, r in enumerate(requests):
         slots.setdefault(r.id, []).append(i)
-    out: list[Optional[str]] = [None] * len(requests)
+    out: list[Optional[Completion]] = [None] * len(requests)
     for c in engine.stream(RequestQueue(requests)):
-        out[slots[c.id].pop(0)] = c.text
+        out[slots[c.id].pop(0)] = c
         if progress is not None:
             progress(1)
     return out  # type: ignore[return-value]
+
+
+def generate_via_stream(engine, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
+    """The batch form on top of `engine.stream`: one text per request, in request order (ids may repeat)."""
+    return [c.text for c in complete(engine, requests, progress)]
 
 
 @dataclass

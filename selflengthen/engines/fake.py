@@ -118,7 +118,9 @@ class FakeEngine:
         n = self.tokens(r, text)
         self.stats.requests += 1
         self.stats.new_tokens += n
-        return Completion(r.id, text, new_tokens=n)
+        # a text as long as the budget is one the budget cut: as a real engine says, it did not end itself
+        return Completion(r.id, text, new_tokens=n,
+                          finish_reason="length" if len(text.split()) >= r.params.max_new_tokens else "stop")
 
     def _one_by_one(self, queue: RequestQueue) -> Iterator[Completion]:
         while queue:

@@ -46,8 +46,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from selflengthen.engines.base import (Completion, GenerationStats, Progress, Request, RequestQueue,
-                                       SamplingParams, cut_at_stop, generate_via_stream, render_prompt,
-                                       stream_in_batches)
+                                       SamplingParams, cut_at_stop, generate_via_stream, render_prompt)
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOOPS = ("slots", "static")
@@ -213,8 +212,14 @@ class TransformersEngine:
         self._reload_if_released()
         self._require_loaded()
         if not self._use_slots():
-            return stream_in_batches(self, queue, self.batch_size)
+            return self._stream_static(queue)
         return _SlotDecoder(self).run(queue)
+
+    def _stream_static(self, queue: RequestQueue) -> Iterator[Completion]:
+        """Static batches of up to batch_size requests from the queue's head, each completion (with why it
+        ended) yielded as soon as its batch returns."""
+        while queue:
+            yield from self.complete_static(queue.take(self.batch_size))
 
     def generate(self, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
         """One text per request, in request order (the slot loop's stream, or static batches)."""
@@ -248,12 +253,16 @@ class TransformersEngine:
 
     def generate_static(self, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[str]:
         """The "static" loop: `model.generate` on batches grouped by adapter and sampling params."""
+        return [c.text for c in self.complete_static(requests, progress)]
+
+    def complete_static(self, requests: Sequence[Request], progress: Optional[Progress] = None) -> list[Completion]:
+        """The static loop's completions, in request order, each with its finish_reason."""
         import torch
 
         self._reload_if_released()
         self._require_loaded()
         started = time.perf_counter()
-        out: list[Optional[str]] = [None] * len(requests)
+        out: list[Optional[Completion]] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         encoded: list[list[int]] = []
         for i, req in enumerate(requests):
@@ -267,9 +276,9 @@ class TransformersEngine:
                     idxs = sorted(idxs, key=lambda i: -len(encoded[i]))
                     for batch in self._batches(idxs, encoded, params.max_new_tokens):
                         seed = requests[batch[0]].params.seed
-                        texts = self._generate_batch([encoded[i] for i in batch], params, seed)
-                        for i, text in zip(batch, texts):
-                            out[i] = text
+                        done = self._generate_batch([encoded[i] for i in batch], params, seed)
+                        for i, (text, n, reason) in zip(batch, done):
+                            out[i] = Completion(requests[i].id, text, len(encoded[i]), n, reason)
                         self.stats.requests += len(batch)
                         if progress is not None:
                             progress(len(batch))
@@ -303,7 +312,10 @@ class TransformersEngine:
         self.model.set_adapter(adapter)
         return nullcontext()
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seed: Optional[int]) -> list[str]:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams,
+                        seed: Optional[int]) -> list[tuple[str, int, str]]:
+        """(text, new tokens, finish_reason) per prompt: "stop" when the row ended on an end token or a stop
+        string, "length" when it ran to max_new_tokens."""
         import torch
 
         tok = self.tokenizer
@@ -327,15 +339,20 @@ class TransformersEngine:
         new = generated[:, enc["input_ids"].shape[1]:].tolist()
         self.stats.prompt_tokens += sum(len(p) for p in prompts)
         eos = set(self._eos_ids())
-        texts = []
+        out = []
         for row in new:
-            row = row[:next((k for k, t in enumerate(row) if t in eos), len(row))]
+            end = next((k for k, t in enumerate(row) if t in eos), None)
+            row = row[:len(row) if end is None else end]
             while row and row[-1] == tok.pad_token_id:  # a row finished by a stop string is padded after it
                 row.pop()
             self.stats.new_tokens += len(row)
             # Rows stop at different steps (eos, stop string): cut each one at its own stop string.
-            texts.append(cut_at_stop(tok.decode(row, skip_special_tokens=True), stops))
-        return texts
+            full = tok.decode(row, skip_special_tokens=True)
+            text = cut_at_stop(full, stops)
+            ended = end is not None or len(row) < params.max_new_tokens or len(text) < len(full) or \
+                any(s and full.endswith(s) for s in stops)
+            out.append((text, len(row), "stop" if ended else "length"))
+        return out
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id

@@ -633,7 +633,8 @@ def redraws(log: ItemLog, items: dict[str, dict], make_request: Callable[[str, d
             ahead: Optional[Handover] = None) -> dict[str, Optional[dict]]:
     """Sample each item until a sample passes `judge` or `max_attempts` is reached, every item a chain of its
     own: a failed sample is re-drawn at once. `prepare` cleans a generation before it is judged and saved.
-    Records `{id: "<item>#<attempt>", item, attempt, text, ok, reason}`; a rerun continues every item from
+    Records `{id: "<item>#<attempt>", item, attempt, text, ok, reason, finish}`; a sample the token budget
+    cut (`finish` "length") fails as `unfinished` whatever its text (`unfinished`). A rerun continues every item from
     its last record. Returns item -> its passing record or None. `on_pass(item, record)` is told each item's
     passing record as soon as it is final (those already in the log first); `ahead`: see `run_chains`."""
     def state() -> tuple[Counter, dict]:
@@ -650,8 +651,9 @@ def redraws(log: ItemLog, items: dict[str, dict], make_request: Callable[[str, d
     def attempt(i: str, k: int) -> Chain:
         c = yield make_request(i, items[i], k)
         text = prepare(c.text)
-        ok, reason = judge(items[i], text)
-        record = {"id": f"{i}#{k}", "item": i, "attempt": k, "text": text, "ok": ok, "reason": reason}
+        ok, reason = unfinished(c) or judge(items[i], text)
+        record = {"id": f"{i}#{k}", "item": i, "attempt": k, "text": text, "ok": ok, "reason": reason,
+                  "finish": c.finish_reason}
         if ok and on_pass is not None:
             passing.setdefault(i, {})[k] = record
         yield [record]
@@ -706,14 +708,22 @@ def resumable(name: str):
     return wrap
 
 
-def preparer(section: Any, fcfg: "FilterConfig") -> Callable[[str], str]:
-    """How a generation is cleaned before the filter (`fcfg`) sees it, by the stage's section: stripped,
-    with `trim_to_sentence` cut back to its last complete sentence when the token budget ended it
-    mid-sentence (filters.trim_to_sentence), and with `repair` chatter lines and a closing loop cut off
-    (filters.repair)."""
-    from selflengthen.filters import repair, trim_to_sentence
+def unfinished(c: Completion) -> Optional[tuple[bool, str]]:
+    """(False, "unfinished") for a completion the token budget cut (finish_reason "length"): its end is not
+    where the model stopped, so it never becomes a training row, however it reads; else None."""
+    return (False, UNFINISHED) if c.finish_reason == "length" else None
 
-    cut = trim_to_sentence if section.trim_to_sentence else str.strip
+
+UNFINISHED = "unfinished"
+
+
+def preparer(section: Any, fcfg: "FilterConfig") -> Callable[[str], str]:
+    """How a generation is cleaned before the filter (`fcfg`) sees it, by the stage's section: stripped, and
+    with `repair` the chatter lines naming a meta-word at either edge cut off (filters.repair). Nothing that
+    moves the text's end to a point the model did not stop at: no trimming of a cut-off sentence, no cut
+    before a loop (docs/DECISIONS.md)."""
+    from selflengthen.filters import repair
+
     if not section.repair:
-        return cut
-    return lambda text: repair(cut(text), fcfg)
+        return str.strip
+    return lambda text: repair(text.strip(), fcfg)

@@ -19,7 +19,6 @@ Artifacts: `passes.jsonl` (one record per item, attempt and pass, plus one per f
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,13 +29,12 @@ from selflengthen import filters, ui
 from selflengthen.config import rule
 from selflengthen.engines.base import Request
 from selflengthen.sampling import keep_indices
-from selflengthen.stages.common import Attempts, Chain, RoundContext, mean, preparer, resumable, run_chains
+from selflengthen.stages.common import UNFINISHED, Attempts, Chain, RoundContext, mean, preparer, resumable, run_chains
 from selflengthen.stages.initial import NAME as INITIAL
 from selflengthen.store import ItemLog, atomic_write_jsonl, open_log, read_jsonl
 from selflengthen.text import count_words, split_paragraphs
 
 NAME = "extend"
-TOKENS_PER_WORD = 1.4  # for force_growth: a word of English prose is about 1.3 tokens in common tokenizers
 
 
 @dataclass(frozen=True)
@@ -49,12 +47,7 @@ class Extend:
     min_growth: float = field(default=1.2, metadata=rule(ge=1.0, fix="use the paper's extend.min_growth=1.2"))
     max_attempts: int = field(default=20, metadata=rule(ge=1))
     max_new_tokens: int = field(default=4096, metadata=rule(ge=1))
-    trim_to_sentence: bool = False
-    # > 0: stage 2 may not end before the candidate reaches force_growth x the text it extends (in words, at
-    # TOKENS_PER_WORD, within max_new_tokens). Not in the paper: a small model ends its continuation where
-    # the original ended, so its candidates are rarely longer (evidence run 1: 'not_longer' led the rejections)
-    force_growth: float = field(default=0.0, metadata=rule(ge=0.0, fix="use 0 (off) or e.g. 1.5"))
-    repair: bool = False  # cut meta-word chatter lines and a closing loop off before the filter (filters.repair)
+    repair: bool = False  # cut chatter lines naming a meta-word off the edges before the filter (filters.repair)
 
 
 def first_half(text: str) -> str:
@@ -157,22 +150,19 @@ def attempt(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Cha
     cfg, tpl = ctx.cfg("extend"), ctx.s.prompts["extend"]
     prepare = preparer(cfg, fcfg)
 
-    def request(stage: str, template: str, text: str, prefix: str = "", min_new: int = 0) -> Request:
+    def request(stage: str, template: str, text: str, prefix: str = "") -> Request:
         messages = ctx.messages(tpl.get("system"), template.format(instruction=st.source["instruction"], text=text))
-        params = ctx.params(cfg.max_new_tokens, ctx.seed(stage, st.item, st.attempt, st.next_pass), min_new_tokens=min_new)
+        params = ctx.params(cfg.max_new_tokens, ctx.seed(stage, st.item, st.attempt, st.next_pass))
         return Request.chat(st.item, messages, params, adapter="extender", assistant_prefix=prefix)
 
     while True:
         stage1 = yield request("extend-1", tpl["stage1"], first_half(st.text))
-        prefix = keep_two_thirds(stage1.text.strip())
-        candidate = None
+        prefix = keep_two_thirds(stage1.text.strip())  # its tail is cut by design: stage 2 writes the end
+        candidate, finish = None, None
         if prefix:
-            floor = 0
-            if cfg.force_growth:  # the continuation must carry the candidate past force_growth x the text
-                floor = math.ceil(max(0.0, cfg.force_growth * st.words - count_words(prefix)) * TOKENS_PER_WORD)
-            stage2 = yield request("extend-2", tpl["stage2"], st.text, prefix + "\n\n", floor)
-            candidate = prepare(prefix + "\n\n" + stage2.text.strip())
-        records = [judge_pass(st, candidate, fcfg)]
+            stage2 = yield request("extend-2", tpl["stage2"], st.text, prefix + "\n\n")
+            candidate, finish = prepare(prefix + "\n\n" + stage2.text.strip()), stage2.finish_reason
+        records = [judge_pass(st, candidate, fcfg, finish)]
         st.take(records[0])
         if records[0]["pass"] >= cfg.passes:
             ok = st.words > cfg.min_growth * st.source["words"]
@@ -184,11 +174,15 @@ def attempt(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Cha
         yield records
 
 
-def judge_pass(st: ItemState, candidate: Optional[str], fcfg: filters.FilterConfig) -> dict:
-    """The pass record: the candidate becomes the new text if it passes the filter and is longer."""
+def judge_pass(st: ItemState, candidate: Optional[str], fcfg: filters.FilterConfig,
+               finish: Optional[str] = "stop") -> dict:
+    """The pass record: the candidate becomes the new text if stage 2 ended it itself (not the token budget:
+    `unfinished`), it passes the filter and it is longer."""
     reason, text, words = "", st.text, st.words
     if candidate is None:
         reason = "empty_stage1"
+    elif finish == "length":
+        reason = UNFINISHED
     else:
         result = filters.check(candidate, fcfg)
         n = count_words(candidate)
@@ -199,7 +193,8 @@ def judge_pass(st: ItemState, candidate: Optional[str], fcfg: filters.FilterConf
         else:
             text, words = candidate, n
     return {"id": f"{st.item}#a{st.attempt}p{st.next_pass}", "item": st.item, "attempt": st.attempt,
-            "pass": st.next_pass, "accepted": not reason, "reason": reason, "text": text, "words": words}
+            "pass": st.next_pass, "accepted": not reason, "reason": reason, "text": text, "words": words,
+            "finish": finish}
 
 
 def _requests(log: ItemLog) -> int:

@@ -31,8 +31,7 @@ class Generate:
     samples: int = field(default=2, metadata=rule(ge=1))
     max_attempts: int = field(default=20, metadata=rule(ge=1))
     max_new_tokens: int = field(default=2048, metadata=rule(ge=1))
-    trim_to_sentence: bool = False
-    repair: bool = False  # cut meta-word chatter lines and a closing loop off before the filter (filters.repair)
+    repair: bool = False  # cut chatter lines naming a meta-word off the edges before the filter (filters.repair)
 
 
 def quality(cfg: filters.FilterConfig):

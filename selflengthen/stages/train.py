@@ -22,6 +22,7 @@ from selflengthen import layout, ui
 from selflengthen.methods.base import Stage
 from selflengthen.stages.common import RoundContext
 from selflengthen.store import mark_done, read_json, read_jsonl, reset_dir, stage_done
+from selflengthen.training import TRUNCATED_ROW, fitting_rows
 from selflengthen.training.save import adapter_digest, recover_adapter
 
 NAME = "train"
@@ -88,7 +89,11 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
             continue
         start = time.time()
         recover_adapter(folder)  # killed mid-swap: the previous adapter goes back in place (training/save.py)
-        rows = read_jsonl(ctx.stage_dir(source) / f"{role}.jsonl")
+        rows, cut = fitting_rows(ctx.trainer, ctx.model_path(), read_jsonl(ctx.stage_dir(source) / f"{role}.jsonl"),
+                                 ctx.train_cfg)
+        if cut:
+            log.warning("round %d: %d %s rows are longer than train.max_length and are not trained on (cut, they "
+                        "would lose their end); raise train.max_length if memory allows", ctx.round_no, cut, role)
         previous = ctx.adapters.get(role)
         if rows and role in ctx.defer:
             log.info("round %d: the %s is not trained now: nothing after the last round uses it (it is trained "
@@ -115,6 +120,8 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
             summary = _trained(metrics, folder, rows, start, previous)
         summary = {**summary, "adapter": layout.relative(ctx.s.run_dir, summary.get("adapter")),
                    "from": layout.relative(ctx.s.run_dir, previous)}
+        if cut:
+            summary["rejections"] = {TRUNCATED_ROW: cut}
         free_memory()
         own = summary.get("adapter") == layout.relative(ctx.s.run_dir, str(folder / "adapter"))
         mark_done(folder, adapter_files(folder) if own else [], summary=summary)

@@ -32,7 +32,7 @@ from selflengthen.config import rule
 from selflengthen.engines.base import Request
 from selflengthen.plan import PlanStep, clean_step, join_steps, write_messages
 from selflengthen.sampling import keep_indices
-from selflengthen.stages.common import RoundContext, mean, preparer, resumable, run_chains
+from selflengthen.stages.common import UNFINISHED, RoundContext, mean, preparer, resumable, run_chains
 from selflengthen.stages.plan import NAME as PLANS
 from selflengthen.store import ItemLog, atomic_write_jsonl, open_log, read_jsonl
 from selflengthen.text import count_words
@@ -47,8 +47,7 @@ class Write:
     max_attempts: int = field(default=3, metadata=rule(ge=1))
     tokens_per_word: float = field(default=2.0, metadata=rule(gt=0.0))
     max_new_tokens: int = field(default=2048, metadata=rule(ge=1))
-    trim_to_sentence: bool = False
-    repair: bool = False  # cut meta-word chatter lines and a closing loop off before the filter (filters.repair)
+    repair: bool = False  # cut chatter lines naming a meta-word off the edges before the filter (filters.repair)
     adapter: Optional[str] = "writer"  # who writes: the method's writer (default) or null = the base model
 
 
@@ -111,9 +110,13 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
             step, tries = len(c.texts), c.tries
             done = yield request(i, c)
             text = prepare(clean_step(done.text))
-            verdict = filters.check(text, step_cfg)
+            # a step the token budget cut is re-drawn like one that fails the filter: its end (and so a seam
+            # of the joined answer) would not be where the model stopped
+            verdict = filters.FilterResult(False, UNFINISHED) if done.finish_reason == "length" else \
+                filters.check(text, step_cfg)
             record = {"id": f"{i}@{step}#{tries}", "item": i, "step": step, "attempt": tries, "text": text,
-                      "ok": verdict.ok, "reason": "" if verdict.ok else f"step_{verdict.reason}"}
+                      "ok": verdict.ok, "reason": "" if verdict.ok else f"step_{verdict.reason}",
+                      "finish": done.finish_reason}
             yield [record]
             c.add(record)
 

@@ -56,3 +56,21 @@ def make_trainer(train_cfg: dict) -> tuple[Trainer, Any]:
     """(trainer function, its typed config) for `train.backend`."""
     backend, cfg = parse_config(train_cfg)
     return trainer_for(backend), cfg
+
+
+TRUNCATED_ROW = "truncated_row"
+
+
+def fitting_rows(trainer: Trainer, model_path: str, rows: list[dict], cfg: Any) -> tuple[list[dict], int]:
+    """(the rows the trainer can take whole, how many it could not). A row longer than the trainer's
+    `max_length` would be cut by it, its answer losing the end and the end-of-turn token: trained, it teaches
+    the model to run on, so it is dropped, never truncated. A trainer measures rows with its module's
+    `row_lengths(model_path, rows) -> [tokens]`; one without it (GRPO takes prompts, not answers) keeps all."""
+    module = getattr(trainer, "__module__", None)
+    measure = getattr(importlib.import_module(module), "row_lengths", None) if module else None
+    limit = cfg.get("max_length") if isinstance(cfg, dict) else getattr(cfg, "max_length", None)
+    if measure is None or not limit or not rows:
+        return rows, 0
+    lengths = measure(model_path, rows)
+    kept = [row for row, n in zip(rows, lengths) if n <= limit]
+    return kept, len(rows) - len(kept)

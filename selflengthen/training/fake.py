@@ -42,3 +42,9 @@ def fake_train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapt
         "adapter_sha256": adapter_digest(adapter)}
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def row_lengths(model_path: str, rows: list[dict]) -> list[int]:
+    """A row's length in the fake world's tokens (words, as the fake engine counts them); `+train.max_length`
+    makes the train stage drop longer rows, as it does for the real trainer."""
+    return [sum(len(m["content"].split()) for m in r["messages"]) for r in rows]

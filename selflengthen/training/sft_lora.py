@@ -189,15 +189,30 @@ def _to_prompt_completion(rows: list[dict]) -> list[dict]:
     return examples
 
 
+def row_lengths(model_path: str, rows: list[dict]) -> list[int]:
+    """Each row's length in tokens as the trainer sees it (the chat template rendered, answer included):
+    the train stage drops rows longer than train.max_length before training (training.fitting_rows)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    return [_tokens(tokenizer, row) for row in rows]
+
+
+def _tokens(tokenizer, row: dict) -> int:
+    ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return len(ids)
+
+
 def _count_too_long(tokenizer, rows: list[dict], max_length: int) -> int:
-    """Rows whose rendered chat exceeds max_length: TRL keeps their start and cuts the answer's end."""
+    """Rows whose rendered chat exceeds max_length: TRL keeps their start and cuts the answer's end. The train
+    stage never passes such rows (it drops them); a direct caller (bench/train.py) is warned."""
     too_long = []
     for i, row in enumerate(rows):
-        ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        if len(ids) > max_length:
-            too_long.append((i, len(ids)))
+        n = _tokens(tokenizer, row)
+        if n > max_length:
+            too_long.append((i, n))
     if too_long:
         log.warning("%d of %d training rows are longer than max_length=%d tokens and will be truncated "
                     "(their answers lose the end, the end-of-turn token included); first: row %d, %d tokens. "

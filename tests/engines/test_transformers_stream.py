@@ -216,6 +216,20 @@ def test_static_loop_still_serves_stream(lively_dir, engine):
                                                                          zip(reqs, engine.generate(reqs))}
 
 
+def test_static_loop_says_why_each_answer_ended(lively_dir, engine):
+    """The static loop reports finish reasons as the slot loop does: "stop" for a stop string or the end token,
+    "length" for a row that ran to its budget."""
+    static = make(lively_dir, loop="static")
+    text = engine.generate([chat("a", "a story", SamplingParams(temperature=0.0, max_new_tokens=16))])[0]
+    word = next(text[k:k + 2] for k in range(2, len(text)) if text[k:k + 2].isascii() and text[k:k + 2].isalpha())
+    reqs = [chat("a", "a story", SamplingParams(temperature=0.0, max_new_tokens=16, stop=(word,))),
+            chat("b", "a story", SamplingParams(temperature=0.0, max_new_tokens=3))]
+    got = {c.id: c for c in static.stream(RequestQueue(reqs))}
+    assert got["a"].text == text[:text.find(word)] and got["a"].finish_reason == "stop"
+    assert got["b"].new_tokens == 3 and got["b"].finish_reason == "length"
+    assert [c.finish_reason for c in static.complete_static(reqs)] == ["stop", "length"]
+
+
 def test_bad_loop_is_a_config_error():
     with pytest.raises(ValueError, match="engine.loop"):
         TransformersEngine("x", loop="waves")

@@ -1,11 +1,12 @@
-"""`repair`: chatter lines and a closing loop are cut off before the filter judges (filters.repair)."""
+"""`repair`: chatter lines at the edges are cut off before the filter judges (filters.repair); nothing inside
+the answer is ever cut (a loop stays, and the filter rejects it)."""
 
 from __future__ import annotations
 
 from conftest import fake_settings
 from selflengthen import engine_session, recipe
 from selflengthen.engines.fake import FakeEngine
-from selflengthen.filters import EN, ZH, check, cut_at_repeat, repair, trim_meta_edges
+from selflengthen.filters import EN, ZH, check, repair, trim_meta_edges
 from selflengthen.stages import extend
 from selflengthen.stages.common import RoundContext, preparer
 from selflengthen.stages.initial import Generate
@@ -30,37 +31,23 @@ def test_trim_meta_edges_drops_the_chatter_and_keeps_the_body():
     assert trim_meta_edges("版本如下：\n正文。", ZH) == "版本如下：\n正文。"
 
 
-def test_cut_at_repeat_cuts_a_closing_loop_at_its_start():
-    loop = " And the sea was calm and the night was long and the stars were out."
-    looped = BODY + loop * 4
-    assert check(looped, EN).reason == "repeated_10gram"
-    cut = cut_at_repeat(looped, 10)
-    assert check(cut, EN).ok and cut.startswith(BODY) and len(cut) < len(looped)
-    assert cut.count("the stars were out") == 1  # the first round of the loop is not a repeat yet
-    # a text that repeats early keeps too little: unchanged, so the filter still rejects it
-    early = "Start." + loop * 6
-    assert cut_at_repeat(early, 10) == early
-    assert cut_at_repeat(BODY, 10) == BODY  # no repeat: unchanged
-    # Chinese units
-    zh = ("港口在五月开放，船只从北方驶来，带来了盐和木材。到了六月码头已经满了，城镇沿着水边发展起来。"
-          "秋天的风暴把旧灯塔吹倒了，渔民们用一个冬天重新把它建好。")
-    zh_loop = zh + "夜晚很长，海面平静，星星都出来了。" * 4
-    zh_cut = cut_at_repeat(zh_loop, 13, "zh")
-    assert zh_cut.startswith(zh) and check(zh_cut, ZH).ok and not check(zh_loop, ZH).ok
-
-
-def test_repair_composes_both_and_the_preparer_applies_it_only_when_asked():
-    text = "Here is my response:\n\n" + BODY + " And it went on and on and on and on and on." * 3 + "\n\nThis version is final."
+def test_repair_trims_edge_chatter_only_and_the_preparer_applies_it_only_when_asked():
+    text = "Here is my response:\n\n" + BODY + "\n\nThis version is final."
     assert not check(text, EN).ok
     fixed = repair(text, EN)
-    assert check(fixed, EN).ok and fixed.startswith("The harbour")
+    assert fixed == BODY and check(fixed, EN).ok
+    # a loop is never cut out: the text keeps its end, and the filter rejects it
+    looped = "Here is my response:\n\n" + BODY + " And it went on and on and on and on and on." * 3
+    assert repair(looped, EN) == BODY + " And it went on and on and on and on and on." * 3
+    assert check(repair(looped, EN), EN).reason == "repeated_10gram"
+    # an unfinished sentence is not trimmed back either: the filter sees the cut end
+    cut = BODY + " And then the"
+    assert repair(cut, EN) == cut and not check(cut, EN).ok
     # edges that are most of the text are not chatter around an answer: the whole goes to the filter
     short = "Version one of the plan.\n\nIt has two steps.\n\nThe revised version follows."
     assert repair(short, EN) == short and check(short, EN).reason == "meta_word"
     assert preparer(Generate(), EN)(text) == text.strip()
     assert preparer(Generate(repair=True), EN)(text) == fixed
-    # trim_to_sentence first (a budget-cut ending), then the repair
-    assert preparer(Generate(trim_to_sentence=True, repair=True), EN)(text + " And then the") == fixed
 
 
 class Chatty(FakeEngine):
