@@ -5,13 +5,16 @@
 1. `collect/01_self_instruct`: `collect.num_new` fresh instructions, made by the self-instruct stage
    itself on a virtual round after the last one (its own seeds, never a later round's);
 2. `collect/02_answers`: the final generator (the last finished round's adapters) answers each once,
-   with the quality filter and re-draws (`generate.max_attempts`), budget `collect.max_new_tokens`;
+   with the quality filter and re-draws (`generate.max_attempts`), budget `collect.max_new_tokens`; the
+   passing answers go through length-aware sampling (`sampling.a/p`, as the paper's step 1 does for them;
+   `collect.sample_answers=false` keeps them all);
 3. gathers every (instruction, response) pair: each round's artifacts the method names in `pairs`
    (Self-Lengthen: `initial/responses.jsonl` and `extend/extended.jsonl`, as the paper's collect_data.py
    takes both; `source` = the stage) plus the answers of step 2 (`round` = last round + 1, `source` =
-   "collect"); drops duplicates (normalised instruction + response);
+   "collect"); drops duplicates (normalised instruction + response) and, as the paper, every response
+   outside `collect.min_words` up to (not including) `collect.max_words` (2,000-8,000 by default);
 4. adds a length constraint to every query that the response already satisfies
-   (`length_control.make_constraint`), phrased with a random wording of `prompts.length_control`; with
+   (`length_control.make_constraint`, its kind drawn with the `collect.kinds` weights), phrased with a random wording of `prompts.length_control`; with
    `collect.rewrite=true` the model rewrites the query around the requirement instead (kept only if it
    contains the numbers, else the template is used);
 5. exports to `export/`: `chat.jsonl` (TRL: a `messages` column), `alpaca.json` + `dataset_info.json`
@@ -35,12 +38,13 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 from selflengthen import filters, ui
 from selflengthen.engines.base import Request
 from selflengthen.length_control import make_constraint, phrase
-from selflengthen.settings import ConfigError, Settings
+from selflengthen.sampling import keep_indices
+from selflengthen.settings import DEFAULT_KINDS, ConfigError, Settings, check_collect
 from selflengthen.stages import self_instruct
 from selflengthen.stages.common import RoundContext, derive_seed, preparer, redraws, resumable
 from selflengthen.stages.initial import quality
@@ -61,6 +65,10 @@ class CollectConfig:
     num_new: int = 64
     rewrite: bool = False
     max_new_tokens: int = 2048
+    min_words: int = 2000  # the paper's final data: answers of 2,000 up to (not including) 8,000 words
+    max_words: Optional[int] = 8000
+    kinds: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_KINDS))  # constraint kind -> weight
+    sample_answers: bool = True  # length-aware sampling of the fresh answers
 
 
 def collect_config(cfg: Mapping) -> CollectConfig:
@@ -81,6 +89,7 @@ def collect_config(cfg: Mapping) -> CollectConfig:
     if not (isinstance(c.max_new_tokens, int) and c.max_new_tokens >= 1):
         raise ConfigError(f"Config error: collect.max_new_tokens={c.max_new_tokens!r} — must be a whole number "
                           f">= 1. Fix: use generate.max_new_tokens' value, e.g. 2048.")
+    check_collect(c)
     return c
 
 
@@ -196,7 +205,8 @@ def _answer(ctx: CollectContext, folder: Path, cc: CollectConfig) -> tuple[dict,
 
     def request(item_id: str, ins: dict, attempt: int) -> Request:
         messages = ctx.messages(tpl.get("system"), tpl["user"].format(instruction=ins["prompt"]))
-        return Request.chat(item_id, messages, ctx.params(cc.max_new_tokens, ctx.seed("answer", item_id, attempt)),
+        return Request.chat(item_id, messages, ctx.params(cc.max_new_tokens, ctx.seed("answer", item_id, attempt),
+                                                                  stop=tpl.get("stop") or ()),
                             adapter="generator")
 
     attempts = open_log(folder / "attempts.jsonl")
@@ -238,13 +248,34 @@ def gather_pairs(run_dir: Path, last: int, answers: list[dict], method=None) -> 
 
 # --- 4: length control ------------------------------------------------------------------------------------
 
-def add_length_control(s: Settings, pairs: list[dict]) -> list[dict]:
-    """A constraint each response satisfies, phrased into its query. Seeded by the pair, not its position."""
+def in_range(pairs: list[dict], cc) -> list[dict]:
+    """The pairs whose response has min_words up to (not including) max_words words (the paper: 2,000-8,000)."""
+    return [p for p in pairs if cc.min_words <= p["words"] and (cc.max_words is None or p["words"] < cc.max_words)]
+
+
+def sample_answers(ctx: RoundContext, answers: list[dict]) -> list[dict]:
+    """Length-aware sampling of the fresh answers (`sampling.a/p`, by characters as the rounds' stages)."""
+    sampling = _sampling(ctx.s)
+    keep = keep_indices([len(a["text"]) for a in answers], sampling.a, sampling.p,
+                        random.Random(ctx.seed("answers-sampling")))
+    return [answers[k] for k in keep]
+
+
+def _sampling(s: Settings):
+    """The run's `sampling:` section, or its defaults for a method without one."""
+    from selflengthen.sampling import Sampling
+
+    return s.sections.get("sampling") or Sampling()
+
+
+def add_length_control(s: Settings, pairs: list[dict], kinds: Optional[Mapping[str, float]] = None) -> list[dict]:
+    """A constraint each response satisfies, phrased into its query; its kind drawn with the `kinds` weights
+    (the paper's by default). Seeded by the pair, not its position."""
     templates = s.prompts["length_control"]
     out = []
     for p in pairs:
         rng = random.Random(derive_seed(s.seed, "length-control", p["id"]))
-        c = make_constraint(p["words"], rng)
+        c = make_constraint(p["words"], rng, dict(kinds or DEFAULT_KINDS))
         wording = phrase("", c, {**templates, "join": "{constraint}"}, rng)
         query = templates["join"].format(query=p["instruction"], constraint=wording)
         out.append({**p, "constraint": {**c.to_dict(), "text": wording}, "query": query, "rewritten": False})
@@ -349,7 +380,10 @@ def collect(s: Settings, cc: CollectConfig, engine) -> dict:
     source = made_by(s, cc, last, adapters)
     _start_fresh_if_stale(s.run_dir, source)
     # the export's key: the collection's plus the phrasing step and which artifacts of the rounds it takes
-    key = {**source, "rewrite": cc.rewrite, "pairs": [list(p) for p in s.method.pair_sources()]}
+    key = {**source, "rewrite": cc.rewrite, "pairs": [list(p) for p in s.method.pair_sources()],
+           "final_data": {"min_words": cc.min_words, "max_words": cc.max_words, "kinds": dict(cc.kinds),
+                          "sample_answers": cc.sample_answers,
+                          "sampling": dataclasses.asdict(_sampling(s)) if cc.sample_answers else None}}
     done = stage_done(s.run_dir / EXPORT_DIR)
     if done and done["summary"].get("made_by") == key:
         log.info("export is complete on disk: skipped")
@@ -363,8 +397,15 @@ def collect(s: Settings, cc: CollectConfig, engine) -> dict:
     engine.set_adapters(adapters)
     ctx = CollectContext(s, last + 1, engine, adapters)
     answers = answer_new_instructions(ctx, cc)
-    pairs = gather_pairs(s.run_dir, last, answers)
-    rows = add_length_control(s, pairs)
+    fresh = len(answers)
+    if cc.sample_answers:
+        answers = sample_answers(ctx, answers)
+    gathered = gather_pairs(s.run_dir, last, answers)
+    pairs = in_range(gathered, cc)
+    if gathered and not pairs:
+        log.warning("no pair has %s to %s words (collect.min_words / collect.max_words): the export is empty. "
+                    "Scale the range to the run's budgets (e.g. collect.min_words=0)", cc.min_words, cc.max_words)
+    rows = add_length_control(s, pairs, cc.kinds)
     if cc.rewrite:
         rows = rewrite_queries(ctx, rows)
     kinds = dict(Counter(r["constraint"]["type"] for r in rows))
@@ -372,6 +413,7 @@ def collect(s: Settings, cc: CollectConfig, engine) -> dict:
     info = {"rows": len(rows), "final_round": last, "from_rounds": sum(r["source"] != "collect" for r in rows),
             "from_collect": sources.get("collect", 0), "sources": sources, "kinds": kinds,
             "rewritten": sum(r["rewritten"] for r in rows), "config": dataclasses.asdict(cc),
+            "answers_sampled_out": fresh - len(answers), "out_of_range": len(gathered) - len(pairs),
             "made_by": key, "seconds": time.time() - start}
     return export(rows, s.run_dir / EXPORT_DIR, info)["summary"]
 

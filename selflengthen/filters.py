@@ -5,7 +5,7 @@
 - `empty`                   nothing but whitespace;
 - `too_short`               fewer than `cfg.min_words` words (only when `min_words` > 1);
 - `no_terminal_punctuation` the last non-whitespace character is not in `cfg.terminal`;
-- `meta_word`               a meta-word ("revised", "version", ...) in the first/last few non-empty lines;
+- `meta_word`               a meta-word ("revised", "version", ...) in the first/last few lines (`meta_match`);
 - `repeated_{n}gram`        some n units occur twice in a row-for-row identical sequence.
 
 Units for the n-gram check (`cfg.ngram_unit`):
@@ -46,12 +46,18 @@ class FilterResult:
 
 PASS = FilterResult(True)
 
-# Closing quotes and brackets count as terminal because a finished sentence often ends `."` or `.)`;
-# the price is that an ending like `"word"` without a period also passes (as in the paper's code).
-EN_TERMINAL = ".!?\"'”’)…"
-ZH_TERMINAL = "。！？…”’」』）.!?\"')"
+# The paper's sets (utils.check_response). English: . ! ? , ; : - " ' ) ] } > ` (its "..." ends in "." anyway),
+# plus the typographic forms ” ’ … of marks it has. Chinese: 。！？…”’）】 ) ] } > ` plus the corner-bracket
+# closers 」』 (the same role as its 】）). Closing quotes and brackets count because a finished sentence often
+# ends `."` or `.)`; the price is that an ending like `"word"` without a period also passes, as in the paper.
+EN_TERMINAL = ".!?,;:-\"')]}>`”’…"
+ZH_TERMINAL = "。！？…”’）】」』)]}>`"
 EN_META_WORDS = ("revised", "revision", "response", "version", "paragraph")
 NGRAM_UNITS = ("word", "zh")
+# How a meta-word is matched. substring (the paper): case-sensitive substring of the first/last lines as they
+# are, blank ones included ("conversion" contains "version"). word: case-insensitive whole word over
+# non-empty lines ("Revised:" yes, "unrevised" no).
+META_MATCHES = ("substring", "word")
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,11 @@ class FilterConfig:
     terminal: str = EN_TERMINAL  # characters a response may end with (trailing whitespace ignored)
     ngram: int = 10  # reject when any n consecutive units occur twice
     ngram_unit: str = "word"  # "word" or "zh" (see module docstring)
-    meta_words: tuple[str, ...] = EN_META_WORDS  # case-insensitive whole words; CJK ones as substrings
-    meta_head_lines: int = 2  # meta-words are looked for in this many first non-empty lines ...
-    meta_tail_lines: int = 3  # ... and this many last non-empty lines
+    meta_words: tuple[str, ...] = EN_META_WORDS  # matched as `meta_match` says
+    meta_head_lines: int = 2  # meta-words are looked for in this many first lines ...
+    meta_tail_lines: int = 3  # ... and this many last lines (non-empty ones with meta_match=word)
     min_words: int = 1  # fewer words (text.count_words) -> "too_short"; 0 or 1 -> only "empty"
+    meta_match: str = "substring"  # see META_MATCHES
 
     def __post_init__(self) -> None:
         if isinstance(self.meta_words, str):
@@ -74,6 +81,8 @@ class FilterConfig:
             raise ValueError(f"terminal must be a non-empty string of characters, got {self.terminal!r}")
         if self.ngram_unit not in NGRAM_UNITS:
             raise ValueError(f"ngram_unit must be one of {NGRAM_UNITS}, got {self.ngram_unit!r}")
+        if self.meta_match not in META_MATCHES:
+            raise ValueError(f"meta_match must be one of {META_MATCHES}, got {self.meta_match!r}")
         for name in ("ngram", "meta_head_lines", "meta_tail_lines", "min_words"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "ngram" else 0):
@@ -137,11 +146,25 @@ def _last_non_space(text: str) -> int:
 
 
 def _has_meta_word(text: str, cfg: FilterConfig) -> bool:
-    edge = _head_lines(text, cfg.meta_head_lines) + _tail_lines(text, cfg.meta_tail_lines)
-    return bool(edge) and _mentions_meta("\n".join(edge), cfg.meta_words)
+    if cfg.meta_match == "substring":
+        edge = _raw_edge_lines(text, cfg.meta_head_lines, cfg.meta_tail_lines)
+    else:
+        edge = _head_lines(text, cfg.meta_head_lines) + _tail_lines(text, cfg.meta_tail_lines)
+    return bool(edge) and _mentions_meta("\n".join(edge), cfg.meta_words, cfg.meta_match)
 
 
-def _mentions_meta(text: str, words: tuple[str, ...]) -> bool:
+def _raw_edge_lines(text: str, head: int, tail: int) -> list[str]:
+    """The paper's edge: the first `head` and last `tail` lines of the stripped text, blank lines included
+    (so "Title\n\nBody" has "Title" and "" as its first two)."""
+    text = text.strip()
+    first = text.split("\n", head)[:head] if head else []
+    last = text.rsplit("\n", tail)[-tail:] if tail else []
+    return first + last
+
+
+def _mentions_meta(text: str, words: tuple[str, ...], match: str = "word") -> bool:
+    if match == "substring":  # the paper: `word in part`, case-sensitive
+        return any(w in text for w in words if w)
     # str.find instead of one big regex: the edge lines can be whole paragraphs, and a regex with an
     # alternation tries every position (about 1 ms a response, more than the n-gram scan).
     haystack = text.lower()
@@ -211,8 +234,8 @@ def trim_meta_edges(text: str, cfg: FilterConfig = EN) -> str:
         return text
     lines = text.strip().split("\n")
     body = [i for i, line in enumerate(lines) if line.strip()]
-    head = [i for i in body[: cfg.meta_head_lines] if _mentions_meta(lines[i], cfg.meta_words)]
-    tail = [i for i in body[max(0, len(body) - cfg.meta_tail_lines):] if _mentions_meta(lines[i], cfg.meta_words)]
+    head = [i for i in body[: cfg.meta_head_lines] if _mentions_meta(lines[i], cfg.meta_words, cfg.meta_match)]
+    tail = [i for i in body[max(0, len(body) - cfg.meta_tail_lines):] if _mentions_meta(lines[i], cfg.meta_words, cfg.meta_match)]
     lo = head[-1] + 1 if head else 0
     hi = tail[0] if tail else len(lines)
     return "\n".join(lines[lo:hi]).strip() if lo < hi else ""

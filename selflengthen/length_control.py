@@ -133,15 +133,19 @@ def _friendly(preferred: float, ok: Callable[[int], bool], fallback: int) -> int
     return fallback
 
 
-def make_constraint(words: int, rng: random.Random, kinds: Sequence[str] = KINDS) -> Constraint:
-    """A constraint of a random kind (from `kinds`) that an answer of `words` words satisfies.
+def make_constraint(words: int, rng: random.Random, kinds: Sequence[str] | Mapping[str, float] = KINDS) -> Constraint:
+    """A constraint of a random kind (from `kinds`: a sequence drawn uniformly, or a mapping kind -> weight)
+    that an answer of `words` words satisfies.
 
     The numbers are rounded to what a person would ask for (multiples of 10, 50 or 100 by size) while
     keeping `words` inside the band, so `length_score(c, words) == 1` always holds.
     """
     if words < 1:
         raise ValueError(f"need a positive word count, got {words}")
-    kind = rng.choice(list(kinds))
+    if isinstance(kinds, Mapping):
+        kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
+    else:
+        kind = rng.choice(list(kinds))
     if kind not in KINDS:
         raise ValueError(f"unknown constraint kind {kind!r}")
 

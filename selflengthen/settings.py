@@ -68,6 +68,25 @@ class Eval:
     judge: Optional[str] = None  # LongBench-Write S_q: null = off, "self" = the run's model, or a judge model path
 
 
+DEFAULT_KINDS = {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}  # eval/add_length_control.py
+
+
+def check_collect(c) -> None:
+    """collect.min_words / max_words / kinds, shared by both readers of the section."""
+    from selflengthen.length_control import KINDS
+
+    if c.max_words is not None and c.max_words <= c.min_words:
+        raise ConfigError(f"Config error: collect.max_words={c.max_words} must be above collect.min_words="
+                          f"{c.min_words}. Fix: use the paper's 2000 and 8000, or scale both to your budgets")
+    kinds = dict(c.kinds)
+    fix = f"use the paper's collect.kinds={DEFAULT_KINDS}"
+    for kind, w in kinds.items():
+        need(kind in KINDS, f"collect.kinds.{kind}", w, f"is not a constraint kind ({', '.join(KINDS)})", fix)
+        need(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0, f"collect.kinds.{kind}", w,
+             "must be a weight >= 0", fix)
+    need(sum(kinds.values()) > 0, "collect.kinds", kinds, "needs a weight above 0", fix)
+
+
 @dataclass(frozen=True)
 class Collect:
     """`collect:` — the final data set with length control."""
@@ -75,6 +94,15 @@ class Collect:
     num_new: int = field(default=64, metadata=rule(ge=0, fix="use collect.num_new=0 (no fresh instructions) or more"))
     rewrite: bool = False
     max_new_tokens: int = field(default=2048, metadata=rule(ge=1))
+    # the paper keeps answers of min_words up to, not including, max_words (2,000-8,000; null = no upper bound)
+    min_words: int = field(default=2000, metadata=rule(ge=0, fix="use the paper's collect.min_words=2000, or 0"))
+    max_words: Optional[int] = field(default=8000, metadata=rule(ge=1, fix="use the paper's collect.max_words=8000"))
+    # constraint kinds drawn with these weights (the paper: about 0.40, range 0.25, above 0.10, below 0.25)
+    kinds: dict = field(default_factory=lambda: dict(DEFAULT_KINDS))
+    sample_answers: bool = True  # length-aware sampling (sampling.a/p) of the fresh answers, as the paper does
+
+    def check(self) -> None:
+        check_collect(self)
 
 
 @dataclass(frozen=True)
@@ -246,8 +274,9 @@ _TEMPLATES = {
 }
 _LISTS = ("length_control.about", "length_control.range", "length_control.above", "length_control.below")
 _TEXTS = {"generate.system": True, "extend.system": True, "agentwrite.system": True, "judge.system": True,
-          "agentwrite.nothing_written": False}  # key -> may be null
-_STRINGS = {"self_instruct.stop": False, "self_instruct.judge_yes": True}  # list of strings -> must be non-empty
+          "agentwrite.nothing_written": False, "self_instruct.task": True}  # key -> may be null
+_STRINGS = {"self_instruct.stop": False, "self_instruct.judge_yes": True,  # list of strings -> must be non-empty
+            "generate.stop": False, "extend.stop": False}
 _TOP = {"lang": False, "seed_file": True, "eval_file": True}  # plain text -> may be null
 _REQUIRED = ("lang", "self_instruct", "generate", "extend", "filter")
 _FIX = "copy the matching section of conf/prompts/en.yaml and change only the text"
@@ -265,6 +294,7 @@ class PromptFilter:
     meta_head_lines: int = field(default=2, metadata=rule(ge=0))
     meta_tail_lines: int = field(default=3, metadata=rule(ge=0))
     min_words: int = field(default=1, metadata=rule(ge=0))
+    meta_match: str = field(default="substring", metadata=rule(choices=("substring", "word")))
 
 
 def _template(key: str, value: Any, allowed: set, required: set) -> None:

@@ -23,10 +23,16 @@ ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
 
 
 
+def all_in(**kw) -> collect.CollectConfig:
+    """Every pair in: no word range, no sampling of the fresh answers (the paper's defaults drop most of a
+    fake run's short pairs; the tests below that want them say so)."""
+    return collect.CollectConfig(**{"min_words": 0, "max_words": None, "sample_answers": False, **kw})
+
+
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     s = finished_run(tmp_path_factory.mktemp("run"))
-    info = collect.collect(s, collect.CollectConfig(num_new=3), fake_engine())
+    info = collect.collect(s, all_in(num_new=3), fake_engine())
     return s, info
 
 
@@ -116,7 +122,7 @@ def test_rerun_is_a_noop(collected):
     s, info = collected
     before = {p: p.read_bytes() for p in (s.run_dir / "export").rglob("*") if p.is_file()}
     engine = fake_engine()
-    assert collect.collect(s, collect.CollectConfig(num_new=3), engine) == info
+    assert collect.collect(s, all_in(num_new=3), engine) == info
     assert engine.inner is None
     assert {p: p.read_bytes() for p in (s.run_dir / "export").rglob("*") if p.is_file()} == before
 
@@ -130,7 +136,7 @@ def test_an_export_made_from_other_artifacts_is_made_again(collected, monkeypatc
     doc["summary"]["made_by"]["pairs"] = [["extend", "extended.jsonl"]]
     done.write_text(json.dumps(doc))
     engine = fake_engine()
-    again = collect.collect(s, collect.CollectConfig(num_new=3), engine)
+    again = collect.collect(s, all_in(num_new=3), engine)
     assert engine.inner is None  # the collected answers are reused: nothing generated
     assert again["made_by"]["pairs"] == [["initial", "responses.jsonl"], ["extend", "extended.jsonl"]]
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in info.items() if k != "seconds"}
@@ -138,16 +144,16 @@ def test_an_export_made_from_other_artifacts_is_made_again(collected, monkeypatc
 
 def test_zh_prompt_set(tmp_path):
     s = finished_run(tmp_path, "prompts=zh", "iterations=1")
-    collect.collect(s, collect.CollectConfig(num_new=2), fake_engine())
+    collect.collect(s, all_in(num_new=2), fake_engine())
     chat = check_export(s, "zh")  # phrased with the zh templates and read back by the zh rules
     assert all(r["messages"][0]["content"] == r["instruction"] + r["constraint"]["text"] for r in chat)  # no space
 
 
 def test_a_run_that_gained_rounds_is_collected_again(tmp_path):
     s = finished_run(tmp_path, "iterations=1")
-    assert collect.collect(s, collect.CollectConfig(num_new=2), fake_engine())["final_round"] == 1
+    assert collect.collect(s, all_in(num_new=2), fake_engine())["final_round"] == 1
     s = finished_run(tmp_path, "iterations=2")
-    info = collect.collect(s, collect.CollectConfig(num_new=2), fake_engine())
+    info = collect.collect(s, all_in(num_new=2), fake_engine())
     assert info["final_round"] == 2
     assert {r["round"] for r in read_jsonl(tmp_path / "export/chat.jsonl")} == {1, 2, 3}
 
@@ -166,21 +172,28 @@ class Rewriter(FakeEngine):
 
 def test_rewrite_mode_uses_the_rewrite_or_falls_back_to_the_template(tmp_path):
     s = finished_run(tmp_path / "a", "iterations=1")
-    collect.collect(s, collect.CollectConfig(num_new=0, rewrite=True), Rewriter())
+    collect.collect(s, all_in(num_new=0, rewrite=True), Rewriter())
     chat = read_jsonl(s.run_dir / "export/chat.jsonl")
     assert chat and all(r["rewritten"] for r in chat)
     assert all(r["messages"][0]["content"] == f"{r['constraint']['text']} {r['instruction']}" for r in chat)
     assert {r["round"] for r in chat} == {1}  # num_new=0: the rounds' pairs only
 
     s = finished_run(tmp_path / "b", "iterations=1")  # the fake engine's rewrites hold no number
-    collect.collect(s, collect.CollectConfig(num_new=0, rewrite=True), fake_engine())
+    collect.collect(s, all_in(num_new=0, rewrite=True), fake_engine())
     chat = read_jsonl(s.run_dir / "export/chat.jsonl")
     assert chat and not any(r["rewritten"] for r in chat)
     assert all(r["messages"][0]["content"].endswith(r["constraint"]["text"]) for r in chat)
 
 
 def test_collect_config_is_checked():
-    assert collect.collect_config(compose(*FAKE)) == collect.CollectConfig()
+    assert collect.collect_config(compose(*FAKE)) == collect.CollectConfig(min_words=20, max_words=1000)
+    assert collect.collect_config(compose()) == collect.CollectConfig()  # the paper's defaults
+    assert collect.CollectConfig().kinds == {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}
+    assert (collect.CollectConfig().min_words, collect.CollectConfig().max_words) == (2000, 8000)
+    for bad, key in (("collect.max_words=10", "collect.max_words"), ("+collect.kinds.often=1", "collect.kinds.often"),
+                     ("collect.kinds.about=-1", "collect.kinds.about")):
+        with pytest.raises(ConfigError, match=key):
+            collect.collect_config(compose(*FAKE, bad))
     assert collect.collect_config(compose(*FAKE, "collect.num_new=0", "collect.rewrite=true")).rewrite is True
     with pytest.raises(ConfigError, match="collect.num_new"):
         collect.collect_config(compose(*FAKE, "collect.num_new=-1"))
@@ -209,7 +222,7 @@ def export_files(s) -> dict:
                                                ("decoding.temperature=0.3", "decoding")])
 def test_a_foreign_collection_is_redone_for_the_runs_own_config(tmp_path, caplog, override, changed):
     s = finished_run(tmp_path, "iterations=1")
-    cc = collect.CollectConfig(num_new=2)
+    cc = all_in(num_new=2)
     own = collect.collect(s, cc, fake_engine())
     own_files = export_files(s)
 
@@ -234,7 +247,7 @@ def test_a_retrained_adapter_is_collected_again(tmp_path):
     from selflengthen.evaluate import finished_rounds
 
     s = finished_run(tmp_path, "iterations=1")
-    cc = collect.CollectConfig(num_new=2)
+    cc = all_in(num_new=2)
     collect.collect(s, cc, fake_engine())
     from conftest import retrain_in_place
 
@@ -248,12 +261,38 @@ def test_a_retrained_adapter_is_collected_again(tmp_path):
 
 def test_the_same_config_is_skipped_and_only_the_export_follows_rewrite(tmp_path):
     s = finished_run(tmp_path, "iterations=1")
-    collect.collect(s, collect.CollectConfig(num_new=2), fake_engine())
+    collect.collect(s, all_in(num_new=2), fake_engine())
     answers = (tmp_path / "collect/02_answers/answers.jsonl").read_bytes()
     engine = fake_engine()
-    collect.collect(fake_settings(tmp_path, "iterations=1", "run.checkpoint_every=5"), collect.CollectConfig(num_new=2),
+    collect.collect(fake_settings(tmp_path, "iterations=1", "run.checkpoint_every=5"), all_in(num_new=2),
                     engine)  # a throughput knob
     assert engine.inner is None
-    info = collect.collect(s, collect.CollectConfig(num_new=2, rewrite=True), fake_engine())
+    info = collect.collect(s, all_in(num_new=2, rewrite=True), fake_engine())
     assert info["made_by"]["rewrite"] is True
     assert (tmp_path / "collect/02_answers/answers.jsonl").read_bytes() == answers  # the answers were kept
+
+
+def test_the_final_data_keeps_the_word_range_samples_fresh_answers_and_draws_the_kinds(tmp_path):
+    """The paper's final data: only answers in [min_words, max_words), the fresh answers after length-aware
+    sampling, constraint kinds drawn with the configured weights. Changing them re-exports without
+    answering again."""
+    s = finished_run(tmp_path, "iterations=1")
+    everything = collect.collect(s, all_in(num_new=4), fake_engine())
+    words = sorted(r["words"] for r in read_jsonl(s.run_dir / "export/chat.jsonl"))
+    lo, hi = words[len(words) // 4], words[3 * len(words) // 4]
+    engine = fake_engine()
+    info = collect.collect(s, all_in(num_new=4, min_words=lo, max_words=hi), engine)
+    assert engine.inner is None  # the same answers: only the export is made again
+    kept = [r["words"] for r in read_jsonl(s.run_dir / "export/chat.jsonl")]
+    assert kept and all(lo <= w < hi for w in kept)
+    assert info["rows"] == sum(lo <= w < hi for w in words) and info["out_of_range"] == len(words) - len(kept)
+    # length-aware sampling of the fresh answers: the shortest of them (rank 1) never survives a=2, p=3
+    answers = read_jsonl(s.run_dir / "collect/02_answers/answers.jsonl")
+    info = collect.collect(s, all_in(num_new=4, sample_answers=True), fake_engine())
+    assert info["from_collect"] + info["answers_sampled_out"] == len(answers) == 4
+    shortest = min(answers, key=lambda a: len(a["text"]))["text"].strip()
+    assert info["from_collect"] < 4 and shortest not in {r["messages"][-1]["content"]
+                                                         for r in read_jsonl(s.run_dir / "export/chat.jsonl")}
+    # kinds: a weight of 0 is never drawn
+    info = collect.collect(s, all_in(num_new=4, kinds={"about": 0, "range": 1, "above": 0, "below": 1}), fake_engine())
+    assert set(info["kinds"]) == {"range", "below"} and info["rows"] == everything["rows"]

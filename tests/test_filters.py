@@ -44,22 +44,25 @@ def test_empty():
     assert check(" \n\t ", ZH) == FilterResult(False, "empty")
 
 
-@pytest.mark.parametrize("ending", [".", "!", "?", '."', ".'", ".”", "’", ".)", "…"])
+# the paper's English set (llama/utils.py check_response) plus the typographic ” ’ …
+@pytest.mark.parametrize("ending", [".", "!", "?", '."', ".'", ".”", "’", ".)", "…", ",", ";", ":", "-", "]", "}",
+                                    ">", "`", "```", "..."])
 def test_english_terminal_endings_pass(ending):
     assert check("It ends here" + ending + "  \n\n", EN).ok
 
 
-@pytest.mark.parametrize("ending", ["", ",", ":", ";", "-", "*", "。"])
+@pytest.mark.parametrize("ending", ["", "*", "。", "a", "9", "#", "|"])
 def test_english_bad_endings(ending):
     assert check("It ends here" + ending, EN) == FilterResult(False, "no_terminal_punctuation")
 
 
-@pytest.mark.parametrize("ending", ["。", "！", "？", "…", "”", "」", "』", "）", ".", "!", "?"])
+# the paper's Chinese set (qwen/utils.py check_response) plus 」』
+@pytest.mark.parametrize("ending", ["。", "！", "？", "…", "”", "’", "」", "』", "）", "】", ")", "]", "}", ">", "`"])
 def test_chinese_terminal_endings_pass(ending):
     assert check("这是一个句子" + ending + "\n", ZH).ok
 
 
-@pytest.mark.parametrize("ending", ["", "，", "、", "：", "；"])
+@pytest.mark.parametrize("ending", ["", "，", "、", "：", "；", ".", "!", "?", '"', "字"])  # the paper's: no ASCII . ! ? "
 def test_chinese_bad_endings(ending):
     assert check("这是一个句子" + ending, ZH) == FilterResult(False, "no_terminal_punctuation")
 
@@ -67,6 +70,40 @@ def test_chinese_bad_endings(ending):
 # ----------------------------------------------------------------------------------- meta words
 
 BODY = "\n".join(" ".join(english(12, s)) + "." for s in range(10))
+
+
+WORD = FilterConfig.from_dict({"language": "en", "meta_match": "word"})
+
+
+# the paper (llama/utils.py): `word in part` over the first 2 / last 3 lines of the stripped text, as they are
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Here is the revised essay.\n" + BODY,
+        "Title\nA new version follows.\n" + BODY,  # second line
+        BODY + "\nThis response covers it all.",
+        BODY + "\nThe paragraph above explains.\n\nThanks.\n",  # third to last line (a blank one counts)
+        "The unrevised draft.\n" + BODY,  # a substring is enough ...
+        "Their responses vary widely.\n" + BODY,  # ... "response" inside "responses"
+        BODY + "\nUnit conversion done.",  # "version" inside "conversion"
+    ],
+)
+def test_meta_words_as_the_paper_matches_them(text):
+    assert check(text, EN) == FilterResult(False, "meta_word")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "One.\nTwo mentions nothing.\nThree mentions the revised plan.\n" + BODY,  # third line: not in the head
+        "Title\n\nHere is the revised version.\n" + BODY,  # third line once the blank one is counted
+        BODY + "\nA version here is fourth from last.\na.\nb.\nc.",  # not in the tail
+        "Revised: a longer essay.\n" + BODY,  # case-sensitive: "Revised" is not "revised"
+        "Responses vary widely.\n" + BODY,  # nor is "Response" "response"
+    ],
+)
+def test_meta_words_elsewhere_or_capitalised_pass(text):
+    assert check(text, EN).ok
 
 
 @pytest.mark.parametrize(
@@ -79,8 +116,8 @@ BODY = "\n".join(" ".join(english(12, s)) + "." for s in range(10))
         BODY + "\nThird from last mentions the Revision.\nx.\ny.",
     ],
 )
-def test_meta_words_in_head_or_tail_are_rejected(text):
-    assert check(text, EN) == FilterResult(False, "meta_word")
+def test_meta_words_whole_word_mode_rejects(text):
+    assert check(text, WORD) == FilterResult(False, "meta_word")
 
 
 @pytest.mark.parametrize(
@@ -90,10 +127,16 @@ def test_meta_words_in_head_or_tail_are_rejected(text):
         BODY + "\nA version here is fourth from last.\na.\nb.\nc.",  # not in the tail
         "The unrevised draft.\n" + BODY,  # not a whole word
         "Responses vary widely.\n" + BODY,  # plural is a different word
+        BODY + "\nUnit conversion done.",
     ],
 )
-def test_meta_words_elsewhere_pass(text):
-    assert check(text, EN).ok
+def test_meta_words_whole_word_mode_passes(text):
+    assert check(text, WORD).ok
+
+
+def test_meta_match_is_checked():
+    with pytest.raises(ValueError, match="meta_match"):
+        FilterConfig.from_dict({"language": "en", "meta_match": "regex"})
 
 
 def test_zh_has_no_meta_words_by_default_but_can_match_cjk_words():
@@ -212,7 +255,7 @@ def test_min_words():
 
 
 def test_check_many_streams_in_order_with_and_without_workers():
-    texts = [" ".join(english(200, s)) + ("." if s % 3 else ",") for s in range(300)]
+    texts = [" ".join(english(200, s)) + ("." if s % 3 else "*") for s in range(300)]
     expected = [check(t, EN) for t in texts]
     assert [r.ok for r in expected].count(False) == 100
     assert list(check_many(iter(texts), EN)) == expected

@@ -203,3 +203,14 @@ def test_phrase_accepts_the_whole_prompts_mapping():
 ])
 def test_kind_of_phrase_handles_negations(text, lang, kind):
     assert kind_of_phrase(text, lang) == kind
+
+
+def test_make_constraint_draws_kinds_with_the_given_weights():
+    """The paper's mix (eval/add_length_control.py): about 0.40, range 0.25, above 0.10, below 0.25."""
+    weights = {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}
+    rng = random.Random(7)
+    n = 8000
+    drawn = [make_constraint(3000, rng, weights).kind for _ in range(n)]
+    for kind, w in weights.items():
+        assert abs(drawn.count(kind) / n - w) < 0.02, kind
+    assert {make_constraint(500, random.Random(i), {"above": 1.0, "below": 0.0}).kind for i in range(50)} == {"above"}

@@ -7,8 +7,11 @@ import json
 import random
 import shutil
 
-from conftest import fake_settings
+from pathlib import Path
+
+from conftest import fake_engine, fake_settings, finished_run
 from selflengthen import engine_session, recipe
+from selflengthen.engines.base import SamplingParams
 from selflengthen.engines.fake import _PLAN_ASK, FakeEngine
 from selflengthen.stages import extend, self_instruct, sft_data
 from selflengthen.stages.common import RoundContext, derive_seed
@@ -56,11 +59,66 @@ def test_sft_rows_have_the_answer_last(tmp_path):
 
 
 def test_parse_instruction():
-    assert self_instruct.parse_instruction(" Write a long report on bees.\nInstruction 4: x") == \
-        "Write a long report on bees."
-    assert self_instruct.parse_instruction("\n  3. \"Draft a policy manual.\"") == "Draft a policy manual."
-    assert self_instruct.parse_instruction("指令3：写一篇长文。") == "写一篇长文。"
+    # the paper keeps the whole stripped completion (its stop strings end it)
+    two_lines = " Write a long report on bees.\nCover their dances and their hives.\n"
+    assert self_instruct.parse_instruction(two_lines) == "Write a long report on bees.\nCover their dances and their hives."
     assert self_instruct.parse_instruction("   \n") == ""
+    # first_line: the first line, without a numbering prefix or quotes
+    assert self_instruct.parse_instruction(" Write a long report on bees.\nInstruction 4: x", True) == \
+        "Write a long report on bees."
+    assert self_instruct.parse_instruction("\n  3. \"Draft a policy manual.\"", True) == "Draft a policy manual."
+    assert self_instruct.parse_instruction("指令3：写一篇长文。", True) == "写一篇长文。"
+    assert self_instruct.parse_instruction("   \n", True) == ""
+
+
+class Recorder(FakeEngine):
+    """The fake engine, keeping every request it was sent."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.seen = []
+
+    def _one(self, r):
+        self.seen.append(r)
+        return super()._one(r)
+
+
+PAPER_STOPS = {"\n\n---", "\n\n\n", "\n---", "---"}  # llama/llm_client.py
+
+
+def test_every_generation_of_a_round_asks_as_the_paper(tmp_path):
+    """Proposals are chat turns opened with the numbered list; answers and both extension stages stop on the
+    paper's strings; stage 1 and stage 2 send the same template."""
+    engine, lazy = Recorder(), fake_engine()
+    lazy.inner = engine
+    finished_run(tmp_path, "iterations=1", engine=lazy)
+    proposals = [r for r in engine.seen if r.assistant_prefix.endswith("Instruction 3: ")]
+    assert proposals and all(r.messages[-1][1].startswith("Your task is to construct user instructions") and
+                             set(r.params.stop) == PAPER_STOPS | {"\nInstruction 4"} for r in proposals)
+    stage1 = [r for r in engine.seen if "Original outline:" in r.messages[-1][1] and not r.assistant_prefix]
+    stage2 = [r for r in engine.seen if "Original outline:" in r.messages[-1][1] and r.assistant_prefix]
+    answers = [r for r in engine.seen if r.messages and len(r.messages[-1][1].split()) < 60
+               and not r.assistant_prefix and r.params.max_new_tokens > 8]
+    assert stage1 and stage2 and answers
+    assert all(set(r.params.stop) == PAPER_STOPS for r in stage1 + stage2 + answers)
+
+
+def test_self_instruct_asks_as_the_paper(tmp_path):
+    """A chat turn with the task sentence, the answer opened with the numbered list, the paper's stops."""
+    from omegaconf import OmegaConf
+
+    prompts = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/prompts/en.yaml"))
+    a, b = "Write a travel guide to Lisbon.", "Write a history of the printing press."
+    params = SamplingParams(stop=tuple(prompts["self_instruct"]["stop"]))
+    r = self_instruct.proposal("w00.00000", prompts["self_instruct"], a, b, params, None)
+    assert r.messages == (("user", "Your task is to construct user instructions that can guide the generation of "
+                                   "long text."),)
+    assert r.assistant_prefix == f"Instruction 1: {a}\nInstruction 2: {b}\nInstruction 3: "
+    assert set(r.params.stop) == {"\n\n---", "\n\n\n", "\n---", "---", "\nInstruction 4"}
+    bare = self_instruct.proposal("w00.00000", {**prompts["self_instruct"], "task": None}, a, b, params, None)
+    assert bare.prompt == r.assistant_prefix and bare.messages is None
+    assert prompts["extend"]["stage1"] == prompts["extend"]["stage2"]  # one "enrich, don't continue" template
+    assert "not to continue writing content, but to enrich" in prompts["extend"]["stage1"]
 
 
 def test_derive_seed_is_stable_and_distinct():
@@ -139,7 +197,11 @@ def test_answers_cut_by_the_budget_never_become_training_rows(tmp_path):
     for role in ("generator", "extender"):
         assert read_jsonl(r1 / f"sft_data/{role}.jsonl") == []
     summary = json.loads((r1 / "summary.json").read_text())
-    assert summary["rejections"]["unfinished"] == len(attempts)
+    assert summary["stages"]["initial"]["rejections"] == {"unfinished": len(attempts)}
+    # the proposed instructions ran to their budget too: none is kept half-written (the pool fills in)
+    candidates = read_jsonl(r1 / "self_instruct/candidates.jsonl")
+    assert candidates and all(c["reason"] == "unfinished" for c in candidates)
+    assert summary["rejections"]["unfinished"] == len(attempts) + len(candidates)
     # AgentWrite: every step cut by its budget is re-drawn, and no answer is written from them
     _run_with(tmp_path / "aw", BudgetEngine(plans_end=True), "iterations=1", "method=agentwrite")
     aw = tmp_path / "aw/round_001"

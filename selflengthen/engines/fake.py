@@ -2,7 +2,7 @@
 
 Its text is a pure function of the request (rendered prompt, adapter folder, seed), so a killed and
 resumed run must reproduce an uninterrupted one exactly. It is shaped like the real thing where the
-orchestration cares: completions that end in "Instruction 3:" give an instruction line, very short
+orchestration cares: completions and answers opened with "Instruction 3:" (self-instruct) give an instruction line, very short
 generations (the yes/no judge) give "Yes"/"No", everything else gives paragraphs whose length follows the
 longest message (so extension lengthens), some without a final full stop or with a repeated 10-gram, so
 the quality filter and the re-draws are exercised. AgentWrite's plan prompts get plan lines (some malformed)
@@ -47,6 +47,8 @@ _TOPICS = ("city planning", "a lighthouse keeper", "renewable energy", "a family
 # AgentWrite's prompts (conf/prompts/*.yaml, agentwrite.plan / agentwrite.write), known by their plan lines:
 # the plan prompt's example line holds a "[...]" placeholder, the write prompt holds real step lines.
 _PLAN_ASK = re.compile(r"^(?:Paragraph|段落)\s*1 - (?:Main Point: |要点：)\[", re.MULTILINE)
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_LISTING = re.compile(r"(?:Instruction|指令)\s*\d+\s*[:：]\s*$")  # self-instruct's numbered list, opened for the 3rd
 _STEP_LINE = re.compile(r"^(?:Paragraph|段落)\s*\d+ - (?:Main Point: |要点：).*(?:Word Count: |字数：)(\d+)",
                         re.MULTILINE)
 
@@ -156,8 +158,8 @@ class FakeEngine:
         folder = self.adapters.get(r.adapter) if r.adapter else None
         key = json.dumps([r.prompt, r.messages, r.assistant_prefix, folder, r.params.seed, self.seed])
         rng = random.Random(hashlib.sha256(key.encode()).hexdigest())
-        if r.prompt is not None:
-            return self._instruction(rng)
+        if r.prompt is not None or _LISTING.search(r.assistant_prefix):
+            return self._instruction(rng, "指令" in (r.prompt or r.assistant_prefix))
         if r.params.max_new_tokens <= 8:
             return "Yes, it is." if rng.random() < 0.8 else "No."
         user = r.messages[-1][1] if r.messages else ""
@@ -177,14 +179,18 @@ class FakeEngine:
             words = text.split()
             if len(words) > 24:
                 text = text + " " + " ".join(words[:12]) + "."  # a repeated 10-gram
+        if _CJK.search(user):  # a Chinese prompt: sentences end with 。 (the zh filter's marks)
+            text = text.replace(".", "。")
         return text
 
     @staticmethod
-    def _instruction(rng: random.Random) -> str:
+    def _instruction(rng: random.Random, zh: bool = False) -> str:
         if rng.random() < 0.1:
             return " ok"  # too short: rejected by the word bounds
         n = rng.randint(5, 25)
         words = " ".join(rng.choice(_WORDS) for _ in range(n))
+        if zh:  # a Chinese list asks for a Chinese instruction (its answers then end with 。)
+            return f"写一篇关于{rng.choice(_TOPICS)}的详细长文，涵盖 {words}。\n"
         return f" Write a detailed, multi-section article about {rng.choice(_TOPICS)}, covering {words}.\n"
 
     @staticmethod

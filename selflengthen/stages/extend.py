@@ -152,7 +152,8 @@ def attempt(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Cha
 
     def request(stage: str, template: str, text: str, prefix: str = "") -> Request:
         messages = ctx.messages(tpl.get("system"), template.format(instruction=st.source["instruction"], text=text))
-        params = ctx.params(cfg.max_new_tokens, ctx.seed(stage, st.item, st.attempt, st.next_pass))
+        params = ctx.params(cfg.max_new_tokens, ctx.seed(stage, st.item, st.attempt, st.next_pass),
+                            stop=tpl.get("stop") or ())
         return Request.chat(st.item, messages, params, adapter="extender", assistant_prefix=prefix)
 
     while True:

@@ -49,7 +49,8 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
 
     def request(item_id: str, ins: dict, attempt: int) -> Request:
         messages = ctx.messages(tpl.get("system"), tpl["user"].format(instruction=ins["prompt"]))
-        return Request.chat(item_id, messages, ctx.params(cfg.max_new_tokens, ctx.seed("initial", item_id, attempt)),
+        return Request.chat(item_id, messages, ctx.params(cfg.max_new_tokens, ctx.seed("initial", item_id, attempt),
+                                                       stop=tpl.get("stop") or ()),
                             adapter="generator")
 
     log = open_log(folder / "attempts.jsonl")

@@ -1,7 +1,9 @@
 """self_instruct: grow the instruction pool (DESIGN §1.1).
 
-The model sees two instructions sampled from the pool as a numbered list in completion mode and writes a
-third; a chat-mode yes/no judge decides whether it suits a long article; it is kept if the judge says yes,
+As in the paper, the model is asked in a chat turn (`prompts.self_instruct.task`) to construct instructions for
+long texts, and its answer is opened with two instructions sampled from the pool as a numbered list; it
+writes the third, and the whole stripped completion is the candidate (`first_line: true` keeps only its first
+line; `task: null` sends the numbered list as a bare completion instead); a chat-mode yes/no judge decides whether it suits a long article; it is kept if the judge says yes,
 its length is within the word bounds and it is not already in the pool. Waves of `per_wave` proposals
 run until `num_new` are kept or `max_waves` is reached; inside a wave every proposal streams on its own
 (its judge is queued as soon as the proposal is back), and the kept instructions are the first `num_new`
@@ -24,7 +26,7 @@ from selflengthen import ui
 from selflengthen.engines.base import Completion, Request
 from selflengthen import layout
 from selflengthen.config import rule
-from selflengthen.stages.common import Journal, RoundContext, Scheduler, rejection_counts, resumable
+from selflengthen.stages.common import UNFINISHED, Journal, RoundContext, Scheduler, rejection_counts, resumable
 from selflengthen.store import atomic_write_jsonl, open_log, read_jsonl
 from selflengthen.text import count_words
 
@@ -41,8 +43,11 @@ class SelfInstruct:
     adapter: Optional[str] = None  # None = the base model (paper), or an adapter name of the method
     min_words: int = field(default=3, metadata=rule(ge=0))
     max_words: int = field(default=500, metadata=rule(ge=1))
-    max_new_tokens: int = field(default=96, metadata=rule(ge=1))
+    # the paper leaves it at 16,384 and relies on its stops; 1,024 tokens is past max_words=500 words (~700
+    # tokens), so an instruction cut by the budget is over max_words and rejected, never kept half-written
+    max_new_tokens: int = field(default=1024, metadata=rule(ge=1))
     fill_from_pool: bool = True
+    first_line: bool = False  # true: keep only the first line of a completion (not in the paper; small budgets)
 
     def check(self) -> None:
         if self.min_words >= self.max_words:
@@ -51,8 +56,11 @@ class SelfInstruct:
 _LEAD = re.compile(r"^\s*(?:instruction\s*\d*\s*[:：.]|指令\s*\d*\s*[:：.]|\d+\s*[.:：)])\s*", re.IGNORECASE)
 
 
-def parse_instruction(completion: str) -> str:
-    """The third instruction: the first non-empty line, without a numbering prefix or wrapping quotes."""
+def parse_instruction(completion: str, first_line: bool = False) -> str:
+    """The third instruction: the whole stripped completion (the paper), or with `first_line` the first
+    non-empty line, without a numbering prefix or wrapping quotes."""
+    if not first_line:
+        return completion.strip()
     for line in completion.splitlines():
         line = _LEAD.sub("", line).strip().strip('"“”').strip()
         if line:
@@ -123,6 +131,7 @@ def _wave(ctx: RoundContext, log, ids: list[str], pool: list[str], tpl: dict, ad
     done_before = {r["id"] for r in log.records}
     seen = {_norm(p) for p in pool} | {_norm(r["text"]) for r in log.records if r["ok"] and r["id"] not in ids}
     back: dict[str, str] = {}  # proposal id -> parsed instruction, until its turn comes
+    cut: dict[str, str] = {}  # proposal id -> its finish reason, for those the token budget cut
     head = 0
     yes = tuple(w.lower() for w in tpl.get("judge_yes", ["yes"]))
     sched = Scheduler(ctx.engine)
@@ -149,7 +158,9 @@ def _wave(ctx: RoundContext, log, ids: list[str], pool: list[str], tpl: dict, ad
                 text = back.pop(i)
                 words = count_words(text)
                 reason = ""
-                if not cfg.min_words < words < cfg.max_words:
+                if cut.pop(i, None):  # the budget ended it, not the model: half an instruction is no instruction
+                    reason = UNFINISHED
+                elif not cfg.min_words < words < cfg.max_words:
                     reason = "instruction_length"
                 elif _norm(text) in seen:
                     reason = "duplicate_instruction"
@@ -163,18 +174,29 @@ def _wave(ctx: RoundContext, log, ids: list[str], pool: list[str], tpl: dict, ad
                                           adapter=cfg.adapter), lambda c, record=record: judged(record, c), next_step=True)
 
         def proposed(c: Completion) -> None:
-            back[c.id] = parse_instruction(c.text)
+            back[c.id] = parse_instruction(c.text, cfg.first_line)
+            # cut by the budget: unfinished, unless only its first line is kept and the model ended that line
+            if c.finish_reason == "length" and not (cfg.first_line and "\n" in c.text.strip()):
+                cut[c.id] = c.finish_reason
             release()
 
         for i in ids:
             if i in done_before:
                 continue
             a, b = random.Random(ctx.seed("si-pick", i)).sample(pool, 2)
-            params = ctx.params(cfg.max_new_tokens, ctx.seed("si-gen", i), stop=tpl.get("stop", ()))
-            sched.submit(Request.completion(i, tpl["fewshot"].format(ins1=a, ins2=b), params, adapter=cfg.adapter),
-                         proposed)
+            params = ctx.params(cfg.max_new_tokens, ctx.seed("si-gen", i), stop=tpl.get("stop") or ())
+            sched.submit(proposal(i, tpl, a, b, params, cfg.adapter), proposed)
         release()
         sched.run()
+
+
+def proposal(i: str, tpl: dict, a: str, b: str, params, adapter: Optional[str]) -> Request:
+    """The paper's framing: a chat turn with the task, the answer opened with the numbered list (`fewshot`);
+    without a `task`, the numbered list as a bare completion."""
+    listing = tpl["fewshot"].format(ins1=a, ins2=b)
+    if tpl.get("task"):
+        return Request.chat(i, [("user", tpl["task"])], params, adapter=adapter, assistant_prefix=listing)
+    return Request.completion(i, listing, params, adapter=adapter)
 
 
 def brief(section: dict) -> str:

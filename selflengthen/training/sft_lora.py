@@ -56,9 +56,9 @@ class TrainConfig(Launch):
     max_length: int = field(default=16384, metadata=rule(ge=16))  # paper cut-off 16k tokens
     batch_size: int = field(default=1, metadata=rule(ge=1))  # rows per forward pass; 1 means zero padding
     grad_accum: int = field(default=8, metadata=rule(ge=1))  # effective batch = batch_size * grad_accum
-    lora_r: int = field(default=16, metadata=rule(ge=1))
-    lora_alpha: int = field(default=32, metadata=rule(ge=1))
-    lora_dropout: float = field(default=0.05, metadata=rule(ge=0.0, lt=1.0))
+    lora_r: int = field(default=8, metadata=rule(ge=1))  # the paper's LLaMA-Factory defaults: r 8, alpha 2r, dropout 0
+    lora_alpha: int = field(default=16, metadata=rule(ge=1))
+    lora_dropout: float = field(default=0.0, metadata=rule(ge=0.0, lt=1.0))
     target_modules: str | list = "all-linear"  # "all-linear" or a list of module names
     dtype: str = field(default="auto", metadata=rule(choices=("auto", "bf16", "fp32")))
     save_steps: int = field(default=50, metadata=rule(ge=1))  # checkpoint every N optimizer steps

@@ -60,10 +60,10 @@ class _Crash(FakeEngine):
             yield c
 
 
-# this workload's round: self-instruct is completions 1-22, initial 23-53 (extension items start ahead from
-# the 51st), extension after that. Killed with extension items held in memory, just after the extension
-# stage took them over, and in the middle of the extension.
-@pytest.mark.parametrize("after", [52, 56, 75])
+# this workload's round: self-instruct is completions 1-24, initial 25-57 (extension items start ahead while
+# its last re-draws run), extension after that. Killed with extension items held in memory, just after the
+# extension stage took them over, and in the middle of the extension.
+@pytest.mark.parametrize("after", [56, 60, 80])
 def test_a_crash_with_extension_started_ahead_resumes_to_the_same_artifacts(tmp_path, after):
     reference = fake_settings(tmp_path / "ref", "iterations=1", "run.speculate=false", *MORE)
     recipe.run(reference, _engine(), lambda: "fake-model")
@@ -74,7 +74,7 @@ def test_a_crash_with_extension_started_ahead_resumes_to_the_same_artifacts(tmp_
     with pytest.raises(RuntimeError, match="killed"):
         recipe.run(s, crash, lambda: "fake-model")
     assert SPECULATION["handover_started"] > 0  # the crash came with extension items started ahead
-    if after == 52:  # ... while the initial stage was still running: nothing of them may be in the log
+    if after == 56:  # ... while the initial stage was still running: nothing of them may be in the log
         assert not (tmp_path / "cut/round_001/initial/done.json").exists()
         assert not (tmp_path / "cut/round_001/extend/passes.jsonl").exists()
     passes = tmp_path / "cut/round_001/extend/passes.jsonl"

@@ -44,7 +44,7 @@ def test_repair_trims_edge_chatter_only_and_the_preparer_applies_it_only_when_as
     cut = BODY + " And then the"
     assert repair(cut, EN) == cut and not check(cut, EN).ok
     # edges that are most of the text are not chatter around an answer: the whole goes to the filter
-    short = "Version one of the plan.\n\nIt has two steps.\n\nThe revised version follows."
+    short = "The version one of the plan.\n\nIt has two steps.\n\nThe revised version follows."
     assert repair(short, EN) == short and check(short, EN).reason == "meta_word"
     assert preparer(Generate(), EN)(text) == text.strip()
     assert preparer(Generate(repair=True), EN)(text) == fixed
