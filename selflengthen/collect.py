@@ -403,8 +403,13 @@ def collect(s: Settings, cc: CollectConfig, engine) -> dict:
     gathered = gather_pairs(s.run_dir, last, answers)
     pairs = in_range(gathered, cc)
     if gathered and not pairs:
-        log.warning("no pair has %s to %s words (collect.min_words / collect.max_words): the export is empty. "
-                    "Scale the range to the run's budgets (e.g. collect.min_words=0)", cc.min_words, cc.max_words)
+        words = sorted(p["words"] for p in gathered)
+        raise ConfigError(
+            f"Config error: collect.min_words={cc.min_words}, collect.max_words={cc.max_words} — none of the "
+            f"{len(gathered)} pairs has a length in that range (theirs run from {words[0]} to {words[-1]} words), so "
+            f"the final data would be empty. Fix: scale the range to this run's budgets, e.g. "
+            f"collect.min_words={words[len(words) // 4]} collect.max_words=null (the paper's 2,000-8,000 words "
+            f"needs budgets of ~16k tokens). The fresh answers are stored and are used again, not regenerated.")
     rows = add_length_control(s, pairs, cc.kinds)
     if cc.rewrite:
         rows = rewrite_queries(ctx, rows)

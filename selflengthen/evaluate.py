@@ -15,7 +15,7 @@ reports the two groups apart, `open` and `constrained`, each with `n`, `mean_wor
 constrained rows only (None when the file has none).
 
 What made a result. An eval is a function of its `key` (`eval_key`): the prompt file's sha256, `eval.limit`,
-`eval.max_new_tokens`, the decoding settings, the model path and engine, the generator adapter (its path
+`eval.max_new_tokens`, the eval's decoding (`eval.decoding`), the model path and engine, the generator adapter (its path
 relative to the run folder and a sha256 of its weights and config, so a retrained adapter is noticed), the
 seed, and the prompt set's generate template and filter. Batch sizes and other throughput knobs are not
 in it. A stored result is reused only when its key equals today's; otherwise the round is evaluated
@@ -239,13 +239,27 @@ def eval_key(s: Settings, adapters: dict, path: Optional[Path] = None) -> dict:
     tpl = s.prompts["generate"]
     return {
         "prompt_file_sha256": sha256_file(path), "limit": s.eval.limit, "max_new_tokens": s.eval.max_new_tokens,
-        "decoding": dataclasses.asdict(s.decoding), "model": s.model_path, "engine": (s.engine or {}).get("name"),
+        "decoding": dataclasses.asdict(eval_decoding(s)), "model": s.model_path, "engine": (s.engine or {}).get("name"),
         "adapter": adapter_identity(s.run_dir, adapters.get(s.method.answer_role)), "seed": s.seed,
         "template": {"system": tpl.get("system"), "user": tpl["user"]}, "filter": s.prompts.get("filter"),
         "scoring": SCORING,
         # the judge only when set, so the keys of evals made without one stay what they were
         **({"judge": judge_key(s)} if s.eval.judge else {}),
     }
+
+
+def eval_decoding(s: Settings):
+    """The eval's own sampling (`eval.decoding`, LongBench-Write's by default), not the data-making `decoding`."""
+    from selflengthen.settings import EvalDecoding
+
+    return s.eval.decoding or EvalDecoding()
+
+
+def eval_params(ctx: RoundContext, max_new_tokens: int, seed: int):
+    """Sampling parameters of an eval (or judge) generation: `eval.decoding`'s values."""
+    d = eval_decoding(ctx.s)
+    return dataclasses.replace(ctx.params(max_new_tokens, seed), temperature=d.temperature, top_p=d.top_p,
+                               top_k=d.top_k, repetition_penalty=d.repetition_penalty)
 
 
 def judge_key(s: Settings) -> Optional[dict]:
@@ -375,7 +389,7 @@ def evaluate_round(s: Settings, engine, r: int, adapters: dict, prompts: Optiona
     tpl = s.prompts["generate"]
     role = s.method.answer_role
     requests = [Request.chat(f"eval-{label(r)}.{i:05d}", ctx.messages(tpl.get("system"), tpl["user"].format(instruction=p["prompt"])),
-                             ctx.params(s.eval.max_new_tokens, derive_seed(s.seed, "eval", i)), adapter=role)
+                             eval_params(ctx, s.eval.max_new_tokens, derive_seed(s.seed, "eval", i)), adapter=role)
                 for i, p in enumerate(prompts)]
     engine.set_adapters({role: resolve_adapter(s.run_dir, a) for role, a in adapters.items()})
     with ui.progress(f"eval · round {r}", len(requests)) as advance:
@@ -408,7 +422,7 @@ def judge_rows(s: Settings, engine, r: int | str, rows: list[dict]) -> dict:
         with ui.progress(f"judge · round {r}", len(items)) as advance:
             report = judge.judge_answers(
                 judge_engine, items, s.prompts["judge"],
-                lambda i, attempt: ctx.params(JUDGE_MAX_NEW_TOKENS, derive_seed(s.seed, "judge", label(r), i, attempt)),
+                lambda i, attempt: eval_params(ctx, JUDGE_MAX_NEW_TOKENS, derive_seed(s.seed, "judge", label(r), i, attempt)),
                 JUDGE_ATTEMPTS, id_prefix=f"judge-{label(r)}", progress=advance)
     finally:
         if own:

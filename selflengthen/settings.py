@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -66,6 +67,18 @@ class Eval:
     limit: Optional[int] = field(default=None, metadata=rule(ge=1, fix="use eval.limit=null (all prompts) or a "
                                                                        "number of prompts >= 1"))
     judge: Optional[str] = None  # LongBench-Write S_q: null = off, "self" = the run's model, or a judge model path
+    decoding: Any = None  # eval.decoding, parsed as EvalDecoding (the eval's own sampling, judge included)
+
+
+@dataclass(frozen=True)
+class EvalDecoding(Decoding):
+    """`eval.decoding:` — LongBench-Write's (evaluation/pred.py: do_sample, temperature 0.5, no repetition
+    penalty; top_p / top_k left at transformers' defaults, 1.0 and 50; its judge also samples at 0.5)."""
+
+    temperature: float = field(default=0.5, metadata=rule(ge=0.0, fix="use LongBench-Write's eval.decoding.temperature=0.5"))
+    top_p: float = field(default=1.0, metadata=rule(gt=0.0, le=1.0, fix="use eval.decoding.top_p=1.0 (off)"))
+    top_k: int = field(default=50, metadata=rule(ge=0, fix="use eval.decoding.top_k=50 (transformers' default)"))
+    repetition_penalty: float = field(default=1.0, metadata=rule(gt=0.0, fix="use eval.decoding.repetition_penalty=1.0 (off)"))
 
 
 DEFAULT_KINDS = {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}  # eval/add_length_control.py
@@ -465,6 +478,7 @@ def _build(cfg: Mapping, run_dir: Path) -> Settings:
              f"use {key}.adapter=null (the paper uses the base model)")
     backend, train = _train(cfg)
     ev = parse_section(Eval, cfg.get("eval"), "eval")
+    ev = dataclasses.replace(ev, decoding=parse_section(EvalDecoding, ev.decoding, "eval.decoding"))
     collect = parse_section(Collect, cfg.get("collect"), "collect")
     report = parse_section(Report, cfg.get("report"), "report")
 

@@ -296,3 +296,16 @@ def test_the_final_data_keeps_the_word_range_samples_fresh_answers_and_draws_the
     # kinds: a weight of 0 is never drawn
     info = collect.collect(s, all_in(num_new=4, kinds={"about": 0, "range": 1, "above": 0, "below": 1}), fake_engine())
     assert set(info["kinds"]) == {"range", "below"} and info["rows"] == everything["rows"]
+
+
+def test_a_word_range_that_leaves_nothing_is_a_clear_error_and_the_answers_are_kept(tmp_path):
+    """The paper's 2,000-8,000 words on a fake run's short answers: one message naming the keys and a range
+    that fits, nothing exported; the rerun with a fitting range reuses the stored answers."""
+    s = finished_run(tmp_path, "iterations=1")
+    with pytest.raises(ConfigError, match=r"collect\.min_words=2000, collect\.max_words=8000 .* Fix: .*collect\.min_words="):
+        collect.collect(s, collect.CollectConfig(num_new=2), fake_engine())
+    assert not (s.run_dir / "export/done.json").exists()
+    assert (s.run_dir / "collect/02_answers/answers.jsonl").exists()
+    engine = fake_engine()
+    assert collect.collect(s, all_in(num_new=2), engine)["rows"] > 0
+    assert engine.inner is None  # the answers made before the error are used, not generated again

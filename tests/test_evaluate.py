@@ -186,7 +186,7 @@ def evaluated_small(tmp_path):
 
 @pytest.mark.parametrize("override, changed", [
     ("eval.limit=3", "limit"), ("eval.max_new_tokens=300", "max_new_tokens"), ("model.path=other-model", "model"),
-    ("decoding.temperature=0.3", "decoding"), ("seed=7", "seed"),
+    ("eval.decoding.temperature=0.3", "decoding"), ("seed=7", "seed"),
 ])
 def test_a_changed_setting_is_evaluated_again_never_served_from_the_old_result(evaluated_small, caplog, override,
                                                                              changed):
@@ -318,3 +318,16 @@ def test_budget_hit_rate_is_the_share_of_answers_the_budget_cut(tmp_path):
     # rows scored before finish reasons were recorded: no rate rather than a made-up 0
     assert evaluate.group_stats([{k: v for k, v in r.items() if k != "finish"} for r in doc["rows"]])[
         "budget_hit_rate"] is None
+
+def test_the_eval_samples_with_its_own_decoding(evaluated_small):
+    """LongBench-Write's decoding (eval.decoding: temperature 0.5, no repetition penalty) for every eval
+    request; the data-making `decoding:` neither reaches the requests nor changes the eval's key."""
+    s = evaluated_small
+    rounds = evaluate.finished_rounds(s.run_dir)
+    other = fake_settings(s.run_dir, *BASE, "decoding.temperature=0.3", "decoding.repetition_penalty=1.3")
+    assert evaluate.eval_key(other, rounds[1]) == evaluate.eval_key(s, rounds[1])
+    engine = Recorder()
+    evaluate.evaluate_run(fake_settings(s.run_dir, *BASE, "eval.decoding.top_k=7"), engine)
+    params = [r.params for _, wave in engine.waves for r in wave]
+    assert params and all((p.temperature, p.top_p, p.top_k, p.repetition_penalty) == (0.5, 1.0, 7, 1.0)
+                          for p in params)

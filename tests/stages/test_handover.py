@@ -60,11 +60,34 @@ class _Crash(FakeEngine):
             yield c
 
 
-# this workload's round: self-instruct is completions 1-24, initial 25-57 (extension items start ahead while
-# its last re-draws run), extension after that. Killed with extension items held in memory, just after the
-# extension stage took them over, and in the middle of the extension.
-@pytest.mark.parametrize("after", [56, 60, 80])
-def test_a_crash_with_extension_started_ahead_resumes_to_the_same_artifacts(tmp_path, after):
+class _Order(FakeEngine):
+    """Remembers the ids of its completions in the order the stream yields them."""
+
+    def __init__(self):
+        super().__init__("fake-model", max_slots=6)
+        self.ids = []
+
+    def stream(self, queue):
+        for c in super().stream(queue):
+            self.ids.append(c.id)
+            yield c
+
+
+def _crash_point(folder, when: str) -> int:
+    """Where to kill this workload's round (its completions counted as _Crash counts them, found by running it
+    once): just before the initial stage's last completion (extension items held in memory, started ahead),
+    just after the extension stage took them over, or in the middle of the extension."""
+    order, lazy = _Order(), _engine()
+    lazy.inner = order
+    recipe.run(fake_settings(folder, "iterations=1", "run.speculate=true", *MORE), lazy, lambda: "fake-model")
+    last_initial = max(n for n, i in enumerate(order.ids, 1) if ".s" in i and ".e" not in i)
+    return {"initial_tail": last_initial - 1, "takeover": last_initial + 3,
+            "middle": (last_initial + len(order.ids)) // 2}[when]
+
+
+@pytest.mark.parametrize("when", ["initial_tail", "takeover", "middle"])
+def test_a_crash_with_extension_started_ahead_resumes_to_the_same_artifacts(tmp_path, when):
+    after = _crash_point(tmp_path / "order", when)
     reference = fake_settings(tmp_path / "ref", "iterations=1", "run.speculate=false", *MORE)
     recipe.run(reference, _engine(), lambda: "fake-model")
     s = fake_settings(tmp_path / "cut", "iterations=1", "run.speculate=true", *MORE)
@@ -74,7 +97,7 @@ def test_a_crash_with_extension_started_ahead_resumes_to_the_same_artifacts(tmp_
     with pytest.raises(RuntimeError, match="killed"):
         recipe.run(s, crash, lambda: "fake-model")
     assert SPECULATION["handover_started"] > 0  # the crash came with extension items started ahead
-    if after == 56:  # ... while the initial stage was still running: nothing of them may be in the log
+    if when == "initial_tail":  # ... while the initial stage was still running: nothing of them may be in the log
         assert not (tmp_path / "cut/round_001/initial/done.json").exists()
         assert not (tmp_path / "cut/round_001/extend/passes.jsonl").exists()
     passes = tmp_path / "cut/round_001/extend/passes.jsonl"
