@@ -117,7 +117,7 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
                    "from": layout.relative(ctx.s.run_dir, previous)}
         free_memory()
         own = summary.get("adapter") == layout.relative(ctx.s.run_dir, str(folder / "adapter"))
-        mark_done(folder, adapter_files(folder) if own else [], summary=summary)
+        mark_done(folder, adapter_files(folder) if own else [], summary=summary, semantic=ctx.made_with())
         out[role] = summary
         ctx.adapters_out[role] = layout.absolute(ctx.s.run_dir, summary.get("adapter"))
     return out
