@@ -21,7 +21,7 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from selflengthen import layout
-from selflengthen.store import StoreError, atomic_write_json, read_json
+from selflengthen.store import StoreError, atomic_write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from selflengthen.settings import Settings

@@ -224,7 +224,7 @@ def _disk_error(path: Path, exc: OSError, doing: str = "write") -> StoreError:
         fix = "fix the cause and run the same command again"
     return StoreError(
         f"Could not {doing} {path}: {why} ({exc.strerror or exc}). Nothing finished was lost: every artifact "
-        f"written before stays as it was, and a half-written file never replaces a good one. To go on, {fix}; "
+        f"written before stays as it was, and a half-written file never replaces a good one. Fix: {fix}; "
         f"the run resumes from its last saved item."
     )
 
@@ -367,6 +367,20 @@ def open_for_read(path: Path) -> int:
         os.close(fd)
         raise _not_a_file(path, "it changed into something other than a file while it was being opened")
     return fd
+
+
+def check_folder(folder: Path) -> None:
+    """NotAFile when `folder` (or a folder on the way to it) exists as something other than a folder: a
+    reader that globs or tests files below it would otherwise see "nothing there" and go on silently."""
+    culprit = _blocking_path(Path(folder) / "x")
+    if culprit != Path(folder) / "x":
+        from selflengthen import layout
+
+        what, fix = layout.describe(culprit)
+        raise NotAFile(f"Cannot read {folder}: {culprit} is a file where the run keeps a folder. The run reads "
+                       f"back only what it wrote itself, so nothing was opened or changed. Fix: remove {culprit} "
+                       f"(or put back the folder that was there) and run the same command again; if the run "
+                       f"folder cannot be trusted, start a separate run with run.name=<new name>.")
 
 
 def read_bytes(path: Path) -> bytes:
@@ -575,7 +589,8 @@ def stage_done(stage_dir: Path) -> Optional[dict]:
     """
     marker = Path(stage_dir) / DONE
     check_no_links(marker)
-    if not marker.exists():
+    check_folder(Path(stage_dir))
+    if not os.path.lexists(marker):
         return None
     from selflengthen.records import check_record, done_schema
 
