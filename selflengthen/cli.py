@@ -355,8 +355,8 @@ def check_inputs(s, command: str = "run") -> None:
         from selflengthen import evaluate
 
         evaluate.check_eval_settings(s.eval)
-        warning = evaluate.check_budget(evaluate.load_prompts(evaluate.prompt_path(s), s.eval.limit),
-                                        s.eval.max_new_tokens)
+        path = evaluate.prompt_path(s)
+        warning = evaluate.check_budget(evaluate.load_prompts(path, s.eval.limit), s.eval.max_new_tokens, path)
         if warning:
             log.warning("%s", warning)
     check_work(s)

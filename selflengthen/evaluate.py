@@ -148,7 +148,7 @@ def load_prompts(path: Path, limit: Optional[int] = None) -> list[dict]:
 FAR_PAST_BUDGET = 8  # words per token no tokenizer reaches: a constraint past this x the budget is a mistake
 
 
-def check_budget(prompts: list[dict], max_new_tokens: int) -> Optional[str]:
+def check_budget(prompts: list[dict], max_new_tokens: int, path: Optional[Path] = None) -> Optional[str]:
     """Constrained prompts whose shortest full-score length is past what `eval.max_new_tokens` can write: far
     past (more than FAR_PAST_BUDGET words per token) is a ConfigError; past the budget (more words than
     tokens: about 0.75 English words fit in a token) is the returned warning, since they can only score
@@ -159,7 +159,7 @@ def check_budget(prompts: list[dict], max_new_tokens: int) -> Optional[str]:
         return None
     worst, row = max(past, key=lambda lp: lp[0])
     fix = (f"raise eval.max_new_tokens to at least {int(worst * 1.5)} (about 1.5 tokens per English word), or "
-           f"leave these prompts out of eval.prompt_file")
+           f"leave these prompts out of eval.prompt_file" + (f"={str(path)!r}" if path else ""))
     if worst > FAR_PAST_BUDGET * max_new_tokens:
         raise ConfigError(f"Config error: eval.max_new_tokens={max_new_tokens} — a prompt asks for at least "
                           f"{worst:,.0f} words ({row.get('type')} {row.get('target') or (row.get('low'), row.get('high'))}), "
