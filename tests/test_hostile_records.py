@@ -1,8 +1,8 @@
 """Hostile run folders: every record the run reads back is damaged in every way a file can be, and every
 command that reads it (run, eval, collect, report; experiment=fake) is run against it.
 
-For each record type (manifest, round summary, a stage's done record, a training's done record, an item log,
-an eval file, the export's done record, the collection's source record) and each damage (a JSON list, null,
+For each record type (manifest, round summary, a stage's done record, a training's done record and metrics, an
+item log, an eval file, the export's done record, the collection's source record) and each damage (a JSON list, null,
 a field of the wrong type, an empty file, a folder, a FIFO, a link to a FIFO outside the run, a file where the
 record's folder belongs), the command must, within a time limit (a FIFO must never block):
 - end with a user error (one paragraph naming the file) or go on after a warning naming the file — never
@@ -53,6 +53,7 @@ RECORDS = {  # record -> (commands that read it, a field to give the wrong type)
     "round_001/initial/done.json": (("run", "eval", "collect", "report"), ("files", "x")),
     "round_001/train/generator/done.json": (("run", "eval", "collect", "report"), ("summary", 5)),
     "round_001/initial/attempts.jsonl": (("run",), ("ok", "yes")),
+    "round_001/train/generator/metrics.json": (("run",), ("adapter_sha256", 7)),
     "eval/round_001.json": (("eval", "report"), ("rows", {})),
     "export/done.json": (("collect", "report"), ("summary", {"rows": "many"})),
     "collect/source.json": (("collect",), None),
@@ -169,8 +170,9 @@ def test_every_command_survives_every_damage_of(record, pristine, tmp_path, capl
         for name in commands:
             run_dir = tmp_path / "runs" / f"{how}-{name}"
             shutil.copytree(pristine.run_dir, run_dir, symlinks=True)
-            if record.endswith(".jsonl"):  # an item log is read again when its stage is redone
+            if record.endswith((".jsonl", "metrics.json")):  # read again when the stage is not done
                 (run_dir / record).parent.joinpath("done.json").unlink()
+                (run_dir / "round_001" / "summary.json").unlink()
             named = damage(run_dir / record, how, field, outside)
             s = replace(pristine, run_dir=run_dir)
             error = attempt(name, s, caplog)

@@ -128,7 +128,14 @@ def _trained_here(folder: Path) -> bool:
     (trainers record its digest; one changed since, e.g. by hand, is trained again rather than trusted)."""
     if not ((folder / "metrics.json").exists() and (folder / "adapter" / "adapter_config.json").exists()):
         return False
-    want = read_json(folder / "metrics.json").get("adapter_sha256")
+    from selflengthen.records import Metrics, read_record
+    from selflengthen.store import CorruptArtifact
+
+    try:
+        want = read_record(folder / "metrics.json", Metrics).get("adapter_sha256")
+    except CorruptArtifact as exc:  # a damaged record of a finished training: train again rather than trust it
+        log.warning("%s: training it again", exc)
+        return False
     if want and want != adapter_digest(folder / "adapter"):
         log.warning("%s does not match the adapter its training recorded: training it again", folder / "adapter")
         return False
