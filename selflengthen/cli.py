@@ -203,7 +203,11 @@ def preflight(command: str, argv: list[str]) -> None:
     if any(getattr(args, k, None) for k in ("help", "hydra_help", "cfg", "info", "shell_completion", "config_dir",
                                               "config_name", "experimental_rerun", "config_path")):
         return
-    problems = _check_jobs(command, list(args.overrides or []), bool(args.multirun))
+    logging.disable(logging.WARNING)  # the job itself logs its warnings (e.g. the eval budget) once, later
+    try:
+        problems = _check_jobs(command, list(args.overrides or []), bool(args.multirun))
+    finally:
+        logging.disable(logging.NOTSET)
     if problems:
         if len(problems) == 1 and not args.multirun:
             ui.print_error(problems[0][1])
@@ -249,13 +253,13 @@ def _check_jobs(command: str, overrides: list[str], multirun: bool) -> list[tupl
             try:
                 if base is None:
                     base = compose("config", overrides=[])
-                folder = _check_job(command, compose, base, job, multirun)
-                if folder in folders:
-                    raise _Refused(f"it would share the folder {folder} with job {folders[folder]}: their overrides "
+                folder, dirname = _check_job(command, compose, base, job, multirun)
+                if folder in folders and folders[folder][1] != dirname:  # same folder for other semantic overrides
+                    raise _Refused(f"it would share the folder {folder} with job {folders[folder][0]}: their overrides "
                                    f"differ only in characters a folder name cannot hold ('/' becomes '_'). Two jobs "
                                    f"in one folder would mix their rounds. Fix: give the files distinct names, or run "
                                    f"them as separate runs with run.name=<name>.")
-                folders[folder] = label or "0"
+                folders.setdefault(folder, (label or "0", dirname))
             except user_errors() as exc:
                 problems.append((label, str(exc)))
             except _Refused as exc:
@@ -273,8 +277,8 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _check_job(command: str, compose, base, job: list[str], multirun: bool) -> str:
-    """One job's config checked as the job would check it; returns its run folder."""
+def _check_job(command: str, compose, base, job: list[str], multirun: bool) -> tuple[str, str]:
+    """One job's config checked as the job would check it; returns its run folder and its override_dirname."""
     from omegaconf import DictConfig, open_dict
 
     from selflengthen.settings import Settings
@@ -303,7 +307,7 @@ def _check_job(command: str, compose, base, job: list[str], multirun: bool) -> s
     check_inputs(settings, command)
     if command in READS_A_RUN:
         check_run_exists(folder, command)
-    return str(folder)
+    return str(folder), dirname
 
 
 def run_folders(root: Path) -> list[str]:

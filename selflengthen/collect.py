@@ -163,7 +163,8 @@ def _start_fresh_if_stale(run_dir: Path, source: dict) -> None:
     model or adapter, or a changed collect setting is collected again, never served from the old files."""
     from selflengthen.evaluate import differences
 
-    from selflengthen.records import Lenient, read_record
+    from selflengthen.records import Lenient
+    from selflengthen.store import read_record
 
     marker = run_dir / COLLECT_DIR / "source.json"
     if os.path.lexists(marker):

@@ -46,10 +46,10 @@ from selflengthen import filters, layout, ui
 from selflengthen.engines.base import Request
 from selflengthen.judge import DIMENSIONS
 from selflengthen.length_control import Constraint, length_score, s_l
-from selflengthen.records import EvalDoc, TrainDone, read_record
+from selflengthen.records import EvalDoc, TrainDone
 from selflengthen.settings import ConfigError, Settings, read_prompt_rows, shipped_data
 from selflengthen.stages.common import RoundContext, derive_seed, mean
-from selflengthen.store import CorruptArtifact, atomic_write_json, check_no_links, sha256_file
+from selflengthen.store import CorruptArtifact, atomic_write_json, check_no_links, read_record, sha256_file
 from selflengthen.text import count_words
 
 log = logging.getLogger(__name__)

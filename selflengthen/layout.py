@@ -125,8 +125,8 @@ def adapters_rel(run_dir: Path, adapters: dict) -> dict:
 def read_summary(run_dir: Path, r: int) -> Optional[dict]:
     """Round r's summary, or None when it is missing or damaged (the round is not finished: a damaged one is
     reported and sealed again). Anything but a plain file there is refused (store.NotAFile)."""
-    from selflengthen.records import RoundSummary, read_record
-    from selflengthen.store import CorruptArtifact
+    from selflengthen.records import RoundSummary
+    from selflengthen.store import CorruptArtifact, read_record
 
     path = summary_path(run_dir, r)
     if not os.path.lexists(path) and not (os.path.lexists(path.parent) and not path.parent.is_dir()):
@@ -181,54 +181,9 @@ def finished_rounds(run_dir: Path) -> dict[int, dict]:
 
 # --- what a file of the run is, and what to do when it is damaged ----------------------------------------
 
-def _round_of(parts: tuple[str, ...]) -> Optional[int]:
-    for part in parts:
-        if part.startswith("round_") and part[6:].isdigit():
-            return int(part[6:])
-    return None
-
-
 def describe(path: Path) -> tuple[str, str]:
-    """(what the file at `path` is to the run, what a user does when it is damaged or of the wrong kind), for
-    the one-paragraph errors about records the run reads back (store.read_json, records.read_record)."""
-    p = Path(path)
-    parts, name = p.parts, p.name
-    r = _round_of(parts)
-    where = f"round {r}'s " if r is not None else ""
-    stage = p.parent.name
-    if p.parent.parent.name in ("train", "rl"):  # one record per role: train/<role>/done.json
-        stage = f"{p.parent.parent.name}/{p.parent.name}"
-    if name == MANIFEST:
-        return ("the run's manifest: what the run was made with",
-                "restore it from a backup, or delete it: the next run rebuilds it from the config its finished "
-                "rounds recorded (and refuses if this command's config differs)")
-    if name == SUMMARY:
-        return (f"{where}summary, the record that seals the round",
-                "delete it and run the same command again: the round is sealed again from its stages' records "
-                "(finished stages are not redone)")
-    if EXPORT_DIR in parts[-2:-1]:
-        return ("the exported data set" if name != "done.json" else "the export's done record",
-                f"delete the folder {p.parent} and run python -m selflengthen.collect again: it exports again")
-    if EVAL_DIR in parts[:-1]:
-        return (f"the held-out eval {name}", f"delete it: python -m selflengthen.eval evaluates that model again")
-    if COLLECT_DIR in parts[:-1]:
-        return (f"the collection's {name}",
-                f"delete the folder {p.parent} and run python -m selflengthen.collect again: it collects again")
-    if REPORT_DIR in parts[:-1]:
-        return (f"the report's {name}", "delete it: python -m selflengthen.report writes it again")
-    if name == "done.json":
-        return (f"{where}{stage} stage's done record",
-                "delete it and run the same command again: the stage is redone (from its item log where it has "
-                "one, so nothing already generated is generated again)")
-    if name == "metrics.json":
-        return (f"{where}{stage} training's metrics",
-                f"delete the folder {p.parent} and run the same command again: that training is redone")
-    if name.endswith(".jsonl"):
-        return (f"{where}{stage} stage's {name}",
-                f"delete it and the stage's done.json ({p.parent / 'done.json'}) and run the same command "
-                f"again: the stage is redone")
-    if name.endswith(".log"):
-        return (f"the run's log {name}", "delete it (or the link in its place): the run starts a new log")
-    return ("a file of the run",
-            "restore it or delete it and run the same command again; if the run folder cannot be trusted, "
-            "start a separate run with run.name=<new name>")
+    """(what the file at `path` is to the run, what a user does when it is damaged or of the wrong kind):
+    records.describe, which names this module's files without importing it (store.py uses it)."""
+    from selflengthen.records import describe as _describe
+
+    return _describe(path)

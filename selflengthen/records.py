@@ -2,10 +2,10 @@
 
 The run folder's records are input too: a file can come back with the wrong JSON shape (a list, `null`, a
 field of the wrong type) after a hand edit, a bad copy or a tool that rewrote it. Every reader goes through
-`read_record(path, Schema)` (or `check_record`), which reads the file with `store.read_json` (a plain file
+`store.read_record(path, Schema)` (or `store.check_record`), which reads the file with `store.read_json` (a plain file
 only: a folder, a pipe or a device is refused before it is opened, so nothing blocks) and validates it here.
 A record that does not fit is a `CorruptArtifact` whose message names the file, what is wrong and what to
-do (`layout.describe`); the caller decides whether that means "redo it" (a stage's done record, a round's
+do (`describe`, below); the caller decides whether that means "redo it" (a stage's done record, a round's
 summary, an eval) or "stop and ask" (the manifest).
 
 The schemas check what the readers rely on (types of the fields they index) and allow extra fields, so a
@@ -20,7 +20,10 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from selflengthen.store import CorruptArtifact, read_json
+# the run folder's names (layout.py spells them; this module imports nothing of the package, so that store.py
+# can use it: tests/test_hostile_records.py checks they agree)
+MANIFEST, SUMMARY, EVAL_DIR, REPORT_DIR, EXPORT_DIR, COLLECT_DIR = ("manifest.json", "summary.json", "eval", "report",
+                                                                   "export", "collect")
 
 
 class _Record(BaseModel):
@@ -202,23 +205,69 @@ def first_error(exc: ValidationError) -> str:
         f"{err.get('msg', 'invalid')}{got_text}"
 
 
-def check_record(path: Path, data: Any, schema: type[_Record]) -> dict:
-    """`data` (read from `path`) if it fits `schema`; else a CorruptArtifact naming the file, the problem and
-    the fix."""
-    from selflengthen import layout
-
+def problem(data: Any, schema: type[_Record]) -> Optional[str]:
+    """Why `data` does not fit `schema`, or None when it does."""
     if not isinstance(data, dict):
-        problem = f"it holds {_kind(data)}, not a JSON object"
-    else:
-        try:
-            schema.model_validate(data)
-            return data
-        except ValidationError as exc:
-            problem = first_error(exc)
-    what, fix = layout.describe(path)
-    raise CorruptArtifact(f"{path} ({what}) has the wrong shape: {problem}. Fix: {fix}.")
+        return f"it holds {_kind(data)}, not a JSON object"
+    try:
+        schema.model_validate(data)
+    except ValidationError as exc:
+        return first_error(exc)
+    return None
 
 
-def read_record(path: Path, schema: type[_Record]) -> dict:
-    """Read and check one record (a plain file holding one JSON object that fits `schema`)."""
-    return check_record(Path(path), read_json(path), schema)
+
+
+# --- what a file of the run is, and what to do when it is damaged ----------------------------------------
+
+def _round_of(parts: tuple[str, ...]) -> Optional[int]:
+    for part in parts:
+        if part.startswith("round_") and part[6:].isdigit():
+            return int(part[6:])
+    return None
+
+
+def describe(path: Path) -> tuple[str, str]:
+    """(what the file at `path` is to the run, what a user does when it is damaged or of the wrong kind), for
+    the one-paragraph errors about records the run reads back (store.read_json, store.read_record)."""
+    p = Path(path)
+    parts, name = p.parts, p.name
+    r = _round_of(parts)
+    where = f"round {r}'s " if r is not None else ""
+    stage = p.parent.name
+    if p.parent.parent.name in ("train", "rl"):  # one record per role: train/<role>/done.json
+        stage = f"{p.parent.parent.name}/{p.parent.name}"
+    if name == MANIFEST:
+        return ("the run's manifest: what the run was made with",
+                "restore it from a backup, or delete it: the next run rebuilds it from the config its finished "
+                "rounds recorded (and refuses if this command's config differs)")
+    if name == SUMMARY:
+        return (f"{where}summary, the record that seals the round",
+                "delete it and run the same command again: the round is sealed again from its stages' records "
+                "(finished stages are not redone)")
+    if EXPORT_DIR in parts[-2:-1]:
+        return ("the exported data set" if name != "done.json" else "the export's done record",
+                f"delete the folder {p.parent} and run python -m selflengthen.collect again: it exports again")
+    if EVAL_DIR in parts[:-1]:
+        return (f"the held-out eval {name}", f"delete it: python -m selflengthen.eval evaluates that model again")
+    if COLLECT_DIR in parts[:-1]:
+        return (f"the collection's {name}",
+                f"delete the folder {p.parent} and run python -m selflengthen.collect again: it collects again")
+    if REPORT_DIR in parts[:-1]:
+        return (f"the report's {name}", "delete it: python -m selflengthen.report writes it again")
+    if name == "done.json":
+        return (f"{where}{stage} stage's done record",
+                "delete it and run the same command again: the stage is redone (from its item log where it has "
+                "one, so nothing already generated is generated again)")
+    if name == "metrics.json":
+        return (f"{where}{stage} training's metrics",
+                f"delete the folder {p.parent} and run the same command again: that training is redone")
+    if name.endswith(".jsonl"):
+        return (f"{where}{stage} stage's {name}",
+                f"delete it and the stage's done.json ({p.parent / 'done.json'}) and run the same command "
+                f"again: the stage is redone")
+    if name.endswith(".log"):
+        return (f"the run's log {name}", "delete it (or the link in its place): the run starts a new log")
+    return ("a file of the run",
+            "restore it or delete it and run the same command again; if the run folder cannot be trusted, "
+            "start a separate run with run.name=<new name>")

@@ -26,8 +26,8 @@ from typing import Optional
 
 from selflengthen import layout
 from selflengthen.methods.base import method_of
-from selflengthen.records import EvalDoc, ExportDone, read_record
-from selflengthen.store import CorruptArtifact, atomic_write_bytes, atomic_write_json, check_folder, read_jsonl
+from selflengthen.records import EvalDoc, ExportDone
+from selflengthen.store import CorruptArtifact, atomic_write_bytes, atomic_write_json, check_folder, read_jsonl, read_record
 
 log = logging.getLogger(__name__)
 

@@ -205,10 +205,10 @@ def _disk_error(path: Path, exc: OSError, doing: str = "write") -> StoreError:
         why = "the folder is not writable"
         fix = "fix the folder's permissions (or choose another run.root) and run the same command again"
     elif exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY):
-        from selflengthen import layout
+        from selflengthen.records import describe
 
         culprit = _blocking_path(path)
-        what, fix_ = layout.describe(culprit)
+        what, fix_ = describe(culprit)
         if culprit != Path(path):
             why = f"{culprit} is a file where the run keeps a folder"
         elif os.path.isdir(path):
@@ -332,9 +332,9 @@ def _kind_of(mode: int) -> str:
 
 
 def _not_a_file(path: Path, why: str) -> NotAFile:
-    from selflengthen import layout
+    from selflengthen.records import describe
 
-    what, fix = layout.describe(Path(path))
+    what, fix = describe(Path(path))
     return NotAFile(f"Cannot read {path} ({what}): {why}. The run reads back only plain files it wrote itself "
                     f"(a pipe or a device could block it forever), so it was not opened, and nothing was changed. "
                     f"Fix: {fix}.")
@@ -374,9 +374,9 @@ def check_folder(folder: Path) -> None:
     reader that globs or tests files below it would otherwise see "nothing there" and go on silently."""
     culprit = _blocking_path(Path(folder) / "x")
     if culprit != Path(folder) / "x":
-        from selflengthen import layout
+        from selflengthen.records import describe
 
-        what, fix = layout.describe(culprit)
+        what, fix = describe(culprit)
         raise NotAFile(f"Cannot read {folder}: {culprit} is a file where the run keeps a folder. The run reads "
                        f"back only what it wrote itself, so nothing was opened or changed. Fix: remove {culprit} "
                        f"(or put back the folder that was there) and run the same command again; if the run "
@@ -394,9 +394,9 @@ def read_bytes(path: Path) -> bytes:
 
 
 def _damaged(path: Path, why: str) -> CorruptArtifact:
-    from selflengthen import layout
+    from selflengthen.records import describe
 
-    what, fix = layout.describe(Path(path))
+    what, fix = describe(Path(path))
     return CorruptArtifact(f"{path} ({what}) is damaged: {why}. Fix: {fix}.")
 
 
@@ -427,6 +427,23 @@ def read_jsonl(path: Path) -> list[dict]:
             raise _damaged(path, f"line {n} is not a JSON object")
         rows.append(row)
     return rows
+
+
+def check_record(path: Path, data: Any, schema) -> dict:
+    """`data` (read from `path`) if it fits `schema` (a records.py model); else a CorruptArtifact naming the
+    file, the problem and the fix."""
+    from selflengthen.records import describe, problem
+
+    why = problem(data, schema)
+    if why is None:
+        return data
+    what, fix = describe(Path(path))
+    raise CorruptArtifact(f"{path} ({what}) has the wrong shape: {why}. Fix: {fix}.")
+
+
+def read_record(path: Path, schema) -> dict:
+    """Read and check one record of the run (a plain file holding one JSON object that fits `schema`)."""
+    return check_record(Path(path), read_json(path), schema)
 
 
 def sha256_file(path: Path) -> str:
@@ -592,7 +609,7 @@ def stage_done(stage_dir: Path) -> Optional[dict]:
     check_folder(Path(stage_dir))
     if not os.path.lexists(marker):
         return None
-    from selflengthen.records import check_record, done_schema
+    from selflengthen.records import done_schema
 
     try:
         record = check_record(marker, read_json(marker), done_schema(marker))

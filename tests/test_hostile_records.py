@@ -185,3 +185,10 @@ def test_every_command_survives_every_damage_of(record, pristine, tmp_path, capl
             assert snapshot(outside) == before, f"{how} / {name} wrote outside the run folder"
             shutil.rmtree(run_dir, ignore_errors=True)
     assert not failures, "\n".join(failures)
+
+
+def test_records_name_the_run_files_as_layout_does():
+    from selflengthen import layout, records
+
+    names = ("MANIFEST", "SUMMARY", "EVAL_DIR", "REPORT_DIR", "EXPORT_DIR", "COLLECT_DIR")
+    assert [getattr(records, n) for n in names] == [getattr(layout, n) for n in names]

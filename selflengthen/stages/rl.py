@@ -92,8 +92,8 @@ def run_train(ctx: RoundContext) -> dict:
 
 def _metrics(folder: Path) -> dict | None:
     """The finished training's metrics.json, or None when it is damaged (reported: the training is redone)."""
-    from selflengthen.records import Metrics, read_record
-    from selflengthen.store import CorruptArtifact
+    from selflengthen.records import Metrics
+    from selflengthen.store import CorruptArtifact, read_record
 
     try:
         return read_record(folder / "metrics.json", Metrics)

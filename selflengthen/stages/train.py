@@ -128,8 +128,8 @@ def _trained_here(folder: Path) -> bool:
     (trainers record its digest; one changed since, e.g. by hand, is trained again rather than trusted)."""
     if not ((folder / "metrics.json").exists() and (folder / "adapter" / "adapter_config.json").exists()):
         return False
-    from selflengthen.records import Metrics, read_record
-    from selflengthen.store import CorruptArtifact
+    from selflengthen.records import Metrics
+    from selflengthen.store import CorruptArtifact, read_record
 
     try:
         want = read_record(folder / "metrics.json", Metrics).get("adapter_sha256")
