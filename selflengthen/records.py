@@ -232,7 +232,7 @@ def describe(path: Path) -> tuple[str, str]:
     the one-paragraph errors about records the run reads back (store.read_json, store.read_record)."""
     p = Path(path)
     parts, name = p.parts, p.name
-    r = _round_of(parts)
+    r = _round_of(parts[-4:])  # the round's folder is one of the last few parts (never a folder above the run)
     where = f"round {r}'s " if r is not None else ""
     stage = p.parent.name
     if p.parent.parent.name in ("train", "rl"):  # one record per role: train/<role>/done.json
@@ -245,15 +245,16 @@ def describe(path: Path) -> tuple[str, str]:
         return (f"{where}summary, the record that seals the round",
                 "delete it and run the same command again: the round is sealed again from its stages' records "
                 "(finished stages are not redone)")
-    if EXPORT_DIR in parts[-2:-1]:
+    if p.parent.name == EXPORT_DIR:
         return ("the exported data set" if name != "done.json" else "the export's done record",
                 f"delete the folder {p.parent} and run python -m selflengthen.collect again: it exports again")
-    if EVAL_DIR in parts[:-1]:
-        return (f"the held-out eval {name}", f"delete it: python -m selflengthen.eval evaluates that model again")
-    if COLLECT_DIR in parts[:-1]:
+    up = [p.parent.name, p.parent.parent.name, p.parent.parent.parent.name]  # nearest folders first
+    if up[0] == EVAL_DIR or up[2] == EVAL_DIR and up[1] == "by_key":
+        return (f"the held-out eval {name}", "delete it: python -m selflengthen.eval evaluates that model again")
+    if COLLECT_DIR in up[:2]:
         return (f"the collection's {name}",
                 f"delete the folder {p.parent} and run python -m selflengthen.collect again: it collects again")
-    if REPORT_DIR in parts[:-1]:
+    if up[0] == REPORT_DIR:
         return (f"the report's {name}", "delete it: python -m selflengthen.report writes it again")
     if name == "done.json":
         return (f"{where}{stage} stage's done record",
