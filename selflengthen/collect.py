@@ -117,7 +117,7 @@ def final_round(run_dir: Path) -> tuple[int, dict]:
     if layout.summary_path(run_dir, last + 1).exists():  # sealed, but its artifacts no longer match (logged)
         raise StoreError(f"Round {last + 1} of {run_dir} is sealed but not usable (its summary or a stage's "
                          f"artifacts no longer match their record, see the warning above), so collecting now would "
-                         f"silently leave its pairs out. Fix: run the loop again with the same overrides: it redoes "
+                         f"silently leave its pairs out. Fix: Run the loop again with the same overrides: it redoes "
                          f"what is damaged and what depends on it. Then collect again.")
     if last == 0:
         raise StoreError(f"{run_dir} has no finished round to collect from. Run the loop first "
