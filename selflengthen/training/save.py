@@ -13,7 +13,6 @@ in the adapter's place or on the way to it is refused (`LinkRefused`) before any
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
