@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -123,10 +124,10 @@ def final_round(run_dir: Path) -> tuple[int, dict]:
     from selflengthen import layout
 
     if layout.summary_path(run_dir, last + 1).exists():  # sealed, but its artifacts no longer match (logged)
-        raise StoreError(f"Round {last + 1} of {run_dir} is finished but damaged (a stage's artifacts no longer "
-                         f"match their record, see the warning above), so collecting now would silently leave "
-                         f"its pairs out. Run the loop again with the same overrides: it redoes the damaged stage "
-                         f"and what depends on it. Then collect again.")
+        raise StoreError(f"Round {last + 1} of {run_dir} is sealed but not usable (its summary or a stage's "
+                         f"artifacts no longer match their record, see the warning above), so collecting now would "
+                         f"silently leave its pairs out. Fix: Run the loop again with the same overrides: it redoes "
+                         f"what is damaged and what depends on it. Then collect again.")
     if last == 0:
         raise StoreError(f"{run_dir} has no finished round to collect from. Run the loop first "
                          f"(python -m selflengthen with the same overrides), then collect.")
@@ -171,11 +172,15 @@ def _start_fresh_if_stale(run_dir: Path, source: dict) -> None:
     model or adapter, or a changed collect setting is collected again, never served from the old files."""
     from selflengthen.evaluate import differences
 
+    from selflengthen.records import Lenient
+    from selflengthen.store import read_record
+
     marker = run_dir / COLLECT_DIR / "source.json"
-    if marker.exists():
+    if os.path.lexists(marker):
         try:
-            old = read_json(marker)
-        except CorruptArtifact:
+            old = read_record(marker, Lenient)
+        except CorruptArtifact as exc:
+            log.warning("%s", exc)
             old = None
         if old != source:
             log.warning("the collection on disk was made with other settings (%s): collecting again",

@@ -43,6 +43,9 @@ def as_dict(node: Any) -> dict:
             return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
     except ImportError:  # pragma: no cover
         pass
+    if node is not None and not isinstance(node, Mapping):
+        raise ConfigError(f"Config error: a config section was given one value ({node!r}) instead of key=value "
+                          f"settings. Fix: set a key inside the section, e.g. run.name=my_run, not run=<value>.")
     return dict(node or {})
 
 
@@ -94,6 +97,13 @@ def check_value(key: str, value: Any, annotation: Any, meta: Mapping, default: A
         return None
     ok, value = _coerce(value, types)
     need(ok, key, value, f"must be {_type_word(types, optional)}", fix)
+    if isinstance(value, int) and not isinstance(value, bool):
+        # every library a value reaches (torch, numpy, the engines) stores it in 64 bits; a seed handed to a
+        # trainer or engine must fit numpy's 32-bit seed (else training fails after a round of generation)
+        need(-2**63 <= value < 2**63, key, value, "is too large (a whole number must fit in 64 bits)", fix)
+        if key.endswith(".seed"):
+            need(0 <= value < 2**32, key, value, "must be a whole number from 0 to 4294967295 (numpy's seed range)",
+                 f"use {key}=0 or any other number in that range")
     if "choices" in meta:
         need(value in meta["choices"], key, value, f"must be one of {', '.join(map(str, meta['choices']))}", fix)
     for op, word, test in (("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),

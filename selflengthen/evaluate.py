@@ -46,9 +46,10 @@ from selflengthen import filters, layout, ui
 from selflengthen.engines.base import Request, complete
 from selflengthen.judge import DIMENSIONS
 from selflengthen.length_control import Constraint, length_score, s_l
+from selflengthen.records import EvalDoc, TrainDone
 from selflengthen.settings import ConfigError, Settings, read_prompt_rows, shipped_data
 from selflengthen.stages.common import RoundContext, derive_seed, mean
-from selflengthen.store import CorruptArtifact, atomic_write_json, check_no_links, read_json, sha256_file
+from selflengthen.store import CorruptArtifact, atomic_write_json, check_no_links, read_record, sha256_file
 from selflengthen.text import count_words
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,30 @@ def load_prompts(path: Path, limit: Optional[int] = None) -> list[dict]:
     return _spread(rows, limit)
 
 
+FAR_PAST_BUDGET = 8  # words per token no tokenizer reaches: a constraint past this x the budget is a mistake
+
+
+def check_budget(prompts: list[dict], max_new_tokens: int, path: Optional[Path] = None) -> Optional[str]:
+    """Constrained prompts whose shortest full-score length is past what `eval.max_new_tokens` can write: far
+    past (more than FAR_PAST_BUDGET words per token) is a ConfigError; past the budget (more words than
+    tokens: about 0.75 English words fit in a token) is the returned warning, since they can only score
+    (nearly) 0. None when every target fits."""
+    lows = [(Constraint.from_dict(p).band()[0], p) for p in prompts if not is_open(p)]
+    past = [(low, p) for low, p in lows if low > max_new_tokens]
+    if not past:
+        return None
+    worst, row = max(past, key=lambda lp: lp[0])
+    fix = (f"raise eval.max_new_tokens to at least {int(worst * 1.5)} (about 1.5 tokens per English word), or "
+           f"leave these prompts out of eval.prompt_file" + (f"={str(path)!r}" if path else ""))
+    if worst > FAR_PAST_BUDGET * max_new_tokens:
+        raise ConfigError(f"Config error: eval.max_new_tokens={max_new_tokens} — a prompt asks for at least "
+                          f"{worst:,.0f} words ({row.get('type')} {row.get('target') or (row.get('low'), row.get('high'))}), "
+                          f"far more than {max_new_tokens} tokens can write, so it could only score 0. Fix: {fix}.")
+    return (f"{len(past)} of {len(prompts)} held-out prompts ask for more words (up to {worst:,.0f}) than "
+            f"eval.max_new_tokens={max_new_tokens} tokens can write: they will score (nearly) 0 on length. To "
+            f"measure them, {fix}.")
+
+
 def _spread(rows: list[dict], limit: Optional[int]) -> list[dict]:
     """`limit` rows evenly spread over the file (not its head), each group (open, constrained) getting its
     share, so a short eval still covers both groups and every constraint kind. File order is kept."""
@@ -189,11 +214,12 @@ def final_adapters(s: Settings) -> Optional[dict]:
     """The final model's adapters when the run has one (stages/final.py), else None."""
     role = s.method.answer_role
     done = layout.final_dir(s.run_dir) / "train" / role / "done.json"
-    if not done.exists():
+    if not os.path.lexists(done):
         return None
     try:
-        adapter = read_json(done)["summary"].get("adapter")
-    except (CorruptArtifact, KeyError, TypeError):
+        adapter = read_record(done, TrainDone)["summary"].get("adapter")
+    except CorruptArtifact as exc:
+        log.warning("%s — the final model is left out", exc)
         return None
     return {role: layout.absolute(s.run_dir, adapter)} if adapter else None
 
@@ -292,13 +318,10 @@ def keyed_file(run_dir: Path, r: int, h: str) -> Path:
 
 def _read_doc(path: Path) -> Optional[dict]:
     """An eval document, or None (missing, or unreadable: it will be redone)."""
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     try:
-        doc = read_json(path)
-        if not isinstance(doc, dict) or not all(k in doc for k in REQUIRED):
-            raise CorruptArtifact(f"{path} lacks some aggregates")
-        return doc
+        return read_record(path, EvalDoc)
     except CorruptArtifact as exc:
         log.warning("%s: redoing this round's eval", exc)
         return None

@@ -18,6 +18,7 @@ in place the first time a round folder is opened (`migrate_round`), so they resu
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -122,19 +123,18 @@ def adapters_rel(run_dir: Path, adapters: dict) -> dict:
 
 
 def read_summary(run_dir: Path, r: int) -> Optional[dict]:
-    """Round r's summary, or None when it is missing or unreadable (the round is not finished)."""
-    from selflengthen.store import StoreError, read_json
+    """Round r's summary, or None when it is missing or damaged (the round is not finished: a damaged one is
+    reported and sealed again). Anything but a plain file there is refused (store.NotAFile)."""
+    from selflengthen.records import RoundSummary
+    from selflengthen.store import CorruptArtifact, read_record
 
     path = summary_path(run_dir, r)
-    if not path.exists():
+    if not os.path.lexists(path) and not (os.path.lexists(path.parent) and not path.parent.is_dir()):
         return None
     try:
-        summary = read_json(path)
-        if not isinstance(summary, dict) or "adapters_out" not in summary:
-            raise StoreError(f"{path} lacks adapters_out")
-        return summary
-    except (StoreError, OSError, ValueError) as exc:
-        log.warning("round %d summary is not usable (%s)", r, exc)
+        return read_record(path, RoundSummary)
+    except CorruptArtifact as exc:
+        log.warning("round %d summary is not usable: %s", r, exc)
         return None
 
 
@@ -177,3 +177,13 @@ def finished_rounds(run_dir: Path) -> dict[int, dict]:
         out[r] = summary
         r += 1
     return out
+
+
+# --- what a file of the run is, and what to do when it is damaged ----------------------------------------
+
+def describe(path: Path) -> tuple[str, str]:
+    """(what the file at `path` is to the run, what a user does when it is damaged or of the wrong kind):
+    records.describe, which names this module's files without importing it (store.py uses it)."""
+    from selflengthen.records import describe as _describe
+
+    return _describe(path)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
 KINDS = ("about", "range", "above", "below")
+MAX_WORDS = 10_000_000  # a length past this is a typo, not a request (ints beyond it would overflow the maths)
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,23 @@ class Constraint:
         """Read `type` and its numbers from a row; other keys (e.g. `prompt`) are ignored."""
         kind = row["type"]
         if kind == "range":
-            return Constraint(kind, low=int(row["low"]), high=int(row["high"]))
-        return Constraint(kind, target=int(row["target"]))
+            return Constraint(kind, low=_words(row, "low"), high=_words(row, "high"))
+        return Constraint(kind, target=_words(row, "target"))
+
+
+def _words(row: Mapping, key: str) -> int:
+    """A length in words from a row: a whole number (300.0 is 300), never true/false, a fraction (300.9), a
+    string or a non-finite or astronomically large value (Infinity, 1e400) — each a ValueError naming `key`."""
+    v = row[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{key} must be a whole number of words, got {v!r}")
+    if isinstance(v, float):
+        if not math.isfinite(v) or v != int(v):
+            raise ValueError(f"{key} must be a whole number of words, got {v!r}")
+        v = int(v)
+    if abs(v) > MAX_WORDS:
+        raise ValueError(f"{key}={v} is more words than any answer can hold (at most {MAX_WORDS:,})")
+    return v
 
 
 def length_score(c: Constraint, g: int) -> float:

@@ -10,6 +10,10 @@ not record yet is adopted silently (and noted in `history`), so upgrading never 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,12 +21,13 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from selflengthen import layout
-from selflengthen.store import StoreError, atomic_write_json, read_json
+from selflengthen.store import StoreError, atomic_write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from selflengthen.settings import Settings
 
 MANIFEST = layout.MANIFEST
+log = logging.getLogger(__name__)
 
 
 class DriftError(StoreError):
@@ -44,8 +49,104 @@ def diff_keys(old: dict, new: dict) -> list[str]:
 
 
 def load(run_dir: Path) -> dict | None:
+    """The manifest, or None when there is none. A damaged one (not JSON, the wrong shape) or anything but a
+    plain file in its place is a StoreError naming it and the fix: never read as "no manifest", which would
+    let a rerun with other settings add rounds made another way."""
+    from selflengthen.records import Manifest
+    from selflengthen.store import read_record
+
     path = layout.manifest_path(run_dir)
-    return read_json(path) if path.exists() else None
+    if not os.path.lexists(path):
+        return None
+    return read_record(path, Manifest)
+
+
+def digest(semantic: dict) -> str:
+    """A short digest of a semantic config: what each stage's done record keeps (`semantic` in done.json), so
+    the config that made a stage is known without the manifest."""
+    return hashlib.sha256(json.dumps(semantic, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def recorded_config(run_dir: Path) -> tuple[bool, dict | None, dict[str, str]]:
+    """What the run's own records say made it, for a run folder without its manifest: (any record at all,
+    the semantic config the last sealed round recorded or None, {stage folder: config digest} of the stages
+    of rounds after that round, from their done records)."""
+    from selflengthen.records import Done
+    from selflengthen.store import StoreError, check_record, read_json
+
+    any_record, semantic, last = False, None, 0
+    rounds = sorted(int(p.name[6:]) for p in Path(run_dir).glob("round_*") if p.name[6:].isdigit())
+    for r in rounds:
+        summary = layout.read_summary(run_dir, r)
+        if summary is not None:
+            any_record = True
+            if isinstance(summary.get("semantic"), dict):
+                semantic, last = summary["semantic"], r
+    stages: dict[str, str] = {}
+    for r in rounds:
+        rd = layout.round_dir(run_dir, r)
+        for marker in sorted([*rd.glob("*/done.json"), *rd.glob("*/*/done.json")]):
+            any_record = True
+            if r <= last:
+                continue
+            try:
+                made = check_record(marker, read_json(marker), Done).get("semantic")
+            except StoreError:
+                continue  # a damaged record is redone by the stage itself
+            stages[str(marker.parent.relative_to(run_dir))] = made if isinstance(made, str) else ""
+    return any_record, semantic, stages
+
+
+def _legacy_seed_hash(seeds) -> str:
+    """How the seed prompts were hashed before the hash became unambiguous (joined with newlines: a line
+    break moved between two prompts gave the same hash)."""
+    return hashlib.sha256("\n".join(seeds).encode()).hexdigest()[:16]
+
+
+def _upgrade_seed_hash(old: dict, s: "Settings") -> list[str]:
+    """A manifest that recorded the old seed hash of today's very seeds takes today's hash (an upgrade, not
+    drift); any other value stays and is reported as drift."""
+    data = old["semantic"].get("data")
+    now = (s.semantic.get("data") or {}).get("seed_file_sha256")
+    if isinstance(data, dict) and now and data.get("seed_file_sha256") not in (None, now) \
+            and data.get("seed_file_sha256") == _legacy_seed_hash(s.seeds):
+        data["seed_file_sha256"] = now
+        return ["data.seed_file_sha256 (same seeds, unambiguous hash)"]
+    return []
+
+
+def _rebuild(s: "Settings", stages: list[str] | None) -> dict | None:
+    """The manifest of a run folder whose manifest.json is gone, rebuilt from what its rounds recorded; None
+    for a run with no record yet (a new run). Refuses (DriftError) when the records say another config made
+    the run, or when they are too old to say, unless run.accept_drift."""
+    any_record, semantic, made = recorded_config(s.run_dir)
+    if not any_record:
+        return None
+    path = layout.manifest_path(s.run_dir)
+    other = sorted(k for k, v in made.items() if v and v != digest(s.semantic))
+    unknown = [k for k, v in made.items() if not v]
+    if semantic is None and (not made or unknown) and not s.accept_drift:
+        raise DriftError(
+            f"{path} is missing, and the rounds in {s.run_dir} were made before they recorded their config, so "
+            f"this command cannot tell whether its settings are the ones the run was made with; resuming with "
+            f"other settings would mix results made two ways. Nothing was started. Fix: restore manifest.json "
+            f"from a backup; or, if you are sure this is the run's own config, pass run.accept_drift=true once "
+            f"(the manifest is then rebuilt from this command's config); or start a separate run with "
+            f"run.name=<new name>.")
+    if other and (semantic is None or not diff_keys(semantic, s.semantic)) and not s.accept_drift:
+        raise DriftError(
+            f"{path} is missing, and the done records of {', '.join(other[:4])}{' and more' if len(other) > 4 else ''}"
+            f" in {s.run_dir} say another config made them. Resuming would mix results made two ways; nothing "
+            f"was started. Fix: rerun with the overrides the run was made with (see .hydra/overrides.yaml in the "
+            f"run folder), start a separate run with run.name=<new name>, or accept the change with "
+            f"run.accept_drift=true (finished stages are kept as they are).")
+    manifest = {"created": time.time(), "method": s.method_name, "stages": stages or [],
+                "semantic": semantic if semantic is not None else s.semantic, "rounds_complete": 0,
+                "history": [{"time": time.time(), "rebuilt": "manifest.json was missing: rebuilt from the "
+                             "config the finished rounds recorded"}]}
+    log.warning("%s was missing: rebuilt from the config the run's rounds recorded%s", path,
+                "" if semantic is not None else " (their stage records match this command's config)")
+    return manifest
 
 
 def _adopt_new_keys(old: dict, new: dict) -> list[str]:
@@ -71,12 +172,16 @@ def _adopt_new_keys(old: dict, new: dict) -> list[str]:
 def open_run(s: "Settings", stages: list[str] | None = None) -> dict:
     """Create the manifest, or check the existing one against this config (drift)."""
     old = load(s.run_dir)
+    rebuilt = False
     if old is None:
-        manifest = {"created": time.time(), "method": s.method_name, "stages": stages or [],
-                    "semantic": s.semantic, "rounds_complete": 0, "history": []}
-        atomic_write_json(layout.manifest_path(s.run_dir), manifest)
-        return manifest
-    added = _adopt_new_keys(old, s.semantic)
+        old = _rebuild(s, stages)
+        if old is None:
+            manifest = {"created": time.time(), "method": s.method_name, "stages": stages or [],
+                        "semantic": s.semantic, "rounds_complete": 0, "history": []}
+            atomic_write_json(layout.manifest_path(s.run_dir), manifest)
+            return manifest
+        rebuilt = True
+    added = _adopt_new_keys(old, s.semantic) + _upgrade_seed_hash(old, s)
     changed = diff_keys(old["semantic"], s.semantic)
     if changed and not s.accept_drift:
         flat_old, flat_new = _flatten(old["semantic"]), _flatten(s.semantic)
@@ -95,7 +200,7 @@ def open_run(s: "Settings", stages: list[str] | None = None) -> dict:
     new_order = stages is not None and old.get("stages") != stages
     if new_order:
         old["stages"] = stages
-    if changed or added or new_order:
+    if changed or added or new_order or rebuilt:
         atomic_write_json(layout.manifest_path(s.run_dir), old)
     return old
 

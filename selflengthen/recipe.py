@@ -249,4 +249,5 @@ def build_summary(ctx: RoundContext, sections: dict[str, dict], wall: float) -> 
         "adapters_in": layout.adapters_rel(ctx.s.run_dir, ctx.adapters),
         "adapters_out": layout.adapters_rel(ctx.s.run_dir, ctx.adapters_out),
         "seconds": {**seconds, "round": wall},
+        "semantic": ctx.s.semantic,  # what made the round: drift is checked from here when manifest.json is gone
     }

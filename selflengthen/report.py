@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
 from selflengthen import layout
 from selflengthen.methods.base import method_of
-from selflengthen.store import atomic_write_bytes, atomic_write_json, read_json, read_jsonl
+from selflengthen.records import EvalDoc, ExportDone
+from selflengthen.store import CorruptArtifact, atomic_write_bytes, atomic_write_json, check_folder, read_jsonl, read_record
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +45,14 @@ def _summaries(run_dir: Path) -> list[dict]:
 def _evals(run_dir: Path) -> dict[int, dict]:
     """Round -> eval document (with rows), for every eval file on disk (the newest per round)."""
     out = {}
+    check_folder(layout.eval_dir(run_dir))
     paths = sorted(layout.eval_dir(run_dir).glob("round_*.json")) + sorted(layout.eval_dir(run_dir).glob("final.json"))
     for path in paths:
         try:
-            doc = read_json(path)
-            out[doc["round"] if doc["round"] == "final" else int(doc["round"])] = doc
-        except Exception as exc:  # a damaged eval file is left out of the report, not fatal
-            log.warning("%s is not readable (%s): left out of the report", path, exc)
+            doc = read_record(path, EvalDoc)
+            out[doc["round"]] = doc
+        except CorruptArtifact as exc:  # a damaged eval file is left out of the report, not fatal
+            log.warning("%s — left out of the report", exc)
     return out
 
 
@@ -82,8 +85,20 @@ def build_report(run_dir: Path, method=None) -> dict:
         "run": run_dir.name, "run_dir": str(run_dir), "method": method.name, "rounds": rounds,
         "base_eval": None if base is None else _round_row({"round": 0}, base, method)["eval"],
         "final_eval": None if final is None else _round_row({"round": "final"}, final, method)["eval"],
-        "export": read_json(export).get("summary") if export.exists() else None,
+        "export": _export_summary(export),
     }
+
+
+def _export_summary(path: Path) -> Optional[dict]:
+    """The export's summary from its done record, or None (none yet, or damaged: reported, left out)."""
+    check_folder(path.parent)
+    if not os.path.lexists(path):
+        return None
+    try:
+        return read_record(path, ExportDone)["summary"]
+    except CorruptArtifact as exc:
+        log.warning("%s — the export is left out of the report", exc)
+        return None
 
 
 # --- table --------------------------------------------------------------------------------------------
@@ -385,15 +400,21 @@ def write_report(run_dir: Path, method=None, show: bool = True) -> dict:
     return report
 
 
+def run_report(s) -> dict:
+    """`python -m selflengthen.report`: the tables, report.json and the plots of the run `s` names, written under
+    the run lock (one writer at a time, and no write through a link inside the run folder)."""
+    from selflengthen import ui
+    from selflengthen.store import RunLock
+
+    with RunLock(s.run_dir):
+        report = write_report(s.run_dir, s.method)
+    if not report["rounds"]:
+        log.warning("%s has no finished round yet (check run.name / experiment=)", s.run_dir)
+    ui.console.print(f"report: {s.run_dir / REPORT_DIR} (" + ", ".join(Path(p).name for p in report["plots"]) + ")")
+    return report
+
+
 if __name__ == "__main__":
     from selflengthen import cli
 
-    def _job(s) -> None:
-        from selflengthen import ui
-
-        report = write_report(s.run_dir, s.method)
-        if not report["rounds"]:
-            log.warning("%s has no finished round yet (check run.name / experiment=)", s.run_dir)
-        ui.console.print(f"report: {s.run_dir / REPORT_DIR} (" + ", ".join(Path(p).name for p in report["plots"]) + ")")
-
-    cli.main("report", _job)
+    cli.main("report", run_report)

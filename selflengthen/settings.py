@@ -487,7 +487,8 @@ def _build(cfg: Mapping, run_dir: Path) -> Settings:
          "give data.seed_file a JSONL file, or null for the shipped seeds")
     seed_path = Path(seed_file).expanduser() if seed_file else shipped_data(prompts.get("seed_file", f"seeds_{prompts['lang']}.jsonl"))
     seeds = load_seed_file(seed_path)
-    seeds_sha = hashlib.sha256("\n".join(seeds).encode()).hexdigest()[:16]
+    # the parsed prompts as a JSON list: unambiguous (a line break moved between two prompts changes it)
+    seeds_sha = hashlib.sha256(json.dumps(list(seeds), ensure_ascii=False).encode()).hexdigest()[:16]
 
     plain = as_dict(cfg)
     return Settings(

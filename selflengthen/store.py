@@ -54,6 +54,12 @@ class LinkRefused(StoreError):
     """A path the run would write is (or passes through) a link; nothing was written."""
 
 
+class NotAFile(StoreError):
+    """A file the run reads back is not a plain file (a folder, a pipe, a socket, a device), or a file stands
+    where the run keeps a folder on the way to it. It is never opened (a pipe would block the run) and never
+    removed by the run: the message says what it is to the run and what to do."""
+
+
 # --- user-given names -----------------------------------------------------------------------------------
 
 def check_run_name(name: str) -> None:
@@ -198,6 +204,18 @@ def _disk_error(path: Path, exc: OSError, doing: str = "write") -> StoreError:
     elif exc.errno in (errno.EACCES, errno.EPERM):
         why = "the folder is not writable"
         fix = "fix the folder's permissions (or choose another run.root) and run the same command again"
+    elif exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY):
+        from selflengthen.records import describe
+
+        culprit = _blocking_path(path)
+        what, fix_ = describe(culprit)
+        if culprit != Path(path):
+            why = f"{culprit} is a file where the run keeps a folder"
+        elif os.path.isdir(path):
+            why = f"it is a folder where the run keeps a file ({what})"
+        else:
+            why = f"it is not the kind of file the run keeps there ({what})"
+        fix = f"remove {culprit} (or put back what was there) and run the same command again ({fix_})"
     elif exc.errno == errno.EIO:
         why = "the disk reported an input/output error"
         fix = "check the disk (e.g. `dmesg`, or the network file system's health) and run the same command again"
@@ -206,7 +224,7 @@ def _disk_error(path: Path, exc: OSError, doing: str = "write") -> StoreError:
         fix = "fix the cause and run the same command again"
     return StoreError(
         f"Could not {doing} {path}: {why} ({exc.strerror or exc}). Nothing finished was lost: every artifact "
-        f"written before stays as it was, and a half-written file never replaces a good one. To go on, {fix}; "
+        f"written before stays as it was, and a half-written file never replaces a good one. Fix: {fix}; "
         f"the run resumes from its last saved item."
     )
 
@@ -292,31 +310,151 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     atomic_write_bytes(path, data.encode("utf-8"))
 
 
-def read_json(path: Path) -> Any:
+def _blocking_path(path: Path) -> Path:
+    """The first part of `path` that stands in the way: a file where a folder must be, else `path` itself."""
+    path = Path(path)
+    for parent in reversed(path.parents):
+        if os.path.lexists(parent) and not os.path.isdir(parent):
+            return parent
+    return path
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _not_a_file(path: Path, why: str) -> NotAFile:
+    from selflengthen.records import describe
+
+    what, fix = describe(Path(path))
+    return NotAFile(f"Cannot read {path} ({what}): {why}. The run reads back only plain files it wrote itself "
+                    f"(a pipe or a device could block it forever), so it was not opened, and nothing was changed. "
+                    f"Fix: {fix}.")
+
+
+def open_for_read(path: Path) -> int:
+    """A read-only descriptor of the plain file `path` (links are followed: reading changes nothing). Anything
+    else is refused before it is opened (NotAFile); a missing file is FileNotFoundError."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise _not_a_file(path, f"it is a link to nothing ({os.readlink(path)})") from None
+        raise
+    except NotADirectoryError:
+        culprit = _blocking_path(path)
+        raise _not_a_file(path, f"{culprit} is a file where the run keeps a folder") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _not_a_file(path, "it is a loop of links") from None
+        raise _disk_error(path, exc, "read") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_a_file(path, f"it is {_kind_of(st.st_mode)}, not a file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _disk_error(path, exc, "read") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between the stat and the open
+        os.close(fd)
+        raise _not_a_file(path, "it changed into something other than a file while it was being opened")
+    return fd
+
+
+def check_folder(folder: Path) -> None:
+    """NotAFile when `folder` (or a folder on the way to it) exists as something other than a folder: a
+    reader that globs or tests files below it would otherwise see "nothing there" and go on silently."""
+    culprit = _blocking_path(Path(folder) / "x")
+    if culprit != Path(folder) / "x":
+        from selflengthen.records import describe
+
+        what, fix = describe(culprit)
+        raise NotAFile(f"Cannot read {folder}: {culprit} is a file where the run keeps a folder. The run reads "
+                       f"back only what it wrote itself, so nothing was opened or changed. Fix: remove {culprit} "
+                       f"(or put back the folder that was there) and run the same command again; if the run "
+                       f"folder cannot be trusted, start a separate run with run.name=<new name>.")
+
+
+def read_bytes(path: Path) -> bytes:
+    """The bytes of the plain file `path` (see open_for_read)."""
+    fd = open_for_read(path)
+    try:
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise _disk_error(Path(path), exc, "read") from exc
+
+
+def _damaged(path: Path, why: str) -> CorruptArtifact:
+    from selflengthen.records import describe
+
+    what, fix = describe(Path(path))
+    return CorruptArtifact(f"{path} ({what}) is damaged: {why}. Fix: {fix}.")
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in the plain file `path`: NotAFile for anything but a plain file, CorruptArtifact for
+    text that is not JSON (both name the file and the fix)."""
+    try:
+        return json.loads(read_bytes(path).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptArtifact(f"{path} is not valid JSON ({exc})") from exc
+        raise _damaged(path, f"it is not valid JSON ({exc})") from exc
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL artifact: each line one JSON object (else CorruptArtifact naming the line)."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise CorruptArtifact(f"{path} line {n} is not valid JSON ({exc})") from exc
+    try:
+        text = read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, f"it is not UTF-8 text ({exc.reason})") from exc
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _damaged(path, f"line {n} is not valid JSON ({exc})") from exc
+        if not isinstance(row, dict):
+            raise _damaged(path, f"line {n} is not a JSON object")
+        rows.append(row)
     return rows
+
+
+def check_record(path: Path, data: Any, schema) -> dict:
+    """`data` (read from `path`) if it fits `schema` (a records.py model); else a CorruptArtifact naming the
+    file, the problem and the fix."""
+    from selflengthen.records import describe, problem
+
+    why = problem(data, schema)
+    if why is None:
+        return data
+    what, fix = describe(Path(path))
+    raise CorruptArtifact(f"{path} ({what}) has the wrong shape: {why}. Fix: {fix}.")
+
+
+def read_record(path: Path, schema) -> dict:
+    """Read and check one record of the run (a plain file holding one JSON object that fits `schema`)."""
+    return check_record(Path(path), read_json(path), schema)
 
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    fd = open_for_read(path)
+    try:
+        with os.fdopen(fd, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise _disk_error(Path(path), exc, "read") from exc
     return h.hexdigest()
 
 
@@ -357,6 +495,8 @@ class ItemLog:
 
     def _parse(self, raw: bytes) -> int:
         """Keep every whole record; return the byte length of the good part."""
+        from selflengthen.records import item_problem
+
         good = 0
         lines = raw.split(b"\n")
         for i, line in enumerate(lines):
@@ -365,8 +505,9 @@ class ItemLog:
                 break
             try:
                 rec = json.loads(line.decode("utf-8"))
-                if not isinstance(rec, dict) or "id" not in rec:
-                    raise ValueError("record without id")
+                problem = item_problem(self.path.name, rec)
+                if problem:
+                    raise ValueError(problem)
             except (UnicodeDecodeError, ValueError) as exc:
                 if last:  # torn tail: the process died mid-append
                     log.warning("%s: cut off a torn last record (%d bytes); it will be redone", self.path,
@@ -465,11 +606,14 @@ def stage_done(stage_dir: Path) -> Optional[dict]:
     """
     marker = Path(stage_dir) / DONE
     check_no_links(marker)
-    if not marker.exists():
+    check_folder(Path(stage_dir))
+    if not os.path.lexists(marker):
         return None
+    from selflengthen.records import done_schema
+
     try:
-        record = read_json(marker)
-        for name, digest in record.get("files", {}).items():
+        record = check_record(marker, read_json(marker), done_schema(marker))
+        for name, digest in record["files"].items():
             f = Path(stage_dir) / name
             if not f.exists():
                 raise CorruptArtifact(f"{f} is missing")

@@ -83,6 +83,13 @@ class RoundContext:
     def seed(self, *parts: object) -> int:
         return derive_seed(self.s.seed, self.round_no, *parts)
 
+    def made_with(self) -> str:
+        """The digest of the semantic config a stage's done record keeps (manifest.digest): what made the stage
+        stays known when manifest.json is deleted."""
+        from selflengthen.manifest import digest
+
+        return digest(self.s.semantic)
+
     def params(self, max_new_tokens: int, seed: int, stop: Sequence[str] = (), min_new_tokens: int = 0) -> SamplingParams:
         d = self.s.decoding
         return SamplingParams(temperature=d.temperature, top_p=d.top_p, top_k=d.top_k,
@@ -702,7 +709,7 @@ def resumable(name: str):
             with ranks.stage(run, ctx, folder, args):  # lets run_chains hand the stage's items to engine ranks
                 summary, files = body(ctx, folder, *args)
             summary["seconds"] = time.time() - start
-            mark_done(folder, files, summary=summary)
+            mark_done(folder, files, summary=summary, semantic=ctx.made_with())
             return summary
         return run
     return wrap

@@ -91,7 +91,8 @@ class ItemState:
 def rebuild(items: dict[str, dict], log: ItemLog) -> dict[str, ItemState]:
     states = {i: ItemState(i, src, text=src["text"], words=src["words"]) for i, src in items.items()}
     for r in log.records:  # one item's records are in append order: later passes overwrite earlier ones
-        states[r["item"]].take(r)
+        if r["item"] in states:  # a record of an item this round does not have (a hand-edited log) is not used
+            states[r["item"]].take(r)
     return states
 
 

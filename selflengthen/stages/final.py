@@ -29,7 +29,8 @@ from selflengthen.config import rule
 from selflengthen.stages import train
 from selflengthen.settings import NON_SEMANTIC_TRAIN
 from selflengthen.stages.common import RoundContext, resumable
-from selflengthen.store import atomic_write_bytes, atomic_write_jsonl, check_no_links, fsync_dir, read_jsonl, reset_dir
+from selflengthen.store import (atomic_write_bytes, atomic_write_jsonl, check_no_links, fsync_dir, read_bytes, read_jsonl,
+                                reset_dir)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def _stale(ctx: RoundContext, fingerprint: str) -> str | None:
     check_no_links(marker)
     if not marker.exists():
         return None
-    text = marker.read_text(encoding="utf-8", errors="replace")
+    text = read_bytes(marker).decode("utf-8", errors="replace")  # a plain file only: a FIFO never blocks
     if text in (fingerprint, _legacy_fingerprint(ctx)):  # a legacy marker is upgraded below
         return None
     try:

@@ -14,13 +14,17 @@ the SFT of the rounds; this stage has its own trainer settings, checked at start
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from selflengthen import layout, ui
 from selflengthen.stages import rl_prompts
 from selflengthen.stages.common import RoundContext
-from selflengthen.store import mark_done, read_json, read_jsonl, reset_dir, stage_done
+from selflengthen.store import mark_done, read_jsonl, reset_dir, stage_done
+
+log = logging.getLogger(__name__)
 
 NAME = "rl"
 
@@ -70,9 +74,9 @@ def run_train(ctx: RoundContext) -> dict:
     rows = read_jsonl(ctx.stage_dir(rl_prompts.NAME) / f"{role}.jsonl")
     previous = ctx.adapters.get(role)
     ctx.engine.release()  # the accelerator's memory goes to training
-    if (folder / "metrics.json").exists() and (folder / "adapter" / "adapter_config.json").exists():
-        metrics = read_json(folder / "metrics.json")  # trained, cut off before done.json
-    else:
+    metrics = _metrics(folder) if (folder / "metrics.json").exists() and \
+        (folder / "adapter" / "adapter_config.json").exists() else None  # trained, cut off before done.json
+    if metrics is None:
         if (folder / "adapter").exists():
             reset_dir(folder / "adapter")
         ui.console.print(f"final · GRPO of the {role} on {len(rows)} prompts (from {previous or 'the base model'})")
@@ -84,6 +88,18 @@ def run_train(ctx: RoundContext) -> dict:
     mark_done(folder, files, summary=summary)
     ctx.adapters_out[role] = str(folder / "adapter")
     return {role: summary}
+
+
+def _metrics(folder: Path) -> dict | None:
+    """The finished training's metrics.json, or None when it is damaged (reported: the training is redone)."""
+    from selflengthen.records import Metrics
+    from selflengthen.store import CorruptArtifact, read_record
+
+    try:
+        return read_record(folder / "metrics.json", Metrics)
+    except CorruptArtifact as exc:
+        log.warning("%s: training it again", exc)
+        return None
 
 
 def brief_prompts(section: dict) -> str:

@@ -124,7 +124,7 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
             summary["rejections"] = {TRUNCATED_ROW: cut}
         free_memory()
         own = summary.get("adapter") == layout.relative(ctx.s.run_dir, str(folder / "adapter"))
-        mark_done(folder, adapter_files(folder) if own else [], summary=summary)
+        mark_done(folder, adapter_files(folder) if own else [], summary=summary, semantic=ctx.made_with())
         out[role] = summary
         ctx.adapters_out[role] = layout.absolute(ctx.s.run_dir, summary.get("adapter"))
     return out
@@ -135,7 +135,14 @@ def _trained_here(folder: Path) -> bool:
     (trainers record its digest; one changed since, e.g. by hand, is trained again rather than trusted)."""
     if not ((folder / "metrics.json").exists() and (folder / "adapter" / "adapter_config.json").exists()):
         return False
-    want = read_json(folder / "metrics.json").get("adapter_sha256")
+    from selflengthen.records import Metrics
+    from selflengthen.store import CorruptArtifact, read_record
+
+    try:
+        want = read_record(folder / "metrics.json", Metrics).get("adapter_sha256")
+    except CorruptArtifact as exc:  # a damaged record of a finished training: train again rather than trust it
+        log.warning("%s: training it again", exc)
+        return False
     if want and want != adapter_digest(folder / "adapter"):
         log.warning("%s does not match the adapter its training recorded: training it again", folder / "adapter")
         return False

@@ -13,7 +13,6 @@ in the adapter's place or on the way to it is refused (`LinkRefused`) before any
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -89,6 +88,21 @@ def save_adapter(out_dir: Path, write: Callable[[Path], None]) -> Path:
     return final
 
 
+def _resume_key(key_file: Path):
+    """The key recorded in resume_key.json; None when it is missing or damaged (the checkpoints are then
+    cleared and training starts afresh). Anything but a plain file there is refused (store.NotAFile)."""
+    from selflengthen.store import CorruptArtifact, read_json
+
+    if not os.path.lexists(key_file):
+        return None
+    try:
+        doc = read_json(key_file)
+    except CorruptArtifact as exc:
+        log.warning("%s", exc)
+        return None
+    return doc.get("key") if isinstance(doc, dict) else None
+
+
 def prepare_resume(ckpt_dir: Path, key: str, what: str) -> Optional[int]:
     """Step of the checkpoint in `ckpt_dir` to resume `what` ("training", "GRPO") from, or None to start
     fresh. `key` says what the checkpoints must have been made from; checkpoints of another key are cleared."""
@@ -96,7 +110,7 @@ def prepare_resume(ckpt_dir: Path, key: str, what: str) -> Optional[int]:
     steps = sorted(int(p.name.split("-")[1]) for p in ckpt_dir.glob("checkpoint-*")
                    if p.is_dir() and p.name.split("-")[1].isdigit())
     if steps:
-        old = json.loads(key_file.read_text())["key"] if key_file.exists() else None
+        old = _resume_key(key_file)
         if old == key:
             log.info("resuming %s from %s", what, ckpt_dir / f"checkpoint-{steps[-1]}")
             return steps[-1]
