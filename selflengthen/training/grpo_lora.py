@@ -101,6 +101,9 @@ class GrpoConfig(Launch):
     logging_steps: int = field(default=1, metadata=_rule(ge=1))
     use_vllm: bool = False  # TRL's vLLM colocate mode for rollouts (GPU + vllm installed)
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata=_rule(gt=0.0, lt=1.0))
+    # rollouts with transformers' continuous batching (TRL's use_transformers_continuous_batching): answers of a
+    # group are decoded without padding each one to the longest; off with use_vllm (vLLM batches continuously)
+    continuous_batching: bool = False
 
     def check(self) -> None:
         """Cross-field rules (parse_section reports a ValueError here as a ConfigError)."""
@@ -118,6 +121,9 @@ class GrpoConfig(Launch):
             raise ValueError(f"weights {bad} must be non-negative numbers")
         if not any(self.weights.get(k, 0) > 0 for k in REWARDS):
             raise ValueError("weights are all 0. Fix: give at least one reward a positive weight (length: 1)")
+        if self.continuous_batching and self.use_vllm:
+            raise ValueError("continuous_batching and use_vllm are both on: they are two ways to roll out. Fix: "
+                             "set train.continuous_batching=false (vLLM batches continuously itself) or use_vllm=false")
         if self.weights.get("quality", 0) > 0 and not self.quality_model:
             raise ValueError("weights.quality > 0 needs quality_model (a reward model path). Fix: set "
                              "train.quality_model or train.weights.quality=0")
@@ -274,6 +280,7 @@ def build_trainer(model_path: str, examples: list[dict], ckpt_dir: Path, init_ad
         loss_type=cfg.loss_type, num_iterations=cfg.num_iterations,
         reward_weights=weights, multi_objective_aggregation="normalize_then_sum",  # DESIGN §7
         use_vllm=cfg.use_vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        use_transformers_continuous_batching=cfg.continuous_batching,
         gradient_checkpointing=cfg.gradient_checkpointing, bf16=use_bf16,
         use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
@@ -367,9 +374,9 @@ class MetricsLog:
 def _resume_key(model_path: str, examples: list[dict], init_adapter: Optional[str], cfg: GrpoConfig) -> str:
     """What a checkpoint must have been trained on to be resumed: model, prompts, rewards, sampling and
     optimiser settings. Left out on purpose: max_steps (training longer is a continuation), and the throughput
-    knobs (batch_size, save/logging steps, gradient checkpointing, use_vllm)."""
+    knobs (batch_size, save/logging steps, gradient checkpointing, use_vllm, continuous_batching)."""
     throughput = {"max_steps", "batch_size", "save_steps", "logging_steps", "gradient_checkpointing", "use_vllm",
-                  "vllm_gpu_memory_utilization"}
+                  "vllm_gpu_memory_utilization", "continuous_batching"}
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in throughput}
     h = hashlib.sha256(json.dumps([str(model_path), str(init_adapter or ""), settings], sort_keys=True).encode())
     for ex in examples:
