@@ -156,12 +156,15 @@ def test_two_replicas_answer_as_one_with_adapters_per_request_sleep_and_release(
     two.close()
 
 
-SMALL = ["engine=vllm", "engine.enforce_eager=true", "engine.cpu_kvcache_space_gib=0.25", "engine.max_model_len=512",
+# The tiny model writes gibberish: self-instruct's proposals fail and the seed pool fills the round; the filter
+# takes any final letter as an ending, so that answers pass and extension has rows.
+SMALL = ["engine=vllm", "engine.enforce_eager=true", "engine.cpu_kvcache_space_gib=0.25", "engine.max_model_len=2048",
          "engine.dtype=float32", "engine.max_lora_rank=8", "iterations=1", "train.backend=fake",
-         "self_instruct.num_new=4", "self_instruct.per_wave=6", "self_instruct.max_waves=1",
-         "self_instruct.max_new_tokens=40", "generate.samples=3", "generate.max_attempts=3",
+         "self_instruct.num_new=6", "self_instruct.per_wave=6", "self_instruct.max_waves=1",
+         "self_instruct.max_new_tokens=40", "generate.samples=4", "generate.max_attempts=3",
          "generate.max_new_tokens=48", "extend.samples=2", "extend.passes=1", "extend.max_attempts=2",
-         "extend.max_new_tokens=64", "extend.min_growth=0.5", "run.checkpoint_every=1", "report.plots=false"]
+         "extend.max_new_tokens=64", "extend.min_growth=1.0", "run.checkpoint_every=1", "report.plots=false",
+         "prompts.filter.terminal='abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.!?'"]
 LOGS = ["self_instruct/candidates.jsonl", "self_instruct/instructions.jsonl", "initial/attempts.jsonl",
         "extend/passes.jsonl"]
 

@@ -281,6 +281,7 @@ def build_trainer(model_path: str, examples: list[dict], ckpt_dir: Path, init_ad
         reward_weights=weights, multi_objective_aggregation="normalize_then_sum",  # DESIGN §7
         use_vllm=cfg.use_vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         use_transformers_continuous_batching=cfg.continuous_batching,
+        transformers_continuous_batching_config=_continuous_batching_config(cfg, completions_per_step, tokenizer),
         gradient_checkpointing=cfg.gradient_checkpointing, bf16=use_bf16,
         use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
@@ -290,6 +291,20 @@ def build_trainer(model_path: str, examples: list[dict], ckpt_dir: Path, init_ad
                           processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # our callbacks log instead of printing
     return trainer
+
+
+def _continuous_batching_config(cfg: GrpoConfig, completions: int, tokenizer) -> Optional[dict]:
+    """transformers' continuous-batching settings for the rollouts. On a GPU TRL's own (half the free memory for
+    the paged KV cache). On the CPU that default is half the free RAM, allocated at every rollout: the cache is
+    sized to one group batch instead (every answer's prompt and completion in 256-token pages)."""
+    import torch
+
+    if not cfg.continuous_batching or torch.cuda.is_available():
+        return None
+    page = 256
+    longest_prompt = min(int(getattr(tokenizer, "model_max_length", 4096) or 4096), 4096)
+    pages = -(-(longest_prompt + cfg.max_completion_length) // page)
+    return {"page_size": page, "num_blocks": completions * pages}
 
 
 def _resolve_dtype(dtype: str) -> str:
