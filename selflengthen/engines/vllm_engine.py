@@ -146,6 +146,11 @@ class VllmEngine:
             # Same as VLLM_CPU_KVCACHE_SPACE (which only takes whole GiB); an exported
             # VLLM_CPU_KVCACHE_SPACE still wins. Without either, vLLM reserves most of the RAM and fails.
             kwargs["kv_cache_memory_bytes"] = int(self.cpu_kvcache_space_gib * (1 << 30))
+        if self._on_cpu:
+            # vLLM 0.32's CPU runner fails a seeded request whose prompt is prefilled in chunks ("CPU Generator does
+            # not use offset": it rewinds the request's torch Generator, which CPU generators cannot). Whole
+            # prefills (max_num_batched_tokens >= max_model_len, set by vLLM) never rewind.
+            kwargs["enable_chunked_prefill"] = False
         if self.data_parallel_size > 1:
             self._llm = _AsyncReplicas(dict(kwargs, data_parallel_size=self.data_parallel_size,
                                             data_parallel_backend=self.data_parallel_backend))
