@@ -16,12 +16,23 @@ own CPU time per completion (everything but the engine: judging with the quality
 
     python bench/scheduler.py            # the full table (~2-3 minutes on 2 cores)
     python bench/scheduler.py --quick    # 500 instructions only (seconds)
-    python bench/scheduler.py --json     # last line: {"streaming": {...}, "waves": {...}, "cpu_us_per_completion": x}
+    python bench/scheduler.py --json     # last line: {"streaming": {...}, "waves": {...}, "cpu_us_per_completion": x,
+                                         #             "dp": {"hash": u, "balanced": u}}
+
+Data parallelism over N replicas of the same latency model (8 x 256 slots), two ways:
+- hash     — one engine process per rank and stage (selflengthen/ranks.py, run here in-process by the real
+             ranks code): each rank runs the items whose id hashes to it on its own replica, the stage ends
+             when the slowest rank does, and the initial -> extension handover is off;
+- balanced — one engine handle over N replicas (vLLM's own data parallelism): one stream, each new request
+             sent to the replica with the fewest sequences in flight, speculation and the handover over all
+             N x C slots.
+Utilization there = tokens emitted / what N replicas at a full batch emit in the round's simulated time.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import math
 import os
@@ -120,12 +131,79 @@ class Waves:
         return stream_in_batches(self.inner, queue, self.n)
 
 
-def settings(run_dir: Path, checkpoint_every: int, speculate: bool = True):
+class Replicas(PaperScaleEngine):
+    """N replicas of the latency model behind one engine handle and one stream, as vLLM's data parallelism
+    serves them: each request the stream takes goes to the replica with the fewest sequences in flight (vLLM's
+    DP coordinator balances on its engines' queue lengths). Every replica steps on its own clock (a step
+    costs t0 + t1 x its own batch); the event loop advances the replica whose next sequence finishes first,
+    and a replica given a request first catches up to that moment. `seconds` is the round's simulated time."""
+
+    def __init__(self, replicas: int, words_per_token: float = WORDS_PER_TOKEN):
+        super().__init__(words_per_token)
+        self.replicas = replicas
+        self.seconds = 0.0
+        self.sim.slots = SLOTS * replicas  # speculation sees every replica's slots
+
+    def _simulated(self, queue):
+        n, cost = self.replicas, lambda b: STEP_S + TOKEN_S * b
+        steps = [0] * n
+        flight: list[list] = [[] for _ in range(n)]  # per replica: heap of (step it finishes at, order, completion)
+        now, order = self.seconds, 0
+        clock = [now] * n  # each replica's time at its last step boundary
+
+        def catch_up(i: int) -> None:  # replica i's steps between its last boundary and `now`
+            if not flight[i]:
+                clock[i] = max(clock[i], now)
+                return
+            k = min(int((now - clock[i]) / cost(len(flight[i]))), flight[i][0][0] - steps[i] - 1)
+            if k > 0:
+                self.sim.tokens += k * len(flight[i])
+                clock[i] += k * cost(len(flight[i]))
+                steps[i] += k
+
+        while True:
+            if queue.cancelled:
+                for i in range(n):
+                    kept = [f for f in flight[i] if f[2].id not in queue.cancelled]
+                    if len(kept) < len(flight[i]):
+                        catch_up(i)
+                        flight[i] = kept
+                        heapq.heapify(kept)
+                queue.cancelled.clear()
+            while queue:
+                i = min(range(n), key=lambda j: len(flight[j]))
+                if len(flight[i]) >= SLOTS:
+                    break
+                catch_up(i)
+                c = self._finish(queue.take(1)[0])
+                heapq.heappush(flight[i], (steps[i] + c.new_tokens, order, c))
+                order += 1
+            busy = [i for i in range(n) if flight[i]]
+            if not busy:
+                return
+            i = min(busy, key=lambda j: clock[j] + (flight[j][0][0] - steps[j]) * cost(len(flight[j])))
+            end, batch = flight[i][0][0], len(flight[i])
+            now = max(now, clock[i] + (end - steps[i]) * cost(batch))
+            self.sim.tokens += (end - steps[i]) * batch
+            self.sim.steps += end - steps[i]
+            clock[i], steps[i] = now, end
+            self.seconds = now  # also when the stream is left open for the next stage, or closed early
+            self.sim.peak = max(self.sim.peak, sum(len(f) for f in flight))
+            while flight[i] and flight[i][0][0] == end:
+                yield heapq.heappop(flight[i])[2]
+
+
+def full_batch_utilization(tokens: int, seconds: float, replicas: int) -> float:
+    """Tokens emitted / what `replicas` replicas decoding full batches emit in `seconds` of simulated time."""
+    return tokens / (replicas * SLOTS * seconds / (STEP_S + TOKEN_S * SLOTS)) if seconds else 0.0
+
+
+def settings(run_dir: Path, checkpoint_every: int, speculate: bool = True, extra: tuple = ()):
     from hydra import compose, initialize_config_dir
 
     from selflengthen.settings import Settings
 
-    overrides = ["experiment=fake", "generate.samples=2", "generate.max_attempts=20", f"generate.max_new_tokens={MAX_TOKENS}",
+    overrides = [*extra, "experiment=fake", "generate.samples=2", "generate.max_attempts=20", f"generate.max_new_tokens={MAX_TOKENS}",
                  "extend.samples=2", "extend.passes=3", "extend.max_attempts=20", f"extend.max_new_tokens={MAX_TOKENS}",
                  f"run.checkpoint_every={checkpoint_every}", "run.checkpoint_seconds=30", f"run.speculate={speculate}"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -167,6 +245,78 @@ def one_round(n_instructions: int, waves: int | None, words_per_token: float, sp
             "cpu_us_per_completion": (cpu - engine.cpu) / n * 1e6}
 
 
+def dp_round(n_instructions: int, replicas: int, how: str, words_per_token: float) -> dict:
+    """Initial answers + extension for `n_instructions` on `replicas` replicas: `hash` runs the real ranks code
+    (selflengthen/ranks.py; each rank in this process, one after the other, on a fresh replica of its own: the
+    stage's time is its slowest rank's), `balanced` one stream over a `Replicas` engine."""
+    from unittest import mock
+
+    from selflengthen import engine_session, ranks
+    from selflengthen.methods.base import load_method
+    from selflengthen.recipe import run_stages
+    from selflengthen.stages import extend, initial
+    from selflengthen.stages.common import SPECULATION, RoundContext
+    from selflengthen.store import atomic_write_jsonl
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scheduler-dp-"))
+    stages: list[list[PaperScaleEngine]] = []  # hash: the replicas each sharded stage started
+
+    def rank_engine(_s):
+        e = PaperScaleEngine(words_per_token)
+        e.generate_seconds = e.load_seconds = 0.0
+        stages[-1].append(e)
+        return e, lambda: "bench"
+
+    def in_process(call, job, pending, world):
+        stages.append([])
+        for r in pending:
+            ranks.run_rank(job, r, world)
+
+    try:
+        extra = (f"engine.data_parallel_size={replicas}",) if how == "hash" else ()
+        s = settings(tmp, 64, True, extra)
+        SPECULATION.clear()
+        engine = PaperScaleEngine(words_per_token) if how == "hash" else Replicas(replicas, words_per_token)
+        ctx = RoundContext(s, 1, engine, {"generator": None, "extender": None})
+        atomic_write_jsonl(ctx.stage_dir("self_instruct") / "instructions.jsonl",
+                           [{"id": f"i{k:05d}", "prompt": f"Write a long article about subject {k}."}
+                            for k in range(n_instructions)])
+        wall0 = time.time()
+        method = load_method("selflengthen")
+        with mock.patch.object(ranks, "_run", in_process), mock.patch.object(engine_session, "for_settings", rank_engine):
+            run_stages(ctx, [method.stage(initial.NAME), method.stage(extend.NAME)])
+        wall = time.time() - wall0
+        digest = _digest(ctx)
+    finally:
+        ranks._WORKER = None
+        shutil.rmtree(tmp, ignore_errors=True)
+    if how == "hash":
+        seconds = sum(max(e.sim.seconds for e in stage) for stage in stages)
+        tokens = sum(e.sim.tokens for stage in stages for e in stage)
+        starts = sum(len(stage) for stage in stages)
+        completions = sum(e.stats.requests for stage in stages for e in stage)
+    else:
+        seconds, tokens, starts, completions = engine.seconds, engine.sim.tokens, 1, engine.stats.requests
+    return {"utilization": full_batch_utilization(tokens, seconds, replicas), "sim_hours": seconds / 3600,
+            "tokens": tokens, "starts": starts, "completions": completions, "digest": digest, "wall_s": wall}
+
+
+def dp_table(sizes: list[int], replicas: int = 8) -> dict:
+    """hash vs balanced for each size; prints the table, returns {size: {how: result}}."""
+    out = {size: {how: dp_round(size, replicas, how, WORDS_PER_TOKEN if size <= 500 else 0.1)
+                  for how in ("hash", "balanced")} for size in sizes}
+    print(f"\ndata parallel: {replicas} replicas x {SLOTS} slots; utilization = tokens / what {replicas} full batches "
+          f"emit in the round's simulated time")
+    print("| data parallel | instructions | completions | utilization | simulated round | engine starts per round | wall s | logs |")
+    print("|---------------|--------------|-------------|-------------|-----------------|-------------------------|--------|------|")
+    for size, runs in out.items():
+        for how, r in runs.items():
+            starts = f"{r['starts']} (one per rank and stage)" if how == "hash" else "1 per run (woken after training)"
+            print(f"| {how:13} | {size:12,} | {r['completions']:11,} | {r['utilization']:11.3f} | "
+                  f"{r['sim_hours']:13.2f} h | {starts:>23} | {r['wall_s']:6.1f} | {r['digest'][:8]} |")
+    return out
+
+
 def _digest(ctx) -> str:
     """The stage logs as sets of records: equal with and without speculation (same records, same choices)."""
     import hashlib
@@ -206,6 +356,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--quick", action="store_true", help="500 instructions only")
     ap.add_argument("--no-plain", action="store_true", help="skip the streaming runs without speculation")
+    ap.add_argument("--replicas", type=int, default=8, help="data-parallel replicas compared (default 8)")
     args = ap.parse_args()
 
     print(f"machine: {machine()}")
@@ -232,11 +383,13 @@ def main() -> None:
     f_us = filter_us()
     print(f"\norchestration CPU per completion (streaming, 500 instructions, texts of real length): "
           f"{cpu['cpu_us_per_completion']:.0f} us (of which the quality filter on a 2,000-word answer: {f_us:.0f} us)")
+    dp = dp_table(sizes, args.replicas)
     if args.json:
         out = {"streaming": {str(size): round(r["utilization"], 4) for name, size, r in runs if name == "streaming"},
                "streaming_useful": {str(size): round(r["useful"], 4) for name, size, r in runs if name == "streaming"},
                "waves": {name.split()[1]: round(r["utilization"], 4) for name, size, r in runs if name.startswith("waves")},
-               "cpu_us_per_completion": round(cpu["cpu_us_per_completion"], 1)}
+               "cpu_us_per_completion": round(cpu["cpu_us_per_completion"], 1),
+               "dp": {how: round(r["utilization"], 4) for how, r in dp[500].items()}}
         print(json.dumps(out))
 
 

@@ -31,7 +31,12 @@ On disk, inside the stage folder while it runs (datatrove's rank files and compl
 Launchers (`engine.rank_launcher`): `local` starts each rank as a subprocess of this one, pinned to its
 GPUs with CUDA_VISIBLE_DEVICES (vLLM's offline data-parallel recipe: one process per rank, set up by its
 environment); `srun` starts each as a one-task Slurm step inside the current allocation, so ranks spread
-over every node of a multi-node job. Another launcher (torchrun, Ray) is one function in `LAUNCHERS`.
+over every node of a multi-node job; `ray` runs each as a Ray task on the Ray cluster this node belongs to.
+
+Where this still earns its place: engines without data parallelism of their own (the transformers engine on
+several GPUs, the fake engine in tests), and vLLM runs that choose it (`engine.data_parallel_backend=ranks`).
+vLLM's own data parallelism (the default for engine=vllm) runs inside one engine handle instead and never
+comes here (engines.engine_data_parallel).
 """
 
 from __future__ import annotations
@@ -109,7 +114,13 @@ def stage(fn: Callable, ctx: Any, folder: Path, args: tuple = ()) -> Iterator[No
 
 
 def world_size(ctx: Any) -> int:
+    """Engine ranks of the run: `engine.data_parallel_size`, unless the engine runs its replicas itself
+    (vLLM's data parallelism: one engine handle, one stream; then 1)."""
+    from selflengthen.engines import engine_data_parallel
+
     engine = getattr(getattr(ctx, "s", None), "engine", None) or {}
+    if engine_data_parallel(engine):
+        return 1
     return int(engine.get("data_parallel_size", 1) or 1)
 
 
@@ -268,7 +279,7 @@ def _run(call: StageCall, job: Path, pending: list[int], world: int) -> None:
     cfg = call.ctx.s.engine
     launcher = LAUNCHERS[cfg.get("rank_launcher", "local")]
     gpus = gpus_per_rank(cfg)
-    procs: dict[int, subprocess.Popen] = {}
+    procs: dict[int, Any] = {}  # rank -> subprocess.Popen (or RayRank)
     name = call.folder.name
     try:
         for r in pending:
@@ -279,7 +290,7 @@ def _run(call: StageCall, job: Path, pending: list[int], world: int) -> None:
                 out.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} start\n".encode())
                 out.flush()
                 procs[r] = launcher(cmd, _env(r, world, gpus, cfg), r, gpus, out)
-            log.info("%s: rank %d of %d started (pid %d, output in %s)", name, r, world, procs[r].pid,
+            log.info("%s: rank %d of %d started (pid %s, output in %s)", name, r, world, procs[r].pid,
                      folder / OUTPUT)
         failed = []
         for r, proc in procs.items():
@@ -338,8 +349,82 @@ def _srun(cmd: list[str], env: dict, rank: int, gpus: int, out) -> subprocess.Po
     return subprocess.Popen(step + cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
 
 
-# name -> fn(cmd, env, rank, gpus, output file) -> Popen. A torchrun or Ray launcher is one more entry.
-LAUNCHERS: dict[str, Callable[..., subprocess.Popen]] = {"local": _local, "srun": _srun}
+def _ray(cmd: list[str], env: dict, rank: int, gpus: int, out) -> "RayRank":
+    """One Ray task per rank: Ray places it on a node of the cluster with `gpus` GPUs free (and sets that
+    task's CUDA_VISIBLE_DEVICES), where it runs the same rank command. The cluster is the one this process is
+    connected to, else the one `RAY_ADDRESS` or `ray start` on this node made, else a local one. As with
+    Slurm, the run folder must be on storage every node sees."""
+    import ray
+
+    if not ray.is_initialized():
+        try:
+            ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
+        except ConnectionError:  # no cluster running: a local one on this node
+            ray.init(log_to_driver=False)
+    per_node = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    if gpus and not per_node:
+        log.info("rank %d: the Ray cluster has no GPUs: the rank runs on a CPU", rank)
+        gpus = 0
+    elif gpus > per_node:  # Ray would keep the task pending forever
+        raise RankFailed(f"rank {rank} needs {gpus} GPUs (engine.gpus_per_rank / tensor_parallel_size) but no node "
+                         f"of the Ray cluster has more than {per_node:g}; lower engine.gpus_per_rank or add nodes")
+    # the rank's parent is a Ray worker, not this process; Ray assigns the GPUs
+    env = {k: v for k, v in env.items() if k not in ("SELFLENGTHEN_PARENT_PID", "CUDA_VISIBLE_DEVICES")}
+
+    def run_rank_command(cmd: list[str], env: dict, output: str) -> int:
+        """Inside the Ray task (shipped by value: the worker need not import this package): run the rank
+        command with the GPUs Ray gave the task, appending its output to the rank's output.log."""
+        import os
+        import subprocess
+
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        env = {**env, **({"CUDA_VISIBLE_DEVICES": visible} if visible is not None else {})}
+        with open(output, "ab") as log_file:
+            return subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                                  stderr=subprocess.STDOUT).returncode
+
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(run_rank_command)
+    return RayRank(task.remote(cmd, env, out.name), rank)
+
+
+class RayRank:
+    """A rank running as a Ray task, with the part of subprocess.Popen's interface `_run` uses."""
+
+    def __init__(self, ref, rank: int):
+        self.ref, self.rank = ref, rank
+        self.pid = f"Ray task {ref.task_id().hex()[:12]}"
+        self.returncode: Optional[int] = None
+
+    def poll(self) -> Optional[int]:
+        import ray
+
+        if self.returncode is None and ray.wait([self.ref], timeout=0)[0]:
+            self.wait()
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        import ray
+
+        if self.returncode is None:
+            if timeout is not None and not ray.wait([self.ref], timeout=timeout)[0]:
+                raise subprocess.TimeoutExpired(f"rank {self.rank}", timeout)
+            try:
+                self.returncode = int(ray.get(self.ref))
+            except (ray.exceptions.RayError, ray.exceptions.TaskCancelledError) as e:
+                log.warning("rank %d: its Ray task failed: %s", self.rank, e)
+                self.returncode = -1
+        return self.returncode
+
+    def terminate(self) -> None:
+        import ray
+
+        ray.cancel(self.ref, force=True)  # kills the worker; the rank process dies with it (PR_SET_PDEATHSIG)
+
+    kill = terminate
+
+
+# name -> fn(cmd, env, rank, gpus, output file) -> Popen (or a Popen-like: RayRank)
+LAUNCHERS: dict[str, Callable[..., Any]] = {"local": _local, "srun": _srun, "ray": _ray}
 
 
 # --- a rank process: python -m selflengthen.ranks JOB --rank R --world N --------------------------------------

@@ -33,8 +33,10 @@ _CORPUS = [
 ] * 20
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """Write a tiny Llama (2 layers, hidden 64) and a 600-token BPE tokenizer with a ChatML template."""
+def build_tiny_model(folder: Path, seed: int = 0, **sizes) -> Path:
+    """Write a tiny Llama (2 layers, hidden 64) and a 600-token BPE tokenizer with a ChatML template. `sizes`
+    override the Llama config (vLLM's CPU attention needs a head size of 32 or more: hidden_size=128,
+    num_attention_heads=2)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -52,10 +54,10 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     fast.save_pretrained(folder)
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(**{**dict(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                                   bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                                   pad_token_id=fast.pad_token_id, tie_word_embeddings=True), **sizes})
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 
@@ -188,3 +190,20 @@ def run_cli_cases(cases: list, locks: Optional[list] = None) -> list[str]:
     proc = subprocess.run([sys.executable, "-c", _CLI_DRIVER, json.dumps(spec)], cwd=REPO, capture_output=True,
                           text=True, env={**os.environ, "COLUMNS": "200"}, timeout=900)
     return [proc.stdout.split(f"CASE {i} ")[1].split("\nEND")[0] for i in range(len(cases))]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under a documented marked command (run.sh test-slow / test-vllm / test-dist, which set
+    SELFLENGTHEN_REQUIRE_RUN), a selected test that was skipped did not run what the command promises: the
+    run fails, naming it. Nothing collected is pytest's own exit code 5, which run.sh reports."""
+    marker = os.environ.get("SELFLENGTHEN_REQUIRE_RUN")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if not marker or reporter is None or exitstatus not in (0,):
+        return
+    skipped = reporter.stats.get("skipped", [])
+    if skipped:
+        names = ", ".join(getattr(r, "nodeid", "?") for r in skipped[:10])
+        reporter.write_line(f"{len(skipped)} test(s) selected by -m {marker} were skipped ({names}): the command "
+                            "must run every test it names, so this run fails; install what the skip reason names",
+                            red=True)
+        session.exitstatus = 1

@@ -20,6 +20,8 @@ def test_load_without_vllm_names_the_extra(monkeypatch, tmp_path):
     assert "torchvision torchaudio torchcodec triton" in message
 
 
-def test_data_parallel_above_one_is_refused_clearly():
-    with pytest.raises(NotImplementedError, match="tensor_parallel_size"):
-        VllmEngine("unused", data_parallel_size=2)
+def test_data_parallel_is_vllms_own_and_checked_before_loading():
+    engine = VllmEngine("unused", data_parallel_size=2, data_parallel_backend="ray")  # imports nothing
+    assert engine.data_parallel_size == 2 and engine.data_parallel_backend == "ray"
+    with pytest.raises(ValueError, match="data_parallel_backend"):
+        VllmEngine("unused", data_parallel_size=2, data_parallel_backend="ranks")

@@ -23,13 +23,21 @@ _RULES = {
 }
 
 
-# Keys every engine takes, handled by the run rather than the engine class (selflengthen/ranks.py): how many
-# engine processes generate side by side, how they are started, and how many GPUs each one gets.
+# Keys every engine takes, handled by the run rather than the engine class: how many copies of the model
+# generate side by side and who runs them. `data_parallel_backend`: mp / ray = vLLM's own data parallelism (one
+# engine handle over N replicas, on this node / on a Ray cluster; engine=vllm only), ranks = one engine process
+# per rank with its items fixed by id hash (selflengthen/ranks.py: any engine); auto = mp for vLLM, else ranks.
+# For ranks: how they are started, and how many GPUs each one gets.
+DP_BACKENDS = ("auto", "mp", "ray", "ranks")
 RANK_KEYS = {
     "data_parallel_size": (int, {"ge": 1, "fix": "use engine.data_parallel_size=1 (one engine) or the number of "
                                                   "GPUs / tensor-parallel groups"}, 1),
-    "rank_launcher": (str, {"choices": ("local", "srun"), "fix": "use engine.rank_launcher=local (subprocesses on "
-                                                                 "this node) or srun (Slurm steps)"}, "local"),
+    "data_parallel_backend": (str, {"choices": DP_BACKENDS,
+                                    "fix": "use auto (vLLM's own data parallelism for engine=vllm, engine ranks "
+                                           "otherwise), mp or ray (engine=vllm only), or ranks"}, "auto"),
+    "rank_launcher": (str, {"choices": ("local", "srun", "ray"),
+                            "fix": "use engine.rank_launcher=local (subprocesses on this node), srun (Slurm steps) "
+                                   "or ray (tasks on a Ray cluster)"}, "local"),
     "gpus_per_rank": ("Optional[int]", {"ge": 0, "fix": "use engine.gpus_per_rank=null (= tensor_parallel_size), "
                                                        "1, or 0 (do not pin GPUs)"}, None),
 }
@@ -63,6 +71,17 @@ def parse_config(engine_cfg: Mapping) -> dict:
     name = cfg.get("name")
     need(name in _ENGINES, "engine.name", name, f"unknown engine (known: {', '.join(_ENGINES)})",
          "pick one with engine=transformers or engine=vllm")
+    backend = ranks.get("data_parallel_backend", "auto")
+    if backend == "auto":
+        backend = "mp" if name == "vllm" else "ranks"
+    need(backend == "ranks" or name == "vllm", "engine.data_parallel_backend", backend,
+         f"is vLLM's own data parallelism, which the {name} engine does not have",
+         "use engine.data_parallel_backend=ranks (one engine process per rank, items split by id) or auto")
+    if "data_parallel_backend" in ranks or "data_parallel_size" in ranks:
+        ranks["data_parallel_backend"] = backend
+    if engine_data_parallel({"name": name, **ranks}):  # the vLLM engine runs the replicas itself
+        cfg["data_parallel_size"] = ranks.get("data_parallel_size", 1)
+        cfg["data_parallel_backend"] = backend
     module, cls_name = _ENGINES[name]
     cls = getattr(importlib.import_module(module), cls_name)
     params = inspect.signature(cls.__init__).parameters
@@ -88,11 +107,20 @@ def parse_config(engine_cfg: Mapping) -> dict:
     return {**out, **ranks}
 
 
+def engine_data_parallel(engine_cfg: Mapping) -> bool:
+    """Whether the engine itself runs `data_parallel_size` replicas (vLLM's data parallelism: backend mp or ray;
+    auto for engine=vllm) rather than the run's engine ranks (selflengthen/ranks.py)."""
+    backend = engine_cfg.get("data_parallel_backend", "auto")
+    return engine_cfg.get("name") == "vllm" and backend in ("auto", "mp", "ray")
+
+
 def make_engine(engine_cfg: Mapping, model_path: str) -> Engine:
     """Build (not load) the engine named by `engine_cfg["name"]`; the other keys are its keyword args."""
     import importlib
 
-    cfg = {k: v for k, v in engine_cfg.items() if k not in RANK_KEYS}  # the run's business, not the engine's
+    own = ("data_parallel_size", "data_parallel_backend") if engine_data_parallel(engine_cfg) else ()
+    # the run's business, not the engine's (except the replicas vLLM runs itself)
+    cfg = {k: v for k, v in engine_cfg.items() if k not in RANK_KEYS or k in own}
     name = cfg.pop("name", None)
     if name not in _ENGINES:
         raise ValueError(f"Config error: engine.name={name!r} is not a known engine (known: {', '.join(_ENGINES)}). "

