@@ -344,8 +344,9 @@ def _train(cfg: Mapping) -> tuple[str, Any]:
     backend = train.get("backend", "trl")
     need(isinstance(backend, str) and backend in BACKENDS, "train.backend", backend, "is not a known trainer",
          f"use one of {', '.join(BACKENDS)} (train=lora selects trl)")
-    if backend == "fake":  # the stand-in takes the LoRA settings it stands in for: checked as trl would
-        parse_config({**{k: v for k, v in train.items() if k != "delay"}, "backend": "trl"})
+    if backend == "fake":  # the stand-in takes the settings of the trainer it stands in for: checked as that one would
+        stands_for = "grpo" if "num_generations" in train else "trl"  # train=grpo's file has it, train=lora's not
+        parse_config({**{k: v for k, v in train.items() if k != "delay"}, "backend": stands_for})
         check_value("train.delay", train.get("delay", 0.0), float, {"ge": 0.0, "fix": "use train.delay=0"})
     modules = train.get("target_modules")
     need(not isinstance(modules, list) or (modules and all(isinstance(m, str) and m for m in modules)),
