@@ -37,5 +37,9 @@ def run_eval(s: Settings) -> dict[int, dict]:
     return results
 
 
-if __name__ == "__main__":  # vLLM spawns worker processes: the guard keeps them from rerunning the job
+def main() -> None:
     cli.main("eval", run_eval)
+
+
+if __name__ == "__main__":  # vLLM spawns worker processes: the guard keeps them from rerunning the job
+    main()

@@ -385,7 +385,7 @@ def write_report(run_dir: Path, method=None, show: bool = True) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def main() -> None:
     from selflengthen import cli
 
     def _job(s) -> None:
@@ -397,3 +397,7 @@ if __name__ == "__main__":
         ui.console.print(f"report: {s.run_dir / REPORT_DIR} (" + ", ".join(Path(p).name for p in report["plots"]) + ")")
 
     cli.main("report", _job)
+
+
+if __name__ == "__main__":
+    main()
