@@ -183,6 +183,10 @@ def check_inputs(s, command: str = "run") -> None:
     eval prompt file (when this command evaluates, or when one is set: a bad path must not wait for round
     N's eval). data.seed_file was read by Settings already."""
     check_model(s)
+    if command == "run":
+        from selflengthen import tracking
+
+        tracking.check(s)
     if command == "eval" or s.eval.every_round or s.eval.prompt_file:
         from selflengthen import evaluate
 

@@ -91,7 +91,7 @@ class Data:
 
 # top-level keys of the config besides the method's sections (a `+typo=...` must not be silently ignored)
 TOP_KEYS = ("iterations", "seed", "run", "model", "engine", "prompts", "train", "method", "data", "decoding",
-            "eval", "collect", "report", "hydra")
+            "eval", "collect", "report", "hydra", "tracking")
 MAX_INPUT_BYTES = 256 << 20  # a prompt file larger than this is refused rather than read into memory
 
 
@@ -116,6 +116,7 @@ class Settings:
     plots: bool = True
     semantic: dict = field(repr=False, default_factory=dict)
     hydra_record: dict = field(repr=False, default_factory=dict)  # file name -> text, written once checks pass
+    tracking: Any = None  # tracking.Tracking: where the loop's and the trainers' metrics go (None = nowhere)
 
     @staticmethod
     def from_config(cfg: Mapping, run_dir: Path) -> "Settings":
@@ -452,8 +453,14 @@ def _build(cfg: Mapping, run_dir: Path) -> Settings:
         model_cache=model.cache_dir, engine=engine, prompts=prompts, seeds=seeds, decoding=decoding,
         sections=sections, train_backend=backend, train=train, eval=ev, collect=collect, run=run,
         plots=report.plots, semantic=semantic_config(plain, method.semantic_keys, seeds_sha),
-        hydra_record=_hydra_record(cfg),
+        hydra_record=_hydra_record(cfg), tracking=_tracking(cfg),
     )
+
+
+def _tracking(cfg: Mapping):
+    from selflengthen.tracking import Tracking
+
+    return parse_section(Tracking, cfg.get("tracking"), "tracking")
 
 
 def _hydra_record(cfg: Mapping) -> dict:
