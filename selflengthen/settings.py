@@ -172,9 +172,10 @@ def semantic_config(cfg: Mapping, extra_keys: tuple[str, ...] = (), seed_file_sh
     return json.loads(json.dumps(out, default=str))
 
 
-def read_prompt_rows(path: Path, key: str, fix: str) -> list[tuple[int, dict]]:
-    """(line number, row) of a JSONL prompt file whose rows carry a non-empty string `prompt`. Every
-    problem is one ConfigError naming the config `key`, the line and the `fix`."""
+def read_prompt_rows(path: Path, key: str, fix: str, text_keys: tuple[str, ...] = ("prompt",)) -> list[tuple[int, dict]]:
+    """(line number, row) of a JSONL prompt file whose rows carry a non-empty string `prompt` (or another of
+    `text_keys`: LonGen's rows call it `query`). Every problem is one ConfigError naming the config `key`,
+    the line and the `fix`."""
     def bad(why: str) -> ConfigError:
         return ConfigError(f"Config error: {key}={str(path)!r} — {why}. Fix: {fix}.")
 
@@ -202,8 +203,8 @@ def read_prompt_rows(path: Path, key: str, fix: str) -> list[tuple[int, dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise bad(f"line {n} is not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise bad(f"line {n} has no non-empty string field \"prompt\"")
+        if not isinstance(row, dict) or not any(isinstance(row.get(k), str) and row[k].strip() for k in text_keys):
+            raise bad(f"line {n} has no non-empty string field " + " or ".join(f'"{k}"' for k in text_keys))
         rows.append((n, row))
     return rows
 
