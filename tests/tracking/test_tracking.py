@@ -183,3 +183,50 @@ def test_a_missing_tracker_package_is_named_with_its_install_command(tmp_path, m
     s = fake_settings(tmp_path / "run", *FAKE, "tracking=tensorboard")
     with pytest.raises(ConfigError, match=r"selflengthen\[tensorboard\]"):
         tracking.check(s)
+
+
+def test_the_grpo_trainer_reports_its_rewards_through_report_to(tiny_model_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from selflengthen.training.grpo_lora import GrpoConfig, train_grpo
+
+    rows = [{"id": f"p{i}", "prompt": f"Write a detailed essay about topic {i}. Aim for about 20 words.",
+             "lo": 18, "hi": 22} for i in range(4)]
+    s = fake_settings(tmp_path / "run", *FAKE, "tracking=tensorboard")
+    tracker = tracking.open_tracker(s)
+    try:
+        with tracking.training("round_001", "generator"):
+            train_grpo(str(tiny_model_dir), rows, tmp_path / "out", None, GrpoConfig.from_dict(
+                dict(max_steps=2, num_generations=2, prompts_per_step=2, batch_size=2, max_completion_length=16,
+                     l_max_words=60, lr=1e-3, save_steps=1000)))
+    finally:
+        tracker.close()
+    got = tb_scalars(s.run_dir / "tracking" / "tensorboard" / "train_generator" / "round_001")
+    assert [step for step, _ in got["train/reward"]] == [1, 2]
+    assert any("length" in tag for tag in got)  # the length reward's own mean
+
+
+def test_the_trainers_metrics_reach_mlflow_as_a_nested_run(tiny_model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from selflengthen.training.sft_lora import TrainConfig, train_lora
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    rows = [{"messages": [{"role": "user", "content": f"Write about topic {i}."},
+                          {"role": "assistant", "content": "The committee met on Tuesday. " * (i + 2)}]} for i in range(4)]
+    s = fake_settings(tmp_path / "run", *FAKE, "tracking=mlflow")
+    tracker = tracking.open_tracker(s)
+    parent = tracker.mine["id"]
+    try:
+        with tracking.training("round_001", "generator"):
+            train_lora(str(tiny_model_dir), rows, tmp_path / "out", None,
+                       TrainConfig(max_steps=3, grad_accum=1, lr=1e-3, save_steps=1000, warmup_ratio=0.0))
+        tracking.log_round(tracker, {"round": 1, "stages": {"train": {"generator": {"loss": 1.5}}}})
+    finally:
+        tracker.close()
+    client = MlflowClient(tracking_uri=tracking.mlflow_uri(s))
+    runs = client.search_runs([client.get_experiment_by_name("selflengthen").experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert len(runs) == 2 and len(children) == 1 and children[0].info.run_name == "round_001/generator"
+    assert [m.step for m in client.get_metric_history(children[0].info.run_id, "loss")] == [1, 2, 3]
+    assert [(m.step, m.value) for m in client.get_metric_history(parent, "train/generator/loss")] == [(1, 1.5)]
