@@ -199,9 +199,10 @@ def test_every_command_the_docs_show_runs_on_the_fake_engine(tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_commands_that_train_for_real_run(tmp_path):
-    """The documented commands the fake trainer cannot stand in for (GRPO after Self-Lengthen's rounds), as
-    shown, on the embedded model: tens of minutes on a CPU."""
-    slow = [(page, line) for page, line in COMMANDS if "rl.enabled=true" in line]
+    """The documented commands the fake trainer cannot stand in for (GRPO after Self-Lengthen's rounds), and the
+    CPU-sized LongWriter-Zero commands, as shown, on the embedded model: tens of minutes on a CPU."""
+    slow = [(page, line) for page, line in COMMANDS
+            if "rl.enabled=true" in line or ("method=lwzero" in line and "experiment=smoke" in line)]
     assert slow
     for page, line in slow:
         sub, overrides, _ = parse(line)
