@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from omegaconf import OmegaConf
 
@@ -66,6 +66,7 @@ def usable_dir(root: str, name: str) -> str:
         ui.print_error(f"{why} Nothing was started.")
         sys.exit(2)
     path = Path(str(root)).expanduser() / str(name)
+    _BEFORE.setdefault(os.path.abspath(path), _snapshot(path))
     linked = linked_logs(path)
     if linked:
         ui.print_error(f"{linked[0]} is a link. The run appends its log there, and it never writes through a link "
@@ -82,8 +83,58 @@ def usable_dir(root: str, name: str) -> str:
     return str(path)
 
 
+# run folder (absolute) -> (the highest folder the command line made for it, or None; the entries it held before)
+_BEFORE: dict[str, tuple[Optional[Path], frozenset[str]]] = {}
+
+
+def _snapshot(path: Path) -> tuple[Optional[Path], frozenset[str]]:
+    """What is there before Hydra makes the run folder and its job log: so a refusal can take them back."""
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        return None, frozenset(p.name for p in path.iterdir())
+    top = path
+    while top.parent != top and not top.parent.exists():
+        top = top.parent
+    return top, frozenset()
+
+
+def leave_nothing(output_dir: Path) -> None:
+    """A refused command takes back what starting it made: the job log Hydra opened and the run folder (and
+    the folders above it it made) — only while they hold nothing else, so a refusal after work keeps it all."""
+    output_dir = Path(os.path.abspath(output_dir))
+    made, before = _BEFORE.get(str(output_dir), (None, None))
+    if before is None or not output_dir.is_dir():
+        return
+    new = {p.name for p in output_dir.iterdir()} - before
+    if any(not n.endswith(".log") for n in new):
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # Hydra's job log: close it before removing its file
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == output_dir \
+                and Path(handler.baseFilename).name in new:
+            root.removeHandler(handler)
+            handler.close()
+    for n in new:
+        (output_dir / n).unlink(missing_ok=True)
+    if made is not None:
+        folder = output_dir
+        while True:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            if folder == made:
+                break
+            folder = folder.parent
+
+
+def selflengthen_home() -> str:
+    """The folder holding conf/, README.md and docs/ (for `--help`)."""
+    return str(Path(CONF).parent)
+
+
 def register_resolvers() -> None:
-    for name, fn in (("job_dir", job_dir), ("usable_dir", usable_dir)):
+    for name, fn in (("job_dir", job_dir), ("usable_dir", usable_dir), ("selflengthen_home", selflengthen_home)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
@@ -144,6 +195,7 @@ def main(name: str, job: Callable) -> None:
                 message = str(exc) if not isinstance(exc, OSError) else os_error(exc)
                 ui.print_error(message)
                 logging.getLogger("selflengthen").debug("details", exc_info=True)
+                leave_nothing(Path(hc.runtime.output_dir))
                 if not sweep:
                     sys.exit(2)
                 refused.append(f"job {hc.job.num} ({hc.job.override_dirname or 'no overrides'}): {message}")
@@ -355,6 +407,10 @@ def check_inputs(s, command: str = "run") -> None:
     eval prompt file (when this command evaluates, or when one is set: a bad path must not wait for round
     N's eval). data.seed_file was read by Settings already."""
     check_model(s)
+    if command == "run":
+        from selflengthen import tracking
+
+        tracking.check(s)
     if command == "eval" or s.eval.every_round or s.eval.prompt_file:
         from selflengthen import evaluate
 

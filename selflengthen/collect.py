@@ -445,7 +445,11 @@ def run_collect(s: Settings, cc: CollectConfig) -> dict:
     return info
 
 
-if __name__ == "__main__":  # vLLM spawns worker processes: the guard keeps them from rerunning the job
+def main() -> None:
     from selflengthen import cli
 
     cli.main("collect", lambda s: run_collect(s, s.collect))
+
+
+if __name__ == "__main__":  # vLLM spawns worker processes: the guard keeps them from rerunning the job
+    main()

@@ -32,10 +32,16 @@ def run_eval(s: Settings) -> dict[int, dict]:
             results = evaluate.evaluate_run(s, engine)
         finally:
             engine.close()
+    path = evaluate.prompt_path(s)
+    ui.console.print(f"prompts: {path} (read as {evaluate.prompt_format(evaluate.load_prompts(path, s.eval.limit))} format)")
     ui.console.print(evaluate.table(results))
     ui.console.print(f"eval files: {s.run_dir / evaluate.EVAL_DIR}")
     return results
 
 
-if __name__ == "__main__":  # vLLM spawns worker processes: the guard keeps them from rerunning the job
+def main() -> None:
     cli.main("eval", run_eval)
+
+
+if __name__ == "__main__":  # vLLM spawns worker processes: the guard keeps them from rerunning the job
+    main()

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from selflengthen import filters, layout, ui
+from selflengthen import benchmarks, filters, layout, ui
 from selflengthen.engines.base import Request, complete
 from selflengthen.judge import DIMENSIONS
 from selflengthen.length_control import Constraint, length_score, s_l
@@ -120,16 +120,31 @@ def is_open(row: dict) -> bool:
 
 def load_prompts(path: Path, limit: Optional[int] = None) -> list[dict]:
     """Rows `{prompt, type, target}`, `{prompt, type: range, low, high}` or `{prompt, type: none}` (open);
-    every problem is a ConfigError that names `eval.prompt_file`, the line and the fix."""
+    LongBench-Write's and LonGen's files are read as published (benchmarks.py; their rows also carry `format`
+    and `counting`). Every problem is a ConfigError that names `eval.prompt_file`, the line and the fix."""
     fix = ('give eval.prompt_file a JSONL file with one object per line, e.g. {"prompt": "...", '
            '"type": "about", "target": 300} (type: about, above, below; or "type": "range", "low": 200, '
-           '"high": 400; or no type for an open prompt), or set eval.prompt_file=null for the shipped one')
+           '"high": 400; or no type for an open prompt), or a LongBench-Write file ({"prompt", "type", '
+           '"length"}) or a LonGen file ({"query", "type", "constraint"}) as published, or set '
+           'eval.prompt_file=null for the shipped one')
 
     def bad(why: str) -> ConfigError:
         return ConfigError(f"Config error: eval.prompt_file={str(path)!r} — {why}. Fix: {fix}.")
 
-    rows = []
-    for n, row in read_prompt_rows(path, "eval.prompt_file", fix):
+    rows, fmt = [], None
+    for n, row in read_prompt_rows(path, "eval.prompt_file", fix, text_keys=("prompt", "query")):
+        kind = benchmarks.detect(row)
+        fmt = fmt or kind  # the first row says which benchmark's format the file is in
+        if kind != fmt:
+            raise bad(f"line {n} is in the {kind} format but the file starts in the {fmt} format")
+        if fmt != benchmarks.OURS:
+            try:
+                rows.append(benchmarks.to_eval_row(fmt, row))
+            except benchmarks.FormatError as exc:
+                raise bad(f"line {n} ({fmt} format): {exc}") from exc
+            continue
+        if not (isinstance(row.get("prompt"), str) and row["prompt"].strip()):
+            raise bad(f"line {n} has no non-empty string field \"prompt\"")
         if is_open(row):
             numbers = sorted(k for k in ("target", "low", "high") if row.get(k) is not None)
             if numbers:  # a forgotten `type`, not an open prompt: scoring it as open would hide the constraint
@@ -170,6 +185,11 @@ def check_budget(prompts: list[dict], max_new_tokens: int, path: Optional[Path] 
     return (f"{len(past)} of {len(prompts)} held-out prompts ask for more words (up to {worst:,.0f}) than "
             f"eval.max_new_tokens={max_new_tokens} tokens can write: they will score (nearly) 0 on length. To "
             f"measure them, {fix}.")
+
+
+def prompt_format(rows: list[dict]) -> str:
+    """Which format the prompt file was read as: selflengthen (ours), longbench-write or longen."""
+    return (rows[0].get("format") if rows else None) or "selflengthen"
 
 
 def _spread(rows: list[dict], limit: Optional[int]) -> list[dict]:
@@ -349,7 +369,7 @@ def aggregates_of(doc: dict) -> dict:
 
 def score_row(prompt: dict, text: str, fcfg: filters.FilterConfig, finish: str = "stop") -> dict:
     text = text.strip()
-    words = count_words(text)
+    words = (benchmarks.counter(prompt.get("counting")) or count_words)(text)  # a benchmark's rows: its own count
     verdict = filters.check(text, fcfg)
     if is_open(prompt):
         scores = {"length_score": None, "s_l": None}
@@ -421,6 +441,7 @@ def evaluate_round(s: Settings, engine, r: int, adapters: dict, prompts: Optiona
     rows = [score_row(p, c.text, fcfg, c.finish_reason) for p, c in zip(prompts, done)]
     quality = judge_rows(s, engine, r, rows) if s.eval.judge else {}
     doc = {"round": r, **aggregate(rows), **quality, "adapter": (key["adapter"] or {}).get("path"), "prompt_file": str(path),
+           "prompt_format": prompt_format(prompts),
            "prompt_file_sha256": key["prompt_file_sha256"], "max_new_tokens": s.eval.max_new_tokens,
            "limit": s.eval.limit, "key_hash": key_hash(key), "key": key, "seconds": time.time() - start, "rows": rows}
     _make_current(s.run_dir, r, doc, current)

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 
 from selflengthen import cli, engine_session, evaluate, layout
 from selflengthen import manifest as manifest_mod
-from selflengthen import ranks, ui
+from selflengthen import ranks, tracking, ui
 from selflengthen.methods.base import Method, Stage
 from selflengthen.settings import Settings
 from selflengthen.stages.common import Handover, RoundContext
@@ -43,6 +43,7 @@ def run(s: Settings, engine: Optional[engine_session.LazyEngine] = None,
         trainer = trainer_for(s.train_backend)
         summaries, adapters = [], {role: None for role in method.roles}
         ran = False
+        tracker = tracking.open_tracker(s)
         try:
             # --- evidence: the base model's held-out eval, once, before round 1 (eval.every_round) ---
             if s.eval.every_round:
@@ -62,11 +63,17 @@ def run(s: Settings, engine: Optional[engine_session.LazyEngine] = None,
                     ran = True
                 adapters = layout.adapters_abs(s.run_dir, summary["adapters_out"])
                 summaries.append(summary)
+                if tracker.active:
+                    tracking.log_round(tracker, summary, _eval_of(s, 0) if summary["round"] == 1 else None)
             if any(getattr(s.sections.get(key), "enabled", False) for st in method.final_stages for key, _ in st.config):
+                final_sections: dict = {}
                 ran |= run_final(RoundContext(s, s.iterations + 1, engine, adapters, method, trainer, s.train,
-                                              model_path, folder=layout.final_dir(s.run_dir)))
+                                              model_path, folder=layout.final_dir(s.run_dir)), final_sections)
+                if tracker.active:
+                    tracking.log_final(tracker, s.iterations, final_sections, _eval_of(s, evaluate.FINAL))
         finally:
             engine.close()
+            tracker.close()
         _final_report(s, ran)
     return summaries
 
@@ -153,13 +160,15 @@ def handover_for(ctx: RoundContext, nxt: Optional[Stage]) -> Optional[Handover]:
     return Handover(ctx.engine, make) if make is not None else None
 
 
-def run_final(ctx: RoundContext) -> bool:
+def run_final(ctx: RoundContext, sections: Optional[dict] = None) -> bool:
     """The method's stages after the last round (in `final/`, each switched on by its section's `enabled`), then the
-    final model's held-out eval when evals run every round. True when a stage ran."""
+    final model's held-out eval when evals run every round. True when a stage ran. `sections` gets each stage's
+    summary section."""
     ui.console.rule("[bold]final model")
     ctx.engine.set_adapters(ctx.adapters)
     done_before = all((ctx.stage_dir(st.name) / "done.json").exists() for st in ctx.method.final_stages)
-    sections = {stage.name: stage.run(ctx) for stage in ctx.method.final_stages}
+    sections = {} if sections is None else sections
+    sections.update({stage.name: stage.run(ctx) for stage in ctx.method.final_stages})
     if ctx.s.eval.every_round:
         evaluate.evaluate_round(ctx.s, ctx.engine, evaluate.FINAL, ctx.adapters_out)
     log.info("final stages: %s", "; ".join(f"{st.name}: {st.brief(sections[st.name])}" for st in ctx.method.final_stages))
@@ -251,3 +260,13 @@ def build_summary(ctx: RoundContext, sections: dict[str, dict], wall: float) -> 
         "seconds": {**seconds, "round": wall},
         "semantic": ctx.s.semantic,  # what made the round: drift is checked from here when manifest.json is gone
     }
+
+
+def _eval_of(s: Settings, r) -> Optional[dict]:
+    """Round r's stored eval aggregates (0 = the base model, evaluate.FINAL), for the tracker; None when absent."""
+    import json
+
+    try:
+        return evaluate.aggregates_of(json.loads(evaluate.eval_file(s.run_dir, r).read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

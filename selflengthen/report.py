@@ -414,7 +414,11 @@ def run_report(s) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def main() -> None:
     from selflengthen import cli
 
     cli.main("report", run_report)
+
+
+if __name__ == "__main__":
+    main()

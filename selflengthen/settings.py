@@ -132,7 +132,7 @@ class Data:
 
 # top-level keys of the config besides the method's sections (a `+typo=...` must not be silently ignored)
 TOP_KEYS = ("iterations", "seed", "run", "model", "engine", "prompts", "train", "method", "data", "decoding",
-            "eval", "collect", "report", "hydra")
+            "eval", "collect", "report", "hydra", "tracking")
 MAX_INPUT_BYTES = 256 << 20  # a prompt file larger than this is refused rather than read into memory
 
 
@@ -157,6 +157,7 @@ class Settings:
     plots: bool = True
     semantic: dict = field(repr=False, default_factory=dict)
     hydra_record: dict = field(repr=False, default_factory=dict)  # file name -> text, written once checks pass
+    tracking: Any = None  # tracking.Tracking: where the loop's and the trainers' metrics go (None = nowhere)
 
     @staticmethod
     def from_config(cfg: Mapping, run_dir: Path) -> "Settings":
@@ -212,9 +213,10 @@ def semantic_config(cfg: Mapping, extra_keys: tuple[str, ...] = (), seed_file_sh
     return json.loads(json.dumps(out, default=str))
 
 
-def read_prompt_rows(path: Path, key: str, fix: str) -> list[tuple[int, dict]]:
-    """(line number, row) of a JSONL prompt file whose rows carry a non-empty string `prompt`. Every
-    problem is one ConfigError naming the config `key`, the line and the `fix`."""
+def read_prompt_rows(path: Path, key: str, fix: str, text_keys: tuple[str, ...] = ("prompt",)) -> list[tuple[int, dict]]:
+    """(line number, row) of a JSONL prompt file whose rows carry a non-empty string `prompt` (or another of
+    `text_keys`: LonGen's rows call it `query`). Every problem is one ConfigError naming the config `key`,
+    the line and the `fix`."""
     def bad(why: str) -> ConfigError:
         return ConfigError(f"Config error: {key}={str(path)!r} — {why}. Fix: {fix}.")
 
@@ -242,8 +244,8 @@ def read_prompt_rows(path: Path, key: str, fix: str) -> list[tuple[int, dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise bad(f"line {n} is not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise bad(f"line {n} has no non-empty string field \"prompt\"")
+        if not isinstance(row, dict) or not any(isinstance(row.get(k), str) and row[k].strip() for k in text_keys):
+            raise bad(f"line {n} has no non-empty string field " + " or ".join(f'"{k}"' for k in text_keys))
         rows.append((n, row))
     return rows
 
@@ -387,8 +389,9 @@ def _train(cfg: Mapping) -> tuple[str, Any]:
     backend = train.get("backend", "trl")
     need(isinstance(backend, str) and backend in BACKENDS, "train.backend", backend, "is not a known trainer",
          f"use one of {', '.join(BACKENDS)} (train=lora selects trl)")
-    if backend == "fake":  # the stand-in takes the LoRA settings it stands in for: checked as trl would
-        parse_config({**{k: v for k, v in train.items() if k != "delay"}, "backend": "trl"})
+    if backend == "fake":  # the stand-in takes the settings of the trainer it stands in for: checked as that one would
+        stands_for = "grpo" if "num_generations" in train else "trl"  # train=grpo's file has it, train=lora's not
+        parse_config({**{k: v for k, v in train.items() if k != "delay"}, "backend": stands_for})
         check_value("train.delay", train.get("delay", 0.0), float, {"ge": 0.0, "fix": "use train.delay=0"})
     modules = train.get("target_modules")
     need(not isinstance(modules, list) or (modules and all(isinstance(m, str) and m for m in modules)),
@@ -496,8 +499,14 @@ def _build(cfg: Mapping, run_dir: Path) -> Settings:
         model_cache=model.cache_dir, engine=engine, prompts=prompts, seeds=seeds, decoding=decoding,
         sections=sections, train_backend=backend, train=train, eval=ev, collect=collect, run=run,
         plots=report.plots, semantic=semantic_config(plain, method.semantic_keys, seeds_sha),
-        hydra_record=_hydra_record(cfg),
+        hydra_record=_hydra_record(cfg), tracking=_tracking(cfg),
     )
+
+
+def _tracking(cfg: Mapping):
+    from selflengthen.tracking import Tracking
+
+    return parse_section(Tracking, cfg.get("tracking"), "tracking")
 
 
 def _hydra_record(cfg: Mapping) -> dict:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selflengthen import layout, ui
+from selflengthen import layout, tracking, ui
 from selflengthen.stages import rl_prompts
 from selflengthen.stages.common import RoundContext
 from selflengthen.store import mark_done, read_jsonl, reset_dir, stage_done
@@ -80,7 +80,7 @@ def run_train(ctx: RoundContext) -> dict:
         if (folder / "adapter").exists():
             reset_dir(folder / "adapter")
         ui.console.print(f"final · GRPO of the {role} on {len(rows)} prompts (from {previous or 'the base model'})")
-        with ui.progress(f"final · rl {role}", 1) as bar:
+        with ui.progress(f"final · rl {role}", 1) as bar, tracking.training("final_rl", role):
             metrics = ctx.trainer(ctx.model_path(), rows, folder, previous, ctx.train_cfg, progress=bar.set)
     summary = {**metrics, "adapter": layout.relative(ctx.s.run_dir, str(folder / "adapter")),
                "from": layout.relative(ctx.s.run_dir, previous), "rows": len(rows), "seconds": time.time() - start}

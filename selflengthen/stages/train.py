@@ -18,7 +18,7 @@ import logging
 import time
 from pathlib import Path
 
-from selflengthen import layout, ui
+from selflengthen import layout, tracking, ui
 from selflengthen.methods.base import Stage
 from selflengthen.stages.common import RoundContext
 from selflengthen.store import mark_done, read_json, read_jsonl, reset_dir, stage_done
@@ -115,7 +115,8 @@ def run(ctx: RoundContext, source: str, roles: tuple[str, ...] | None = None) ->
             where = f"round {ctx.round_no}" if ctx.folder is None else ctx.round_dir.name  # final/: "final"
             ui.console.print(f"{where} · training {role} on {len(rows)} rows"
                              f" (from {'round ' + str(ctx.round_no - 1) if previous else 'the base model'})")
-            with ui.progress(f"{where} · train {role}", 1) as bar:
+            label = f"round_{ctx.round_no:03d}" if ctx.folder is None else ctx.round_dir.name
+            with ui.progress(f"{where} · train {role}", 1) as bar, tracking.training(label, role):
                 metrics = ctx.trainer(ctx.model_path(), rows, folder, previous, ctx.train_cfg, progress=bar.set)
             summary = _trained(metrics, folder, rows, start, previous)
         summary = {**summary, "adapter": layout.relative(ctx.s.run_dir, summary.get("adapter")),

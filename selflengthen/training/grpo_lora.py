@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from selflengthen import tracking
 from selflengthen import rewards as R
 from selflengthen.filters import DEFAULTS as FILTER_DEFAULTS
 from selflengthen.store import append_bytes, atomic_write_bytes, atomic_write_json, check_no_links, reset_dir
@@ -285,7 +286,7 @@ def build_trainer(model_path: str, examples: list[dict], ckpt_dir: Path, init_ad
         gradient_checkpointing=cfg.gradient_checkpointing, bf16=use_bf16,
         use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
-        logging_steps=cfg.logging_steps, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        logging_steps=cfg.logging_steps, report_to=tracking.report_to(), run_name=tracking.run_name(), disable_tqdm=True, dataloader_num_workers=0,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(examples),
                           processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))

@@ -32,6 +32,7 @@ from typing import Callable, Optional
 
 from selflengthen.config import rule
 from selflengthen.store import _disk_error, atomic_write_json, reset_dir
+from selflengthen import tracking
 from selflengthen.training import launch
 from selflengthen.training.launch import Launch
 from selflengthen.training.save import prepare_resume
@@ -155,7 +156,7 @@ def build_trainer(model_path: str, rows: list[dict], ckpt_dir: Path, init_adapte
         gradient_checkpointing=cfg.gradient_checkpointing,  # SFTConfig's default is True: always set it
         bf16=use_bf16, use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
-        logging_steps=cfg.logging_steps, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        logging_steps=cfg.logging_steps, report_to=tracking.report_to(), run_name=tracking.run_name(), disable_tqdm=True, dataloader_num_workers=0,
         packing=cfg.packing, packing_strategy="bfd",
         # group_by_length only matters when a batch holds several rows; it cuts the padding between them.
         train_sampling_strategy="group_by_length" if cfg.group_by_length and cfg.batch_size > 1 else "random",

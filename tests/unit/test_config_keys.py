@@ -3,9 +3,8 @@
 The bulk runs in-process through `Settings.from_config` (the CLI's own check): every leaf key of the default
 config and of each experiment/method/engine/train/model option gets values of the wrong type and, for
 numbers, an out-of-range one. A handful go through the real CLI, which must exit 2 with the key in one
-paragraph, no traceback, and nothing under the run folder but what Hydra makes before our code runs: the run
-folder itself (made and write-probed by the `usable_dir` resolver) and the empty job log `<job>.log` that
-Hydra's logging config opens. `.hydra/` is not written (cli.py turns Hydra's own record off).
+paragraph, no traceback, and leave nothing behind: the run folder Hydra made for it and the job log it opened
+are taken back (cli.leave_nothing); `.hydra/` is never written (cli.py turns Hydra's own record off).
 """
 
 from __future__ import annotations
@@ -125,3 +124,4 @@ def test_cli_refuses_with_one_paragraph_and_writes_nothing_of_its_own(tmp_path):
         run = root / f"case{i}"
         # the config is checked before Hydra starts (cli.preflight): not even the run folder or Hydra's log
         assert not run.exists(), (case, sorted(str(p.relative_to(run)) for p in run.rglob("*")))
+    assert not root.exists()  # a refused command leaves nothing: no run folder, no job log, no run.root
