@@ -89,9 +89,11 @@ COMMANDS = documented_commands()
 def parse(line: str) -> tuple[str, list[str], bool]:
     """(subcommand, overrides, multirun) of a documented command line."""
     words = shlex.split(re.sub(r"<[^>]*>", "x", line), comments=True)
-    if words[0] == "python":  # python -m selflengthen[.eval|...]
+    while words and words[-1] in ("&", ";", "&&"):  # a command sent to the background (or chained): the command
+        words.pop()
+    if words[0] == "python":  # python -m selflengthen[.eval|...] or selflengthen.commands.<sub>
         module, words = words[2], words[3:]
-        sub = module.split(".")[1] if "." in module else "run"
+        sub = module.rsplit(".", 1)[1] if "." in module else "run"
     else:
         words = words[1:]
         sub = words.pop(0) if words and words[0] in SUBCOMMANDS else "run"
@@ -165,14 +167,18 @@ def test_every_command_the_docs_show_runs_on_the_fake_engine(tmp_path, monkeypat
             Settings.from_config(compose(*[o.split(",")[0] for o in overrides if o != "--help"]), tmp_path / "check")
         except Exception as exc:  # noqa: BLE001 — the message is the finding
             pytest.fail(f"{page}: `{line}` does not compose: {exc}")
+        # which run a command names: its preset and run.name (an evidence command works on the run of that preset)
+        which = tuple(o for o in overrides if o.split("=")[0] in ("experiment", "run.name", "method"))
         if sub == "run":  # each run in its own folder; eval/collect/report use the run shown before them
             if tuple(overrides) in roots:
                 root = roots[tuple(overrides)]
                 continue
             root = roots[tuple(overrides)] = tmp_path / f"runs{len(cases)}"
+            roots.setdefault(("made", which), root)
         elif (sub, tuple(overrides)) in roots:
             continue
         else:
+            root = roots.get(("made", which), root)  # the run of its preset, else the one shown before it
             roots[(sub, tuple(overrides))] = root
         # another engine's throughput knobs (engine.threads) do not exist on the fake engine
         overrides = [o for o in overrides if not o.startswith("engine.") or o.split("=")[0].split(".")[1] in fake_keys]
