@@ -40,6 +40,12 @@ class Scripted(engine_session.LazyEngine):
     def generate(self, requests, progress=None):
         return [self.texts[int(r.id.rsplit(".", 1)[1])] for r in requests]
 
+    def stream(self, queue):  # the eval reads completions (text and finish reason) from the stream
+        from selflengthen.engines.base import Completion
+
+        for r in queue.take():
+            yield Completion(r.id, self.texts[int(r.id.rsplit(".", 1)[1])])
+
 
 def _jsonl(path, rows):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
