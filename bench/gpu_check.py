@@ -190,7 +190,10 @@ def fake_round(folder: Path, run_dir: Path, toy: bool) -> dict:
                  "self_instruct.max_new_tokens=24", "train.max_steps=2", "train.max_length=512", "train.grad_accum=1",
                  "report.plots=false", "extend.min_growth=1.0",
                  # random weights write gibberish: any final letter counts as an ending, so rows reach training
-                 "prompts.filter.terminal='abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.!?'"]
+                 "prompts.filter.terminal='abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.!?'",
+                 # ... and they never write the end token, so an answer the budget cut would never be a row: a
+                 # common letter as a stop string ends answers the way a trained model's end token would
+                 "prompts.generate.stop=[e]", "prompts.extend.stop=[e]"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         s = Settings.from_config(compose("config", overrides=overrides), run_dir)
     engine, resolve = engine_session.for_settings(s)

@@ -289,6 +289,10 @@ def dp_round(n_instructions: int, replicas: int, how: str, words_per_token: floa
         digest = _digest(ctx)
     finally:
         ranks._WORKER = None
+        from selflengthen import store
+
+        for folder in [f for f in store._RUN_FOLDERS if f.startswith(str(tmp))]:  # ranks run here in-process
+            store.unguard_run_folder(Path(folder))  # guarded their folders: leave the process as it found it
         shutil.rmtree(tmp, ignore_errors=True)
     if how == "hash":
         seconds = sum(max(e.sim.seconds for e in stage) for stage in stages)

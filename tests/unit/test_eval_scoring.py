@@ -30,10 +30,10 @@ def test_a_mix_of_open_and_constrained_rows_is_scored_by_hand():
 
     doc = evaluate.aggregate(rows)
     assert doc["open"] == pytest.approx({"n": 2, "mean_words": 200.0, "median_words": 200.0, "max_words": 300,
-                                         "repetition_pass_rate": 0.5})
+                                         "repetition_pass_rate": 0.5, "budget_hit_rate": 0.0})
     assert doc["constrained"] == pytest.approx({"n": 1, "mean_words": 150.0, "median_words": 150.0, "max_words": 150,
                                                 "repetition_pass_rate": 1.0, "length_score": 0.875,
-                                                "s_l": 250 / 3})
+                                                "s_l": 250 / 3, "budget_hit_rate": 0.0})
     # top level: words and pass rate over all rows, length scores over the constrained row only
     assert doc["n"] == 3 and doc["mean_words"] == pytest.approx(550 / 3) and doc["median_words"] == 150
     assert doc["max_words"] == 300 and doc["repetition_pass_rate"] == pytest.approx(2 / 3)
@@ -53,7 +53,8 @@ def test_length_scores_average_the_constrained_rows_only():
 def test_an_empty_group_has_no_numbers_not_zeros():
     doc = evaluate.aggregate([{"type": "none", "words": 10, "passes_filter": True, "length_score": None, "s_l": None}])
     assert doc["constrained"] == {"n": 0, "mean_words": None, "median_words": None, "max_words": None,
-                                  "repetition_pass_rate": None, "length_score": None, "s_l": None}
+                                  "repetition_pass_rate": None, "budget_hit_rate": None, "length_score": None,
+                                  "s_l": None}
     assert doc["length_score"] is None and doc["s_l"] is None
     only_constrained = evaluate.aggregate([{"type": "about", "target": 10, "words": 10, "passes_filter": True,
                                             "length_score": 1.0, "s_l": 100.0}])
