@@ -44,7 +44,7 @@ class SelfInstruct:
     min_words: int = field(default=3, metadata=rule(ge=0))
     max_words: int = field(default=500, metadata=rule(ge=1))
     # the paper leaves it at 16,384 and relies on its stops; 1,024 tokens is past max_words=500 words (~700
-    # tokens), so an instruction cut by the budget is over max_words and rejected, never kept half-written
+    # tokens). A proposal the budget cuts is rejected as `unfinished`, never kept half-written
     max_new_tokens: int = field(default=1024, metadata=rule(ge=1))
     fill_from_pool: bool = True
     first_line: bool = False  # true: keep only the first line of a completion (not in the paper; small budgets)
@@ -131,7 +131,7 @@ def _wave(ctx: RoundContext, log, ids: list[str], pool: list[str], tpl: dict, ad
     done_before = {r["id"] for r in log.records}
     seen = {_norm(p) for p in pool} | {_norm(r["text"]) for r in log.records if r["ok"] and r["id"] not in ids}
     back: dict[str, str] = {}  # proposal id -> parsed instruction, until its turn comes
-    cut: dict[str, str] = {}  # proposal id -> its finish reason, for those the token budget cut
+    cut: set[str] = set()  # ids of the proposals the token budget cut
     head = 0
     yes = tuple(w.lower() for w in tpl.get("judge_yes", ["yes"]))
     sched = Scheduler(ctx.engine)
@@ -158,7 +158,7 @@ def _wave(ctx: RoundContext, log, ids: list[str], pool: list[str], tpl: dict, ad
                 text = back.pop(i)
                 words = count_words(text)
                 reason = ""
-                if cut.pop(i, None):  # the budget ended it, not the model: half an instruction is no instruction
+                if i in cut:  # the budget ended it, not the model: half an instruction is no instruction
                     reason = UNFINISHED
                 elif not cfg.min_words < words < cfg.max_words:
                     reason = "instruction_length"
@@ -177,7 +177,7 @@ def _wave(ctx: RoundContext, log, ids: list[str], pool: list[str], tpl: dict, ad
             back[c.id] = parse_instruction(c.text, cfg.first_line)
             # cut by the budget: unfinished, unless only its first line is kept and the model ended that line
             if c.finish_reason == "length" and not (cfg.first_line and "\n" in c.text.strip()):
-                cut[c.id] = c.finish_reason
+                cut.add(c.id)
             release()
 
         for i in ids:
