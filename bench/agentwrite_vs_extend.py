@@ -57,7 +57,7 @@ def settings(run_dir: Path, method: str, args, lenient: bool = False) -> object:
 def run_method(name: str, root: Path, instructions: list[str], engine, args) -> dict:
     from selflengthen.stages import extend, initial, plan, write
     from selflengthen.stages.common import RoundContext
-    from selflengthen.store import atomic_write_jsonl, read_jsonl
+    from selflengthen.runfolder.store import atomic_write_jsonl, read_jsonl
 
     method = "selflengthen" if name == "extension" else "agentwrite"
     s = settings(root / name, method, args, lenient=name == "agentwrite+")
@@ -106,13 +106,13 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("SELFLENGTHEN_QUIET", "1")
 
-    from selflengthen import engine_session
+    from selflengthen.engines import session
     from selflengthen.settings import load_seed_file, shipped_data
 
     instructions = list(load_seed_file(shipped_data("seeds_en.jsonl")))[: args.instructions]
     root = Path(args.out or tempfile.mkdtemp(prefix="aw_vs_ext_"))
     first = settings(root / "probe", "agentwrite", args)
-    engine, _ = engine_session.for_settings(first)  # one engine (one model load) serves both methods
+    engine, _ = session.for_settings(first)  # one engine (one model load) serves both methods
     try:
         results = [run_method(name, root, instructions, engine, args) for name in ("agentwrite", "agentwrite+", "extension")]
     finally:

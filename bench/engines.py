@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from selflengthen.engines.base import Request, SamplingParams  # noqa: E402
-from selflengthen.models import EMBEDDED, resolve_model_path  # noqa: E402
+from selflengthen.engines.models import EMBEDDED, resolve_model_path  # noqa: E402
 
 SEEDS = Path(__file__).resolve().parent.parent / "selflengthen" / "data" / "seeds_en.jsonl"
 

@@ -2,8 +2,8 @@
 
 The reference is written here the way the seed code does it: a Python loop that builds a tuple per
 10-gram into a set and stops at the first repeat; sampling that sorts the lengths and then finds each
-item's rank with list.index (O(n^2)). Ours is selflengthen.filters.check_many (vectorised n-gram scan,
-optionally a process pool) and selflengthen.sampling.keep_indices (one sort).
+item's rank with list.index (O(n^2)). Ours is selflengthen.writing.filters.check_many (vectorised n-gram scan,
+optionally a process pool) and selflengthen.writing.sampling.keep_indices (one sort).
 
 Targets: sampling >= 100x faster, filter >= 3x, the two together >= 5x, memory flat in the number of
 rows (rows are streamed from a generator; peak RSS is measured in fresh processes at two sizes).
@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from selflengthen.filters import EN, check_many  # noqa: E402
-from selflengthen.sampling import keep_indices  # noqa: E402
+from selflengthen.writing.filters import EN, check_many  # noqa: E402
+from selflengthen.writing.sampling import keep_indices  # noqa: E402
 
 A, P = 2.0, 3.0  # paper's length-aware sampling parameters
 

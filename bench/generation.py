@@ -27,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from selflengthen.engines.base import Request, SamplingParams  # noqa: E402
 from selflengthen.engines.transformers_engine import TransformersEngine, cpu_has_fast_bf16  # noqa: E402
-from selflengthen.models import EMBEDDED, resolve_model_path  # noqa: E402
+from selflengthen.engines.models import EMBEDDED, resolve_model_path  # noqa: E402
 
 SEEDS = Path(__file__).resolve().parent.parent / "selflengthen" / "data" / "seeds_en.jsonl"
 

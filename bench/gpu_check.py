@@ -64,7 +64,7 @@ def tokenizer(folder: Path, toy: bool):
 
     if not toy:
         try:
-            from selflengthen.models import EMBEDDED, resolve_model_path
+            from selflengthen.engines.models import EMBEDDED, resolve_model_path
 
             tok = AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED))
             tok.save_pretrained(folder)
@@ -181,7 +181,8 @@ def fake_round(folder: Path, run_dir: Path, toy: bool) -> dict:
     LoRA trainer on `folder`."""
     from hydra import compose, initialize_config_dir
 
-    from selflengthen import engine_session, recipe
+    from selflengthen import recipe
+    from selflengthen.engines import session
     from selflengthen.settings import Settings
 
     tokens = 16 if toy else 128
@@ -196,7 +197,7 @@ def fake_round(folder: Path, run_dir: Path, toy: bool) -> dict:
                  "prompts.generate.stop=[e]", "prompts.extend.stop=[e]"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         s = Settings.from_config(compose("config", overrides=overrides), run_dir)
-    engine, resolve = engine_session.for_settings(s)
+    engine, resolve = session.for_settings(s)
     start = time.perf_counter()
     [summary] = recipe.run(s, engine, resolve)
     return {"seconds": round(time.perf_counter() - start, 1), "instructions": summary["stages"]["self_instruct"]["instructions"],

@@ -1,7 +1,7 @@
 """Does a short GRPO run raise the length reward on held-out prompts? `python bench/grpo_length.py`.
 
 LongWriter-Zero in miniature on the CPU: the embedded model (SmolLM2-135M-Instruct) is GRPO-trained with
-LoRA (`training/grpo_lora.py`, rewards from `selflengthen/rewards.py`) on the seed instructions
+LoRA (`training/grpo_lora.py`, rewards from `selflengthen/methods/lwzero_rewards.py`) on the seed instructions
 (`selflengthen/data/seeds_en.jsonl`) with length constraints phrased in as the collection step does
 (a random kind, a target of --train-words-min..max words). Before and after, it answers the held-out
 constrained prompts of `selflengthen/data/eval_en.jsonl` (never trained on: the script checks that no
@@ -34,8 +34,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from selflengthen import rewards as R  # noqa: E402
-from selflengthen.store import atomic_write_json, read_json, read_jsonl  # noqa: E402
+from selflengthen.methods import lwzero_rewards as R  # noqa: E402
+from selflengthen.runfolder.store import atomic_write_json, read_json, read_jsonl  # noqa: E402
 
 DATA = REPO / "selflengthen" / "data"
 
@@ -194,7 +194,7 @@ def train_key(model_path: str, rows: list[dict], cfg) -> dict:
 def main() -> None:
     import torch
 
-    from selflengthen.models import EMBEDDED, resolve_model_path
+    from selflengthen.engines.models import EMBEDDED, resolve_model_path
     from selflengthen.training.grpo_lora import GrpoConfig, train_grpo
 
     args = parse_args()

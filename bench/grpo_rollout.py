@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from selflengthen.models import resolve_model_path
+    from selflengthen.engines.models import resolve_model_path
 
     torch.set_num_threads(args.threads)
     model_path = resolve_model_path(args.model, None) if args.model.startswith("embedded:") else args.model

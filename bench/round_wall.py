@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--keep", help="keep the run folders here instead of a temporary folder")
     args = ap.parse_args()
 
-    from selflengthen import engine_session
+    from selflengthen.engines import session
     from selflengthen.methods.base import load_method
     from selflengthen.recipe import run_stages
     from selflengthen.stages import extend, initial, self_instruct
@@ -72,7 +72,7 @@ def main() -> None:
     engine = None
     try:
         s = settings(root / "shared", args.engine, args.threads, [])
-        engine, _ = engine_session.for_settings(s)
+        engine, _ = session.for_settings(s)
         start = time.perf_counter()
         engine._ensure()  # loaded once, outside every timing
         print(f"engine loaded in {time.perf_counter() - start:.0f} s", flush=True)

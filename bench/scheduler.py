@@ -20,7 +20,7 @@ own CPU time per completion (everything but the engine: judging with the quality
                                          #             "dp": {"hash": u, "balanced": u}}
 
 Data parallelism over N replicas of the same latency model (8 x 256 slots), two ways:
-- hash     — one engine process per rank and stage (selflengthen/ranks.py, run here in-process by the real
+- hash     — one engine process per rank and stage (selflengthen/engines/ranks.py, run here in-process by the real
              ranks code): each rank runs the items whose id hashes to it on its own replica, the stage ends
              when the slowest rank does, and the initial -> extension handover is off;
 - balanced — one engine handle over N replicas (vLLM's own data parallelism): one stream, each new request
@@ -216,7 +216,7 @@ def one_round(n_instructions: int, waves: int | None, words_per_token: float, sp
     from selflengthen.recipe import run_stages
     from selflengthen.stages import extend, initial
     from selflengthen.stages.common import SPECULATION, RoundContext
-    from selflengthen.store import atomic_write_jsonl
+    from selflengthen.runfolder.store import atomic_write_jsonl
 
     engine = PaperScaleEngine(words_per_token)
     tmp = Path(tempfile.mkdtemp(prefix="bench-scheduler-"))
@@ -247,16 +247,17 @@ def one_round(n_instructions: int, waves: int | None, words_per_token: float, sp
 
 def dp_round(n_instructions: int, replicas: int, how: str, words_per_token: float) -> dict:
     """Initial answers + extension for `n_instructions` on `replicas` replicas: `hash` runs the real ranks code
-    (selflengthen/ranks.py; each rank in this process, one after the other, on a fresh replica of its own: the
+    (selflengthen/engines/ranks.py; each rank in this process, one after the other, on a fresh replica of its own: the
     stage's time is its slowest rank's), `balanced` one stream over a `Replicas` engine."""
     from unittest import mock
 
-    from selflengthen import engine_session, ranks
+    from selflengthen.engines import session
+    from selflengthen.engines import ranks
     from selflengthen.methods.base import load_method
     from selflengthen.recipe import run_stages
     from selflengthen.stages import extend, initial
     from selflengthen.stages.common import SPECULATION, RoundContext
-    from selflengthen.store import atomic_write_jsonl
+    from selflengthen.runfolder.store import atomic_write_jsonl
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scheduler-dp-"))
     stages: list[list[PaperScaleEngine]] = []  # hash: the replicas each sharded stage started
@@ -289,7 +290,7 @@ def dp_round(n_instructions: int, replicas: int, how: str, words_per_token: floa
         digest = _digest(ctx)
     finally:
         ranks._WORKER = None
-        from selflengthen import store
+        from selflengthen.runfolder import store
 
         for folder in [f for f in store._RUN_FOLDERS if f.startswith(str(tmp))]:  # ranks run here in-process
             store.unguard_run_folder(Path(folder))  # guarded their folders: leave the process as it found it
@@ -334,7 +335,7 @@ def _digest(ctx) -> str:
 
 def filter_us(words: int = 2000, reps: int = 200) -> float:
     """The quality filter alone on one ~2,000-word answer (part of the per-completion CPU above)."""
-    from selflengthen import filters
+    from selflengthen.writing import filters
 
     o = PaperScaleEngine.offsets
     text = PaperScaleEngine.corpus[o[1000]:o[1000 + words]].rstrip() + "."

@@ -35,7 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from bench.generation import instructions, matmul_gflops  # noqa: E402
 from selflengthen.engines.base import Request, SamplingParams  # noqa: E402
 from selflengthen.engines.transformers_engine import TransformersEngine, cpu_has_fast_bf16  # noqa: E402
-from selflengthen.models import EMBEDDED, resolve_model_path  # noqa: E402
+from selflengthen.engines.models import EMBEDDED, resolve_model_path  # noqa: E402
 
 PAPER = dict(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.1)
 

@@ -35,7 +35,7 @@ WORDS = ("The committee reviewed the budget, the schedule and the risks of the p
 def model_dir(tmp: Path) -> tuple[str, str]:
     """(folder, label): the embedded model if it resolves, else a random Llama with SmolLM2-135M's shape."""
     try:
-        from selflengthen.models import EMBEDDED, resolve_model_path
+        from selflengthen.engines.models import EMBEDDED, resolve_model_path
 
         return str(resolve_model_path(EMBEDDED)), "embedded SmolLM2-135M-Instruct"
     except Exception as exc:  # noqa: BLE001 - any failure falls back to the same-shape random model

@@ -5,7 +5,7 @@ measured by the runs themselves (docs/evidence.md, "Ablations of the extension s
 the other half: given the extended answers the method did produce, how far does SFT of the generator move
 its answer length on held-out open prompts, under each training setting (epochs, learning rate, LoRA rank,
 rows)? Each variant is the real trainer (`train=lora`, the evidence preset's settings plus the variant's
-overrides) from the base model, then the real eval (`selflengthen.evaluate.evaluate_round`, the preset's
+overrides) from the base model, then the real eval (`selflengthen.evidence.heldout.evaluate_round`, the preset's
 1,536-token budget and decoding) on the open prompts of `eval_mixed_en.jsonl`, never trained on.
 
 Rows: every extended answer that passed in the given run folders (`round_*/extend/passes.jsonl`, successful
@@ -67,7 +67,7 @@ def parse_args() -> argparse.Namespace:
 
 def extended_rows(runs: list[str]) -> list[dict]:
     """(instruction, extended answer) of every successful extension attempt, the longest per instruction."""
-    from selflengthen.store import read_jsonl
+    from selflengthen.runfolder.store import read_jsonl
 
     best: dict[str, dict] = {}
     for run in runs:
@@ -97,9 +97,10 @@ def settings(out: Path, overrides: list[str]):
 def main() -> None:
     import torch
 
-    from selflengthen import engine_session, evaluate
+    from selflengthen.engines import session
+    from selflengthen.evidence import heldout
     from selflengthen.stages.sft_data import generator_row
-    from selflengthen.store import atomic_write_json, read_json
+    from selflengthen.runfolder.store import atomic_write_json, read_json
     from selflengthen.training import trainer_for
 
     args = parse_args()
@@ -119,7 +120,7 @@ def main() -> None:
         folder = out / name
         budget = [f"eval.max_new_tokens={args.eval_budget}"] if args.eval_budget else []
         s = settings(folder, VARIANTS[name] + ["engine.threads=" + str(args.threads)] + budget)
-        prompts = [p for p in evaluate.load_prompts(evaluate.prompt_path(s)) if evaluate.is_open(p)][: args.open]
+        prompts = [p for p in heldout.load_prompts(heldout.prompt_path(s)) if heldout.is_open(p)][: args.open]
         use = rows[:3] if name == "rows3" else rows
         adapter = None
         t0 = time.time()
@@ -129,14 +130,14 @@ def main() -> None:
             if not ((adapter / "adapter_config.json").exists() and (folder / "train_key.json").exists()
                     and read_json(folder / "train_key.json") == key):
                 trainer = trainer_for(s.train_backend)
-                metrics = trainer(engine_session.model_resolver(s.model_path, s.model_cache)(),
+                metrics = trainer(session.model_resolver(s.model_path, s.model_cache)(),
                                   [generator_row(s.prompts, r) for r in use], folder / "train", None, s.train)
                 atomic_write_json(folder / "train_metrics.json", metrics)
                 atomic_write_json(folder / "train_key.json", key)
         train_s = time.time() - t0
-        engine, _ = engine_session.for_settings(s)
+        engine, _ = session.for_settings(s)
         try:
-            doc = evaluate.evaluate_round(s, engine, 1 if adapter else 0,
+            doc = heldout.evaluate_round(s, engine, 1 if adapter else 0,
                                           {"generator": str(adapter) if adapter else None}, prompts)
         finally:
             engine.close()

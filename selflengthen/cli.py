@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 from omegaconf import OmegaConf
 
-from selflengthen import ui
+from selflengthen.support import ui
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def job_dir(override_dirname: str) -> str:
 
 def bad_run_name(name: str) -> str | None:
     """Why `name` cannot be a run folder name (a single plain folder name), or None when it can."""
-    from selflengthen.store import StoreError, check_run_name
+    from selflengthen.runfolder.store import StoreError, check_run_name
 
     try:
         check_run_name(name)
@@ -47,7 +47,7 @@ def bad_run_name(name: str) -> str | None:
 
 
 def bad_run_root(root: str) -> str | None:
-    from selflengthen.store import StoreError, check_run_root
+    from selflengthen.runfolder.store import StoreError, check_run_root
 
     try:
         check_run_root(root)
@@ -59,7 +59,7 @@ def bad_run_root(root: str) -> str | None:
 def usable_dir(root: str, name: str) -> str:
     """The run folder `root/name`, checked and write-probed before Hydra writes its own files there, so an
     unusable `run.root` or `run.name` is one clear message rather than a traceback from inside Hydra."""
-    from selflengthen.store import write_probe
+    from selflengthen.runfolder.store import write_probe
 
     why = bad_run_root(str(root)) or bad_run_name(str(name))
     if why:
@@ -143,9 +143,9 @@ register_resolvers()  # tests compose the config without going through main()
 
 
 def user_errors() -> tuple[type, ...]:
-    from selflengthen.config import ConfigError
-    from selflengthen.models import ModelNotFound
-    from selflengthen.store import StoreError
+    from selflengthen.support.checks import ConfigError
+    from selflengthen.engines.models import ModelNotFound
+    from selflengthen.runfolder.store import StoreError
 
     return ConfigError, StoreError, ModelNotFound
 
@@ -213,7 +213,7 @@ def main(name: str, job: Callable) -> None:
 
 def os_error(exc: OSError) -> str:
     """One paragraph for an OSError that reached the command's edge: the file, what the disk said, what to do."""
-    from selflengthen.store import _disk_error
+    from selflengthen.runfolder.store import _disk_error
 
     if exc.filename:
         return str(_disk_error(Path(exc.filename), exc, "use"))
@@ -390,7 +390,7 @@ def check_run_exists(folder: Path, command: str) -> None:
 def check_output_dir(cfg, out: Path, sweep: bool) -> None:
     """The folder Hydra gave the job must be run.root/run.name (a sweep job: a folder inside it), so the run
     folder's checks hold: a hydra.run.dir set in a config file is refused like one on the command line."""
-    from selflengthen.store import StoreError
+    from selflengthen.runfolder.store import StoreError
 
     expected = Path(str(cfg.run.root)).expanduser() / str(cfg.run.name)
     real, want = os.path.realpath(out), os.path.realpath(expected)
@@ -408,15 +408,15 @@ def check_inputs(s, command: str = "run") -> None:
     N's eval). data.seed_file was read by Settings already."""
     check_model(s)
     if command == "run":
-        from selflengthen import tracking
+        from selflengthen.support import tracking
 
         tracking.check(s)
     if command == "eval" or s.eval.every_round or s.eval.prompt_file:
-        from selflengthen import evaluate
+        from selflengthen.evidence import heldout
 
-        evaluate.check_eval_settings(s.eval)
-        path = evaluate.prompt_path(s)
-        warning = evaluate.check_budget(evaluate.load_prompts(path, s.eval.limit), s.eval.max_new_tokens, path)
+        heldout.check_eval_settings(s.eval)
+        path = heldout.prompt_path(s)
+        warning = heldout.check_budget(heldout.load_prompts(path, s.eval.limit), s.eval.max_new_tokens, path)
         if warning:
             log.warning("%s", warning)
     check_work(s)
@@ -429,7 +429,7 @@ def check_work(s) -> None:
     """A round's stages build their items in memory before the first one is written: the product of a
     section's `num_new` and every section's `samples` is bounded, so `generate.samples=100000000` is one
     message at start-up instead of minutes of allocation with nothing on disk."""
-    from selflengthen.config import ConfigError
+    from selflengthen.support.checks import ConfigError
 
     sections = getattr(s, "sections", {}) or {}
     sizes = [(f"{k}.num_new", getattr(v, "num_new")) for k, v in sections.items()
@@ -452,7 +452,7 @@ def check_model(s) -> None:
     """model.path must be loadable before any lock, manifest or generation (the fake engine loads nothing)."""
     if s.engine.get("name") == "fake":
         return
-    from selflengthen.models import check_model_path
+    from selflengthen.engines.models import check_model_path
 
     check_model_path(s.model_path, s.model_cache)
 
@@ -460,7 +460,7 @@ def check_model(s) -> None:
 def record_config(s, command: str = "run") -> None:
     """Write the config this command ran with to `.hydra/` (run) or `.hydra/<command>/`, once the lock and
     the drift check passed."""
-    from selflengthen.store import atomic_write_bytes
+    from selflengthen.runfolder.store import atomic_write_bytes
 
     folder = Path(s.run_dir) / ".hydra" / ("" if command == "run" else command)
     for fname, text in (s.hydra_record or {}).items():
@@ -469,8 +469,8 @@ def record_config(s, command: str = "run") -> None:
 
 def warn_on_drift(s) -> None:
     """Evidence should use the config the run was made with; say so when the overrides differ."""
-    from selflengthen import manifest
-    from selflengthen.store import StoreError
+    from selflengthen.runfolder import manifest
+    from selflengthen.runfolder.store import StoreError
 
     try:
         old = manifest.load(s.run_dir)

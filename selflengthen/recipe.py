@@ -18,25 +18,30 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from selflengthen import cli, engine_session, evaluate, layout
-from selflengthen import manifest as manifest_mod
-from selflengthen import ranks, tracking, ui
+from selflengthen import cli
+from selflengthen.engines import session
+from selflengthen.evidence import heldout
+from selflengthen.runfolder import layout
+from selflengthen.runfolder import manifest as manifest_mod
+from selflengthen.engines import ranks
+from selflengthen.support import tracking
+from selflengthen.support import ui
 from selflengthen.methods.base import Method, Stage
 from selflengthen.settings import Settings
 from selflengthen.stages.common import Handover, RoundContext
-from selflengthen.store import RunLock, atomic_write_json
+from selflengthen.runfolder.store import RunLock, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 
-def run(s: Settings, engine: Optional[engine_session.LazyEngine] = None,
+def run(s: Settings, engine: Optional[session.LazyEngine] = None,
         model_path: Optional[Callable[[], str]] = None) -> list[dict]:
     """Run (or resume) every round up to `s.iterations`, then the final stages; returns the round summaries."""
     method = s.method
     with RunLock(s.run_dir):
         manifest = manifest_mod.open_run(s, [stage.name for stage in method.stages])
         cli.record_config(s)
-        own_engine, own_resolver = engine_session.for_settings(s)
+        own_engine, own_resolver = session.for_settings(s)
         engine, model_path = engine or own_engine, model_path or own_resolver
         from selflengthen.training import trainer_for
 
@@ -47,7 +52,7 @@ def run(s: Settings, engine: Optional[engine_session.LazyEngine] = None,
         try:
             # --- evidence: the base model's held-out eval, once, before round 1 (eval.every_round) ---
             if s.eval.every_round:
-                evaluate.evaluate_round(s, engine, 0, adapters)
+                heldout.evaluate_round(s, engine, 0, adapters)
             for r in range(1, s.iterations + 1):
                 ctx = RoundContext(s, r, engine, adapters, method, trainer, s.train, model_path,
                                    defer=unused_roles(s, method) if r == s.iterations else ())
@@ -70,7 +75,7 @@ def run(s: Settings, engine: Optional[engine_session.LazyEngine] = None,
                 ran |= run_final(RoundContext(s, s.iterations + 1, engine, adapters, method, trainer, s.train,
                                               model_path, folder=layout.final_dir(s.run_dir)), final_sections)
                 if tracker.active:
-                    tracking.log_final(tracker, s.iterations, final_sections, _eval_of(s, evaluate.FINAL))
+                    tracking.log_final(tracker, s.iterations, final_sections, _eval_of(s, heldout.FINAL))
         finally:
             engine.close()
             tracker.close()
@@ -124,8 +129,8 @@ def run_round(ctx: RoundContext) -> dict:
                                      ctx.engine.load_seconds - loading, sections))
     # --- evidence: this round's model on the held-out prompts, before the summary seals the round ---
     if ctx.s.eval.every_round:
-        doc = evaluate.evaluate_round(ctx.s, ctx.engine, ctx.round_no, ctx.adapters_out)
-        summary["eval"] = evaluate.aggregates_of(doc)
+        doc = heldout.evaluate_round(ctx.s, ctx.engine, ctx.round_no, ctx.adapters_out)
+        summary["eval"] = heldout.aggregates_of(doc)
     atomic_write_json(layout.summary_path(ctx.s.run_dir, ctx.round_no), summary)  # written last: round complete
     ui.console.print(ui.round_table(summary, ctx.method))
     return summary
@@ -170,7 +175,7 @@ def run_final(ctx: RoundContext, sections: Optional[dict] = None) -> bool:
     sections = {} if sections is None else sections
     sections.update({stage.name: stage.run(ctx) for stage in ctx.method.final_stages})
     if ctx.s.eval.every_round:
-        evaluate.evaluate_round(ctx.s, ctx.engine, evaluate.FINAL, ctx.adapters_out)
+        heldout.evaluate_round(ctx.s, ctx.engine, heldout.FINAL, ctx.adapters_out)
     log.info("final stages: %s", "; ".join(f"{st.name}: {st.brief(sections[st.name])}" for st in ctx.method.final_stages))
     return not done_before
 
@@ -200,7 +205,7 @@ def finished_round(run_dir: Path, r: int, method: Method) -> Optional[dict]:
 def _redo_from(run_dir: Path, r: int, method: Method, stage: str) -> None:
     """Unseal round r and drop the done records of `stage` and of every stage after it, so they run again
     (each from its own item log where it has one: nothing already generated is generated twice)."""
-    from selflengthen.store import DONE
+    from selflengthen.runfolder.store import DONE
 
     layout.summary_path(run_dir, r).unlink(missing_ok=True)
     names = [st.name for st in method.stages]
@@ -214,15 +219,15 @@ def _final_report(s: Settings, ran: bool) -> None:
     """--- evidence: the table of every round, and the plots when they changed or are missing. A finished
     run never fails because of a plot: any error here is a warning. ---"""
     try:
-        from selflengthen import report
+        from selflengthen.evidence import tables
 
-        report.print_report(report.build_report(s.run_dir, s.method))
+        tables.print_report(tables.build_report(s.run_dir, s.method))
         plots_dir = layout.report_dir(s.run_dir)
-        if s.plots and (ran or not all((plots_dir / name).exists() for name in report.PLOTS)):
-            report.write_report(s.run_dir, s.method, show=False)
+        if s.plots and (ran or not all((plots_dir / name).exists() for name in tables.PLOTS)):
+            tables.write_report(s.run_dir, s.method, show=False)
     except Exception as exc:  # noqa: BLE001 — reporting is best effort by design
         log.warning("could not write the report (%s: %s); the run itself is complete. "
-                    "Retry with python -m selflengthen.report", type(exc).__name__, exc)
+                    "Retry with python -m selflengthen report", type(exc).__name__, exc)
 
 
 def _split(wall: float, generate: float, load: float, sections: dict) -> dict:
@@ -263,10 +268,10 @@ def build_summary(ctx: RoundContext, sections: dict[str, dict], wall: float) -> 
 
 
 def _eval_of(s: Settings, r) -> Optional[dict]:
-    """Round r's stored eval aggregates (0 = the base model, evaluate.FINAL), for the tracker; None when absent."""
+    """Round r's stored eval aggregates (0 = the base model, heldout.FINAL), for the tracker; None when absent."""
     import json
 
     try:
-        return evaluate.aggregates_of(json.loads(evaluate.eval_file(s.run_dir, r).read_text()))
+        return heldout.aggregates_of(json.loads(heldout.eval_file(s.run_dir, r).read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from selflengthen.config import ConfigError, as_dict, check_value, need, parse_section, rule
+from selflengthen.support.checks import ConfigError, as_dict, check_value, need, parse_section, rule
 from selflengthen.stages.common import Decoding
 
 __all__ = ["ConfigError", "Settings", "read_prompt_rows", "load_seed_file", "shipped_data", "semantic_config"]
@@ -86,7 +86,7 @@ DEFAULT_KINDS = {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}  # 
 
 def check_collect(c) -> None:
     """collect.min_words / max_words / kinds, shared by both readers of the section."""
-    from selflengthen.length_control import KINDS
+    from selflengthen.writing.length_control import KINDS
 
     if c.max_words is not None and c.max_words <= c.min_words:
         raise ConfigError(f"Config error: collect.max_words={c.max_words} must be above collect.min_words="
@@ -354,7 +354,7 @@ def _prompts(cfg: Mapping) -> dict:
             key = f"prompts.{top}.{sub}"
             need(sub in known, key, v, "is not a known key", f"use one of {', '.join(sorted(known))} (check the spelling)")
             _prompt_value(f"{top}.{sub}", key, v)
-    from selflengthen.filters import FilterConfig
+    from selflengthen.writing.filters import FilterConfig
 
     parse_section(PromptFilter, prompts["filter"], "prompts.filter")
     try:
@@ -504,7 +504,7 @@ def _build(cfg: Mapping, run_dir: Path) -> Settings:
 
 
 def _tracking(cfg: Mapping):
-    from selflengthen.tracking import Tracking
+    from selflengthen.support.tracking import Tracking
 
     return parse_section(Tracking, cfg.get("tracking"), "tracking")
 

@@ -111,9 +111,9 @@ def fake_settings(run_dir: Path, *overrides: str):
 
 
 def fake_engine():
-    from selflengthen import engine_session
+    from selflengthen.engines import session
 
-    return engine_session.LazyEngine({"name": "fake"}, lambda: "fake-model")
+    return session.LazyEngine({"name": "fake"}, lambda: "fake-model")
 
 
 def finished_run(run_dir: Path, *overrides: str, engine=None):
@@ -131,7 +131,7 @@ def retrain_in_place(run_dir: Path, r: int, role: str = "generator") -> Path:
     import json
 
     from selflengthen.stages.train import adapter_files
-    from selflengthen.store import mark_done
+    from selflengthen.runfolder.store import mark_done
 
     folder = Path(run_dir) / f"round_{r:03d}" / "train" / role
     config = folder / "adapter" / "adapter_config.json"
@@ -157,7 +157,7 @@ def one_torch_thread():
 # stderr captured on its own; a case may hold the run folder's lock while it runs.
 _CLI_DRIVER = r"""
 import json, os, runpy, sys, tempfile
-from selflengthen.store import RunLock
+from selflengthen.runfolder.store import RunLock
 for i, case in enumerate(json.loads(sys.argv[1])):
     lock = RunLock(case["lock"]) if case["lock"] else None
     if lock:

@@ -1,4 +1,4 @@
-"""eval.prompt_file takes LongBench-Write's and LonGen's files as published (selflengthen/benchmarks.py):
+"""eval.prompt_file takes LongBench-Write's and LonGen's files as published (selflengthen/evidence/benchmarks.py):
 the format is detected from the fields, LonGen's constraint text is read in English and Chinese, and each
 file is scored with its own benchmark's word count — checked against values computed by hand from the
 papers' formulas, on made-up rows in each format."""
@@ -10,11 +10,12 @@ import json
 import pytest
 
 from conftest import fake_settings
-from selflengthen import benchmarks as B
-from selflengthen import engine_session, evaluate
-from selflengthen.length_control import Constraint
+from selflengthen.evidence import benchmarks as B
+from selflengthen.engines import session
+from selflengthen.evidence import heldout
+from selflengthen.writing.length_control import Constraint
 from selflengthen.settings import ConfigError
-from selflengthen.text import count_words
+from selflengthen.writing.text import count_words
 
 # made-up rows, in each benchmark's published shape
 LBW = [{"prompt": "Write a 100-word thank you email to a bank teller.", "type": "Functional Writing", "length": 100},
@@ -30,7 +31,7 @@ TEXTS = ["word " * 80 + "2024 !!!",          # LongBench-Write: 80 (digits are n
          "交" * 3000 + "。" * 100]              # LonGen: 3000 Han + 100 CJK marks = 3100; ours: 3000
 
 
-class Scripted(engine_session.LazyEngine):
+class Scripted(session.LazyEngine):
     """Answers the i-th request of a wave with TEXTS[i]."""
 
     def __init__(self, texts):
@@ -94,7 +95,7 @@ def test_an_eval_on_each_benchmark_file_gives_hand_computed_scores(tmp_path):
     ]:
         path = _jsonl(tmp_path / name, rows)
         s = fake_settings(tmp_path / f"run_{fmt}", f"eval.prompt_file={path}")
-        doc = evaluate.evaluate_round(s, Scripted(texts), 0, {})
+        doc = heldout.evaluate_round(s, Scripted(texts), 0, {})
         assert doc["prompt_format"] == fmt
         for row, expect, raw in zip(doc["rows"], want, rows):
             assert row["words"] == expect["words"]
@@ -109,10 +110,10 @@ def test_an_eval_on_each_benchmark_file_gives_hand_computed_scores(tmp_path):
 def test_our_own_format_is_read_as_before(tmp_path):
     path = _jsonl(tmp_path / "ours.jsonl", [{"prompt": "Write about rivers.", "type": "about", "target": 300},
                                             {"prompt": "Write a long story."}])
-    rows = evaluate.load_prompts(path)
+    rows = heldout.load_prompts(path)
     assert rows == [{"prompt": "Write about rivers.", "type": "about", "target": 300},
                     {"prompt": "Write a long story.", "type": "none"}]
-    assert evaluate.prompt_format(rows) == "selflengthen"
+    assert heldout.prompt_format(rows) == "selflengthen"
 
 
 @pytest.mark.parametrize("rows,why", [
@@ -126,5 +127,5 @@ def test_our_own_format_is_read_as_before(tmp_path):
 def test_a_broken_benchmark_row_names_its_line_and_the_field(tmp_path, rows, why):
     path = _jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(ConfigError) as err:
-        evaluate.load_prompts(path)
+        heldout.load_prompts(path)
     assert why in str(err.value) and "line" in str(err.value) and "Fix:" in str(err.value)

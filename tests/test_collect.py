@@ -11,28 +11,28 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE, REPO, compose, fake_engine, fake_settings, finished_run
-from selflengthen import collect
+from selflengthen.evidence import dataset
 from selflengthen.engines.fake import FakeEngine
-from selflengthen.length_control import Constraint, kind_of_phrase, length_score
+from selflengthen.writing.length_control import Constraint, kind_of_phrase, length_score
 from selflengthen.settings import ConfigError
-from selflengthen.store import read_jsonl
-from selflengthen.text import count_words
+from selflengthen.runfolder.store import read_jsonl
+from selflengthen.writing.text import count_words
 
 ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
 
 
 
 
-def all_in(**kw) -> collect.CollectConfig:
+def all_in(**kw) -> dataset.CollectConfig:
     """Every pair in: no word range, no sampling of the fresh answers (the paper's defaults drop most of a
     fake run's short pairs; the tests below that want them say so)."""
-    return collect.CollectConfig(**{"min_words": 0, "max_words": None, "sample_answers": False, **kw})
+    return dataset.CollectConfig(**{"min_words": 0, "max_words": None, "sample_answers": False, **kw})
 
 
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     s = finished_run(tmp_path_factory.mktemp("run"))
-    info = collect.collect(s, all_in(num_new=3), fake_engine())
+    info = dataset.collect(s, all_in(num_new=3), fake_engine())
     return s, info
 
 
@@ -122,7 +122,7 @@ def test_rerun_is_a_noop(collected):
     s, info = collected
     before = {p: p.read_bytes() for p in (s.run_dir / "export").rglob("*") if p.is_file()}
     engine = fake_engine()
-    assert collect.collect(s, all_in(num_new=3), engine) == info
+    assert dataset.collect(s, all_in(num_new=3), engine) == info
     assert engine.inner is None
     assert {p: p.read_bytes() for p in (s.run_dir / "export").rglob("*") if p.is_file()} == before
 
@@ -136,7 +136,7 @@ def test_an_export_made_from_other_artifacts_is_made_again(collected, monkeypatc
     doc["summary"]["made_by"]["pairs"] = [["extend", "extended.jsonl"]]
     done.write_text(json.dumps(doc))
     engine = fake_engine()
-    again = collect.collect(s, all_in(num_new=3), engine)
+    again = dataset.collect(s, all_in(num_new=3), engine)
     assert engine.inner is None  # the collected answers are reused: nothing generated
     assert again["made_by"]["pairs"] == [["initial", "responses.jsonl"], ["extend", "extended.jsonl"]]
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in info.items() if k != "seconds"}
@@ -144,16 +144,16 @@ def test_an_export_made_from_other_artifacts_is_made_again(collected, monkeypatc
 
 def test_zh_prompt_set(tmp_path):
     s = finished_run(tmp_path, "prompts=zh", "iterations=1")
-    collect.collect(s, all_in(num_new=2), fake_engine())
+    dataset.collect(s, all_in(num_new=2), fake_engine())
     chat = check_export(s, "zh")  # phrased with the zh templates and read back by the zh rules
     assert all(r["messages"][0]["content"] == r["instruction"] + r["constraint"]["text"] for r in chat)  # no space
 
 
 def test_a_run_that_gained_rounds_is_collected_again(tmp_path):
     s = finished_run(tmp_path, "iterations=1")
-    assert collect.collect(s, all_in(num_new=2), fake_engine())["final_round"] == 1
+    assert dataset.collect(s, all_in(num_new=2), fake_engine())["final_round"] == 1
     s = finished_run(tmp_path, "iterations=2")
-    info = collect.collect(s, all_in(num_new=2), fake_engine())
+    info = dataset.collect(s, all_in(num_new=2), fake_engine())
     assert info["final_round"] == 2
     assert {r["round"] for r in read_jsonl(tmp_path / "export/chat.jsonl")} == {1, 2, 3}
 
@@ -172,38 +172,38 @@ class Rewriter(FakeEngine):
 
 def test_rewrite_mode_uses_the_rewrite_or_falls_back_to_the_template(tmp_path):
     s = finished_run(tmp_path / "a", "iterations=1")
-    collect.collect(s, all_in(num_new=0, rewrite=True), Rewriter())
+    dataset.collect(s, all_in(num_new=0, rewrite=True), Rewriter())
     chat = read_jsonl(s.run_dir / "export/chat.jsonl")
     assert chat and all(r["rewritten"] for r in chat)
     assert all(r["messages"][0]["content"] == f"{r['constraint']['text']} {r['instruction']}" for r in chat)
     assert {r["round"] for r in chat} == {1}  # num_new=0: the rounds' pairs only
 
     s = finished_run(tmp_path / "b", "iterations=1")  # the fake engine's rewrites hold no number
-    collect.collect(s, all_in(num_new=0, rewrite=True), fake_engine())
+    dataset.collect(s, all_in(num_new=0, rewrite=True), fake_engine())
     chat = read_jsonl(s.run_dir / "export/chat.jsonl")
     assert chat and not any(r["rewritten"] for r in chat)
     assert all(r["messages"][0]["content"].endswith(r["constraint"]["text"]) for r in chat)
 
 
 def test_collect_config_is_checked():
-    assert collect.collect_config(compose(*FAKE)) == collect.CollectConfig(min_words=20, max_words=1000)
-    assert collect.collect_config(compose()) == collect.CollectConfig()  # the paper's defaults
-    assert collect.CollectConfig().kinds == {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}
-    assert (collect.CollectConfig().min_words, collect.CollectConfig().max_words) == (2000, 8000)
-    for bad, key in (("collect.max_words=10", "collect.max_words"), ("+collect.kinds.often=1", "collect.kinds.often"),
+    assert dataset.collect_config(compose(*FAKE)) == dataset.CollectConfig(min_words=20, max_words=1000)
+    assert dataset.collect_config(compose()) == dataset.CollectConfig()  # the paper's defaults
+    assert dataset.CollectConfig().kinds == {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}
+    assert (dataset.CollectConfig().min_words, dataset.CollectConfig().max_words) == (2000, 8000)
+    for bad, key in (("collect.max_words=10", "collect.max_words"), ("+dataset.kinds.often=1", "collect.kinds.often"),
                      ("collect.kinds.about=-1", "collect.kinds.about")):
         with pytest.raises(ConfigError, match=key):
-            collect.collect_config(compose(*FAKE, bad))
-    assert collect.collect_config(compose(*FAKE, "collect.num_new=0", "collect.rewrite=true")).rewrite is True
+            dataset.collect_config(compose(*FAKE, bad))
+    assert dataset.collect_config(compose(*FAKE, "collect.num_new=0", "collect.rewrite=true")).rewrite is True
     with pytest.raises(ConfigError, match="collect.num_new"):
-        collect.collect_config(compose(*FAKE, "collect.num_new=-1"))
+        dataset.collect_config(compose(*FAKE, "collect.num_new=-1"))
     with pytest.raises(ConfigError, match="collect.numnew"):
-        collect.collect_config(compose(*FAKE, "+collect.numnew=3"))
+        dataset.collect_config(compose(*FAKE, "+dataset.numnew=3"))
 
 
 def test_cli_collects_a_run(tmp_path):
     finished_run(tmp_path / "x", "iterations=1")
-    cmd = [sys.executable, "-m", "selflengthen.collect", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x",
+    cmd = [sys.executable, "-m", "selflengthen.evidence.dataset", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x",
            "collect.num_new=2"]
     done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -223,13 +223,13 @@ def export_files(s) -> dict:
 def test_a_foreign_collection_is_redone_for_the_runs_own_config(tmp_path, caplog, override, changed):
     s = finished_run(tmp_path, "iterations=1")
     cc = all_in(num_new=2)
-    own = collect.collect(s, cc, fake_engine())
+    own = dataset.collect(s, cc, fake_engine())
     own_files = export_files(s)
 
     foreign = fake_settings(tmp_path, "iterations=1", override)
     engine = fake_engine()
-    with caplog.at_level("WARNING", logger="selflengthen.collect"):
-        info = collect.collect(foreign, cc, engine)
+    with caplog.at_level("WARNING", logger="selflengthen.evidence.dataset"):
+        info = dataset.collect(foreign, cc, engine)
     assert engine.inner is not None  # generated again, not "complete on disk: skipped"
     assert "made with other settings" in caplog.text and changed in caplog.text
     assert info["made_by"] != own["made_by"]
@@ -237,37 +237,37 @@ def test_a_foreign_collection_is_redone_for_the_runs_own_config(tmp_path, caplog
 
     caplog.clear()
     engine = fake_engine()
-    with caplog.at_level("WARNING", logger="selflengthen.collect"):
-        again = collect.collect(s, cc, engine)  # the run's own config: its own export, not the foreign one
+    with caplog.at_level("WARNING", logger="selflengthen.evidence.dataset"):
+        again = dataset.collect(s, cc, engine)  # the run's own config: its own export, not the foreign one
     assert engine.inner is not None and "made with other settings" in caplog.text
     assert again["made_by"] == own["made_by"] and export_files(s) == own_files
 
 
 def test_a_retrained_adapter_is_collected_again(tmp_path):
-    from selflengthen.evaluate import finished_rounds
+    from selflengthen.evidence.heldout import finished_rounds
 
     s = finished_run(tmp_path, "iterations=1")
     cc = all_in(num_new=2)
-    collect.collect(s, cc, fake_engine())
+    dataset.collect(s, cc, fake_engine())
     from conftest import retrain_in_place
 
     assert finished_rounds(s.run_dir)[1]["generator"].endswith("round_001/train/generator/adapter")
     retrain_in_place(s.run_dir, 1)  # same path, new weights, its record rewritten as training would
     engine = fake_engine()
-    info = collect.collect(s, cc, engine)
+    info = dataset.collect(s, cc, engine)
     assert engine.inner is not None
     assert info["made_by"]["adapters"]["generator"]["path"] == "round_001/train/generator/adapter"
 
 
 def test_the_same_config_is_skipped_and_only_the_export_follows_rewrite(tmp_path):
     s = finished_run(tmp_path, "iterations=1")
-    collect.collect(s, all_in(num_new=2), fake_engine())
+    dataset.collect(s, all_in(num_new=2), fake_engine())
     answers = (tmp_path / "collect/02_answers/answers.jsonl").read_bytes()
     engine = fake_engine()
-    collect.collect(fake_settings(tmp_path, "iterations=1", "run.checkpoint_every=5"), all_in(num_new=2),
+    dataset.collect(fake_settings(tmp_path, "iterations=1", "run.checkpoint_every=5"), all_in(num_new=2),
                     engine)  # a throughput knob
     assert engine.inner is None
-    info = collect.collect(s, all_in(num_new=2, rewrite=True), fake_engine())
+    info = dataset.collect(s, all_in(num_new=2, rewrite=True), fake_engine())
     assert info["made_by"]["rewrite"] is True
     assert (tmp_path / "collect/02_answers/answers.jsonl").read_bytes() == answers  # the answers were kept
 
@@ -277,24 +277,24 @@ def test_the_final_data_keeps_the_word_range_samples_fresh_answers_and_draws_the
     sampling, constraint kinds drawn with the configured weights. Changing them re-exports without
     answering again."""
     s = finished_run(tmp_path, "iterations=1")
-    everything = collect.collect(s, all_in(num_new=4), fake_engine())
+    everything = dataset.collect(s, all_in(num_new=4), fake_engine())
     words = sorted(r["words"] for r in read_jsonl(s.run_dir / "export/chat.jsonl"))
     lo, hi = words[len(words) // 4], words[3 * len(words) // 4]
     engine = fake_engine()
-    info = collect.collect(s, all_in(num_new=4, min_words=lo, max_words=hi), engine)
+    info = dataset.collect(s, all_in(num_new=4, min_words=lo, max_words=hi), engine)
     assert engine.inner is None  # the same answers: only the export is made again
     kept = [r["words"] for r in read_jsonl(s.run_dir / "export/chat.jsonl")]
     assert kept and all(lo <= w < hi for w in kept)
     assert info["rows"] == sum(lo <= w < hi for w in words) and info["out_of_range"] == len(words) - len(kept)
     # length-aware sampling of the fresh answers: the shortest of them (rank 1) never survives a=2, p=3
     answers = read_jsonl(s.run_dir / "collect/02_answers/answers.jsonl")
-    info = collect.collect(s, all_in(num_new=4, sample_answers=True), fake_engine())
+    info = dataset.collect(s, all_in(num_new=4, sample_answers=True), fake_engine())
     assert info["from_collect"] + info["answers_sampled_out"] == len(answers) == 4
     shortest = min(answers, key=lambda a: len(a["text"]))["text"].strip()
     assert info["from_collect"] < 4 and shortest not in {r["messages"][-1]["content"]
                                                          for r in read_jsonl(s.run_dir / "export/chat.jsonl")}
     # kinds: a weight of 0 is never drawn
-    info = collect.collect(s, all_in(num_new=4, kinds={"about": 0, "range": 1, "above": 0, "below": 1}), fake_engine())
+    info = dataset.collect(s, all_in(num_new=4, kinds={"about": 0, "range": 1, "above": 0, "below": 1}), fake_engine())
     assert set(info["kinds"]) == {"range", "below"} and info["rows"] == everything["rows"]
 
 
@@ -303,9 +303,9 @@ def test_a_word_range_that_leaves_nothing_is_a_clear_error_and_the_answers_are_k
     that fits, nothing exported; the rerun with a fitting range reuses the stored answers."""
     s = finished_run(tmp_path, "iterations=1")
     with pytest.raises(ConfigError, match=r"collect\.min_words=2000, collect\.max_words=8000 .* Fix: .*collect\.min_words="):
-        collect.collect(s, collect.CollectConfig(num_new=2), fake_engine())
+        dataset.collect(s, dataset.CollectConfig(num_new=2), fake_engine())
     assert not (s.run_dir / "export/done.json").exists()
     assert (s.run_dir / "collect/02_answers/answers.jsonl").exists()
     engine = fake_engine()
-    assert collect.collect(s, all_in(num_new=2), engine)["rows"] > 0
+    assert dataset.collect(s, all_in(num_new=2), engine)["rows"] > 0
     assert engine.inner is None  # the answers made before the error are used, not generated again

@@ -1,7 +1,7 @@
 """The `selflengthen` command (selflengthen/console.py, pyproject's [project.scripts]): `--help` is the
 project's short help, the subcommands reach eval/collect/report with the same overrides, and a refused
 command leaves nothing behind (no run folder, no job log), while a refusal in an existing run keeps what
-was there. Run as `python -m selflengthen.console`, which is what the console script calls."""
+was there. Run as `python -m selflengthen`, whose main is what the console script calls."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from conftest import REPO
 
 def cmd(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "selflengthen.console", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "selflengthen", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

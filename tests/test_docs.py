@@ -135,8 +135,8 @@ for i, argv in enumerate(json.loads(sys.argv[1])):
     saved = os.dup(2); os.dup2(err.fileno(), 2)
     code = 0
     try:
-        from selflengthen import console
-        console.main()
+        from selflengthen import __main__ as entry
+        entry.main()
     except SystemExit as exc:
         code = exc.code
     except Exception as exc:
@@ -212,7 +212,7 @@ def test_commands_that_train_for_real_run(tmp_path):
     assert slow
     for page, line in slow:
         sub, overrides, _ = parse(line)
-        out = subprocess.run([sys.executable, "-m", "selflengthen.console", *overrides, f"run.root={tmp_path}"],
+        out = subprocess.run([sys.executable, "-m", "selflengthen", *overrides, f"run.root={tmp_path}"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=7200,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
         assert out.returncode == 0, f"{page}: `{line}`\n{out.stderr[-3000:]}"

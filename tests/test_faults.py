@@ -21,8 +21,9 @@ import pytest
 
 from conftest import FAKE, REPO, fake_settings
 from test_recipe import tree
-from selflengthen import engine_session, recipe
-from selflengthen.store import StoreError
+from selflengthen import recipe
+from selflengthen.engines import session
+from selflengthen.runfolder.store import StoreError
 
 ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
 
@@ -101,9 +102,9 @@ def test_multirun_gives_each_job_a_folder_and_resumes_them(tmp_path):
 
 def test_disk_full_mid_stage_keeps_work_and_the_rerun_continues(tmp_path, monkeypatch):
     ref = tmp_path / "ref"
-    recipe.run(fake_settings(ref, "iterations=1"), engine_session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
+    recipe.run(fake_settings(ref, "iterations=1"), session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
 
-    from selflengthen import store
+    from selflengthen.runfolder import store
 
     real_append = store.ItemLog.append
     calls = {"n": 0}
@@ -117,11 +118,11 @@ def test_disk_full_mid_stage_keeps_work_and_the_rerun_continues(tmp_path, monkey
     monkeypatch.setattr(store.ItemLog, "append", append_until_full)
     run = tmp_path / "run"
     with pytest.raises(StoreError) as err:
-        recipe.run(fake_settings(run, "iterations=1"), engine_session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
+        recipe.run(fake_settings(run, "iterations=1"), session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
     assert "disk is full" in str(err.value) and "resumes" in str(err.value)
     check_logs_clean(run)
     saved = sum(len(p.read_text().splitlines()) for p in run.rglob("*.jsonl"))
     assert saved > 0  # the batches written before the failure are still there
     monkeypatch.setattr(store.ItemLog, "append", real_append)
-    recipe.run(fake_settings(run, "iterations=1"), engine_session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
+    recipe.run(fake_settings(run, "iterations=1"), session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
     assert tree(run) == tree(ref)

@@ -1,4 +1,4 @@
-"""The quality filter (selflengthen.filters): reasons, units, and the fast n-gram scan = the simple one."""
+"""The quality filter (selflengthen.writing.filters): reasons, units, and the fast n-gram scan = the simple one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from selflengthen.filters import (
+from selflengthen.writing.filters import (
     EN,
     ZH,
     FilterConfig,

@@ -23,13 +23,14 @@ import pytest
 
 from conftest import FAKE, REPO, fake_engine, fake_settings, finished_run
 
-from selflengthen import cli, manifest, recipe
-from selflengthen.config import ConfigError
-from selflengthen.store import RunLock, RunLocked, StoreError
+from selflengthen import cli, recipe
+from selflengthen.runfolder import manifest
+from selflengthen.support.checks import ConfigError
+from selflengthen.runfolder.store import RunLock, RunLocked, StoreError
 
 _DRIVER = r"""
 import json, os, runpy, signal, sys, tempfile
-from selflengthen.store import RunLock
+from selflengthen.runfolder.store import RunLock
 def hang(*_): raise TimeoutError("the command did not finish in time (blocked?)")
 signal.signal(signal.SIGALRM, hang)
 for i, case in enumerate(json.loads(sys.argv[1])):
@@ -115,9 +116,9 @@ def cases(tmp_path_factory):
     locked = root / "sweep" / "sampling.a=1.0"
     locked.mkdir(parents=True)
     named = {
-        "eval_missing": ("selflengthen.eval", [*base, "run.name=nosuch"]),
-        "report_missing": ("selflengthen.report", [*base, "run.name=nosuch"]),
-        "collect_missing": ("selflengthen.collect", [*base, "run.name=nosuch"]),
+        "eval_missing": ("selflengthen.commands.eval", [*base, "run.name=nosuch"]),
+        "report_missing": ("selflengthen.evidence.tables", [*base, "run.name=nosuch"]),
+        "collect_missing": ("selflengthen.evidence.dataset", [*base, "run.name=nosuch"]),
         "scalar_section": ("selflengthen", [*base, "run.name=new", "run=5"]),
         "run_dir_file": ("selflengthen", [*base, "run.name=new", f"hydra.run.dir={afile}"]),
         "run_dir_outside": ("selflengthen", [*base, "run.name=new", f"hydra.run.dir={tmp / 'elsewhere'}"]),
@@ -173,15 +174,15 @@ def test_a_job_refused_mid_sweep_does_not_stop_the_others(cases):
 
 
 def test_report_never_writes_through_a_linked_report_folder(pristine, tmp_path):
-    from selflengthen import report
-    from selflengthen.store import LinkRefused
+    from selflengthen.commands import report as report_cmd
+    from selflengthen.runfolder.store import LinkRefused
 
     s = fresh(pristine, tmp_path)
     outside = tmp_path / "outside"
     outside.mkdir()
     (s.run_dir / "report").symlink_to(outside, target_is_directory=True)
     with pytest.raises(LinkRefused, match="report"):
-        report.run_report(s)
+        report_cmd.run_report(s)
     assert list(outside.iterdir()) == []
 
 

@@ -27,9 +27,14 @@ import pytest
 
 from conftest import fake_engine, finished_run
 
-from selflengthen import cli, collect, evaluate, recipe, report
-from selflengthen import eval as eval_cmd
-from selflengthen.store import atomic_write_bytes
+from selflengthen import cli, recipe
+from selflengthen.commands import collect as collect_cmd
+from selflengthen.commands import report as report_cmd
+from selflengthen.evidence import dataset
+from selflengthen.evidence import heldout
+from selflengthen.evidence import tables
+from selflengthen.commands import eval as eval_cmd
+from selflengthen.runfolder.store import atomic_write_bytes
 
 LIMIT_S = 30  # per command: far above what one takes here; a blocked open would hit it
 
@@ -40,8 +45,8 @@ def pristine(tmp_path_factory):
     training done records, item logs, eval files, the collection and the export."""
     base = tmp_path_factory.mktemp("hostile")
     s = finished_run(base / "runs" / "pristine", "iterations=1", "eval.limit=2", "collect.num_new=2")
-    evaluate.evaluate_run(s, fake_engine())
-    collect.collect(s, s.collect, fake_engine())
+    heldout.evaluate_run(s, fake_engine())
+    dataset.collect(s, s.collect, fake_engine())
     for rel in RECORDS:
         assert (s.run_dir / rel).is_file(), rel
     return s
@@ -132,9 +137,9 @@ def command(name: str, s) -> None:
     elif name == "eval":
         eval_cmd.run_eval(s)
     elif name == "collect":
-        collect.run_collect(s, s.collect)
+        collect_cmd.run_collect(s, s.collect)
     elif name == "report":
-        report.run_report(s)
+        report_cmd.run_report(s)
 
 
 def attempt(name: str, s, caplog) -> str | None:
@@ -188,7 +193,8 @@ def test_every_command_survives_every_damage_of(record, pristine, tmp_path, capl
 
 
 def test_records_name_the_run_files_as_layout_does():
-    from selflengthen import layout, records
+    from selflengthen.runfolder import layout
+    from selflengthen.runfolder import records
 
     names = ("MANIFEST", "SUMMARY", "EVAL_DIR", "REPORT_DIR", "EXPORT_DIR", "COLLECT_DIR")
     assert [getattr(records, n) for n in names] == [getattr(layout, n) for n in names]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from selflengthen.length_control import (
+from selflengthen.writing.length_control import (
     KINDS, Constraint, kind_of_phrase, length_score, make_constraint, phrase, s_l,
 )
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from selflengthen import models
-from selflengthen.models import EMBEDDED, ModelNotFound, find_embedded_gguf, resolve_model_path
+from selflengthen.engines import models
+from selflengthen.engines.models import EMBEDDED, ModelNotFound, find_embedded_gguf, resolve_model_path
 
 
 def test_finds_the_embedded_gguf():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from selflengthen.length_control import KINDS, Constraint, kind_of_phrase
+from selflengthen.writing.length_control import KINDS, Constraint, kind_of_phrase
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT / "conf" / "prompts"

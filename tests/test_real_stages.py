@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from conftest import compose
-from selflengthen import engine_session
+from selflengthen.engines import session
 from selflengthen.settings import Settings
 from selflengthen.stages import extend, initial, self_instruct
 from selflengthen.stages.common import RoundContext
-from selflengthen.store import read_jsonl
-from selflengthen.text import count_words
+from selflengthen.runfolder.store import read_jsonl
+from selflengthen.writing.text import count_words
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ SMALL = ["iterations=1", "self_instruct.num_new=2", "self_instruct.per_wave=4", 
 
 def test_self_instruct_initial_and_extend_with_the_embedded_model(tmp_path):
     s = Settings.from_config(compose(*SMALL), tmp_path)
-    engine, _ = engine_session.for_settings(s)
+    engine, _ = session.for_settings(s)
     ctx = RoundContext(s, 1, engine, {"generator": None, "extender": None})
     try:
         si = self_instruct.run(ctx)

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from conftest import fake_settings
-from selflengthen import engine_session, recipe
-from selflengthen.manifest import DriftError
-from selflengthen.store import read_jsonl
+from selflengthen import recipe
+from selflengthen.engines import session
+from selflengthen.runfolder.manifest import DriftError
+from selflengthen.runfolder.store import read_jsonl
 
 
 def run_fake(run_dir: Path, *overrides: str):
-    engine = engine_session.LazyEngine({"name": "fake"}, lambda: "fake-model")
+    engine = session.LazyEngine({"name": "fake"}, lambda: "fake-model")
     return recipe.run(fake_settings(run_dir, *overrides), engine, lambda: "fake-model"), engine
 
 

@@ -1,4 +1,4 @@
-"""Length-aware sampling (selflengthen.sampling)."""
+"""Length-aware sampling (selflengthen.writing.sampling)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from selflengthen.sampling import keep_indices, keep_probability
+from selflengthen.writing.sampling import keep_indices, keep_probability
 
 
 def test_keep_probability():

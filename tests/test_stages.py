@@ -10,12 +10,13 @@ import shutil
 from pathlib import Path
 
 from conftest import fake_engine, fake_settings, finished_run
-from selflengthen import engine_session, recipe
+from selflengthen import recipe
+from selflengthen.engines import session
 from selflengthen.engines.base import SamplingParams
 from selflengthen.engines.fake import _PLAN_ASK, FakeEngine
 from selflengthen.stages import extend, self_instruct, sft_data
 from selflengthen.stages.common import RoundContext, derive_seed
-from selflengthen.store import read_jsonl
+from selflengthen.runfolder.store import read_jsonl
 
 P = ["Alpha one.", "Beta two.", "Gamma three.", "Delta four.", "Epsilon five.", "Zeta six."]
 
@@ -146,7 +147,7 @@ class CountingEngine(FakeEngine):
 
 def test_extension_streams_every_pass_of_every_item_through_one_stream(tmp_path):
     s = fake_settings(tmp_path, "iterations=1", "run.checkpoint_every=1")
-    recipe.run(s, engine_session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
+    recipe.run(s, session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
     # redo only the extension stage with a counting engine
     (tmp_path / "round_001/extend/done.json").unlink()
     (tmp_path / "round_001/extend/passes.jsonl").unlink()
@@ -176,7 +177,7 @@ class BudgetEngine(FakeEngine):
 
 
 def _run_with(folder, engine, *overrides):
-    from selflengthen.engine_session import LazyEngine
+    from selflengthen.engines.session import LazyEngine
 
     s = fake_settings(folder, *overrides)
     lazy = LazyEngine({"name": "fake"}, lambda: "m")
@@ -222,7 +223,7 @@ class CutStage2(FakeEngine):
 
 def test_an_extension_whose_continuation_ran_to_the_budget_is_rejected(tmp_path):
     s = fake_settings(tmp_path, "iterations=1", "extend.passes=1", "extend.max_attempts=2")
-    recipe.run(s, engine_session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
+    recipe.run(s, session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
     normal = read_jsonl(tmp_path / "round_001/extend/extended.jsonl")
     assert normal  # the fake extender grows texts: the same run keeps rows when the model ends its answers
     (tmp_path / "round_001/extend/done.json").unlink()

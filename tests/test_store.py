@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from selflengthen import store
-from selflengthen.store import ItemLog, RunLock, RunLocked, StoreError
+from selflengthen.runfolder import store
+from selflengthen.runfolder.store import ItemLog, RunLock, RunLocked, StoreError
 
 
 def test_atomic_write_replaces_whole_file_or_nothing(tmp_path, monkeypatch):
@@ -87,7 +87,7 @@ def test_done_record_detects_changed_artifact(tmp_path, caplog):
 
 HOLD = """
 import sys, time
-from selflengthen.store import RunLock
+from selflengthen.runfolder.store import RunLock
 lock = RunLock(sys.argv[1]); lock.acquire(); print("held", flush=True); time.sleep(60)
 """
 

@@ -1,4 +1,4 @@
-"""Word counting and paragraph splitting (selflengthen.text)."""
+"""Word counting and paragraph splitting (selflengthen.writing.text)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from selflengthen.text import _count_words_unicode, count_words, split_paragraphs
+from selflengthen.writing.text import _count_words_unicode, count_words, split_paragraphs
 
 
 @pytest.mark.parametrize(

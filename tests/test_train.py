@@ -229,7 +229,7 @@ def test_embedded_model_learns_from_a_few_rows(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selflengthen.models import EMBEDDED, resolve_model_path
+    from selflengthen.engines.models import EMBEDDED, resolve_model_path
 
     model_dir = resolve_model_path(EMBEDDED)
     answer = ("The lighthouse keeper climbed the stairs every evening at dusk. He polished the lens, "

@@ -200,7 +200,7 @@ def test_release_frees_the_weights_and_generate_reloads_them(lively_dir, adapter
 
 @pytest.fixture(scope="module")
 def embedded_engine():
-    from selflengthen.models import EMBEDDED, resolve_model_path
+    from selflengthen.engines.models import EMBEDDED, resolve_model_path
 
     eng = TransformersEngine(resolve_model_path(EMBEDDED), batch_size=4)
     eng.load()

@@ -22,7 +22,7 @@ TRAINS = [("user", "Explain in two sentences how a steam train works.")]
 
 @pytest.fixture(scope="session")
 def model_path() -> str:
-    from selflengthen.models import EMBEDDED, resolve_model_path
+    from selflengthen.engines.models import EMBEDDED, resolve_model_path
 
     return resolve_model_path(EMBEDDED)
 

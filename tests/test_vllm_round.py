@@ -12,7 +12,8 @@ import json
 import pytest
 
 from conftest import compose
-from selflengthen import engine_session, recipe
+from selflengthen import recipe
+from selflengthen.engines import session
 from selflengthen.settings import Settings
 
 pytestmark = pytest.mark.vllm
@@ -29,7 +30,7 @@ SMALL = ["engine=vllm", "engine.enforce_eager=true", "engine.cpu_kvcache_space_g
 def test_a_round_with_vllm(tmp_path):
     pytest.importorskip("vllm")
     s = Settings.from_config(compose(*SMALL), tmp_path)
-    engine, _ = engine_session.for_settings(s)
+    engine, _ = session.for_settings(s)
     [summary] = recipe.run(s, engine)
     rd = tmp_path / "round_001"
     for stage in ("self_instruct", "initial", "extend", "sft_data"):

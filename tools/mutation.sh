@@ -2,7 +2,7 @@
 # Mutation score of the core modules with mutmut (https://github.com/boxed/mutmut), against the fast tests.
 #
 #   tools/mutation.sh                         # the default subset below
-#   tools/mutation.sh selflengthen/store.py   # any modules (globs like selflengthen/stages/* work too)
+#   tools/mutation.sh selflengthen/runfolder/store.py   # any modules (globs like selflengthen/stages/* work too)
 #
 # It copies the package, tests and configs to a scratch folder (mutmut writes a `mutants/` tree next to the
 # code; the checkout stays clean), writes mutmut's config there (setup.cfg [mutmut]), runs every mutant
@@ -17,7 +17,7 @@ MUTMUT_VERSION=3.8.1
 "$PY" -c "import mutmut" 2>/dev/null || "$PY" -m pip install -q "mutmut==$MUTMUT_VERSION"
 
 MODULES=("$@")
-[ ${#MODULES[@]} -gt 0 ] || MODULES=(selflengthen/sampling.py selflengthen/filters.py selflengthen/length_control.py
+[ ${#MODULES[@]} -gt 0 ] || MODULES=(selflengthen/writing/sampling.py selflengthen/writing/filters.py selflengthen/writing/length_control.py
                                      selflengthen/stages/extend.py)
 # the fast tests that exercise those modules (unit tests of the pure parts + the stage/wiring tests)
 TESTS=(tests/test_sampling.py tests/test_filters.py tests/test_length_control.py tests/test_stages.py

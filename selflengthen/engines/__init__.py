@@ -26,7 +26,7 @@ _RULES = {
 # Keys every engine takes, handled by the run rather than the engine class: how many copies of the model
 # generate side by side and who runs them. `data_parallel_backend`: mp / ray = vLLM's own data parallelism (one
 # engine handle over N replicas, on this node / on a Ray cluster; engine=vllm only), ranks = one engine process
-# per rank with its items fixed by id hash (selflengthen/ranks.py: any engine); auto = mp for vLLM, else ranks.
+# per rank with its items fixed by id hash (selflengthen/engines/ranks.py: any engine); auto = mp for vLLM, else ranks.
 # For ranks: how they are started, and how many GPUs each one gets.
 DP_BACKENDS = ("auto", "mp", "ray", "ranks")
 RANK_KEYS = {
@@ -46,7 +46,7 @@ RANK_KEYS = {
 def _rank_settings(cfg: dict) -> dict:
     from typing import Optional
 
-    from selflengthen.config import check_value
+    from selflengthen.support.checks import check_value
 
     out = {}
     for key, (typ, rules, default) in RANK_KEYS.items():
@@ -64,7 +64,7 @@ def parse_config(engine_cfg: Mapping) -> dict:
     import inspect
     import typing
 
-    from selflengthen.config import ConfigError, check_value, need
+    from selflengthen.support.checks import ConfigError, check_value, need
 
     cfg = dict(engine_cfg)
     ranks = _rank_settings(cfg)
@@ -109,7 +109,7 @@ def parse_config(engine_cfg: Mapping) -> dict:
 
 def engine_data_parallel(engine_cfg: Mapping) -> bool:
     """Whether the engine itself runs `data_parallel_size` replicas (vLLM's data parallelism: backend mp or ray;
-    auto for engine=vllm) rather than the run's engine ranks (selflengthen/ranks.py)."""
+    auto for engine=vllm) rather than the run's engine ranks (selflengthen/engines/ranks.py)."""
     backend = engine_cfg.get("data_parallel_backend", "auto")
     return engine_cfg.get("name") == "vllm" and backend in ("auto", "mp", "ray")
 

@@ -3,12 +3,12 @@
 One role, the writer: it plans, writes and is trained on (instruction -> whole answer); each round plans and
 writes with the previous round's writer adapter (round 1: the base model), unless `plan.adapter` /
 `write.adapter` is null (always the base model) or `agentwrite.teacher` names another model that plans and
-writes for every round (selflengthen/teacher.py).
+writes for every round (selflengthen/methods/agentwrite_teacher.py).
 """
 
-from selflengthen import teacher
+from selflengthen.methods import agentwrite_teacher
 from selflengthen.methods.base import Method, Stage
-from selflengthen.sampling import Sampling
+from selflengthen.writing.sampling import Sampling
 from selflengthen.stages import plan, self_instruct, write, writer_sft
 from selflengthen.stages.train import train_stage
 
@@ -20,9 +20,9 @@ METHOD = Method(
     stages=(
         Stage(self_instruct.NAME, self_instruct.run, self_instruct.brief,
               config=(("self_instruct", self_instruct.SelfInstruct),)),
-        Stage(plan.NAME, plan.run, plan.brief, config=(("plan", plan.Plan), (teacher.KEY, teacher.AgentWrite))),
+        Stage(plan.NAME, plan.run, plan.brief, config=(("plan", plan.Plan), (agentwrite_teacher.KEY, agentwrite_teacher.AgentWrite))),
         Stage(write.NAME, write.run, write.brief,
-              config=(("write", write.Write), ("sampling", Sampling), (teacher.KEY, teacher.AgentWrite)),
+              config=(("write", write.Write), ("sampling", Sampling), (agentwrite_teacher.KEY, agentwrite_teacher.AgentWrite)),
               lengths="answers.jsonl", label="written"),
         Stage(writer_sft.NAME, writer_sft.run, writer_sft.brief),
         train_stage(writer_sft.NAME),

@@ -88,7 +88,7 @@ def load_method(name: str) -> Method:
 
 def method_of(run_dir) -> Method:
     """The method a run folder was made with (its manifest); Self-Lengthen for runs that predate methods."""
-    from selflengthen import manifest
+    from selflengthen.runfolder import manifest
 
     m = manifest.load(run_dir) or {}
     return load_method(m.get("method") or "selflengthen")

@@ -5,7 +5,7 @@ continuing from its adapter of the previous round.
 """
 
 from selflengthen.methods.base import Method, Stage
-from selflengthen.sampling import Sampling
+from selflengthen.writing.sampling import Sampling
 from selflengthen.stages import extend, final, initial, rl, self_instruct, sft_data
 from selflengthen.stages.train import train_stage
 

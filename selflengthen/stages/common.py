@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Iterator, Optional, Sequence
 
-from selflengthen import layout
-from selflengthen.config import rule
+from selflengthen.runfolder import layout
+from selflengthen.support.checks import rule
 from selflengthen.engines.base import Completion, Request, RequestQueue, SamplingParams, stream_in_batches
-from selflengthen.store import ItemLog, mark_done, stage_done
+from selflengthen.runfolder.store import ItemLog, mark_done, stage_done
 
 if TYPE_CHECKING:  # pragma: no cover
-    from selflengthen.filters import FilterConfig
+    from selflengthen.writing.filters import FilterConfig
     from selflengthen.methods.base import Method
     from selflengthen.settings import Settings
 
@@ -86,7 +86,7 @@ class RoundContext:
     def made_with(self) -> str:
         """The digest of the semantic config a stage's done record keeps (manifest.digest): what made the stage
         stays known when manifest.json is deleted."""
-        from selflengthen.manifest import digest
+        from selflengthen.runfolder.manifest import digest
 
         return digest(self.s.semantic)
 
@@ -604,8 +604,8 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain | Attempts], durabil
     the call returns once its own items are settled, with the stream still running. `takes`: this stage is
     that next stage — it takes over the items started for it and goes on with the same stream.
     With `engine.data_parallel_size` > 1 the chains run on engine ranks instead, each writing its own shard,
-    merged into `log` here (selflengthen/ranks.py)."""
-    from selflengthen import ranks
+    merged into `log` here (selflengthen/engines/ranks.py)."""
+    from selflengthen.engines import ranks
 
     chains = ranks.share(engine, log, chains, advance)
     if chains is None:  # every rank ran its share: their records are in `log`
@@ -704,7 +704,7 @@ def resumable(name: str):
             if done:
                 return done["summary"]
             start = time.time()
-            from selflengthen import ranks
+            from selflengthen.engines import ranks
 
             with ranks.stage(run, ctx, folder, args):  # lets run_chains hand the stage's items to engine ranks
                 summary, files = body(ctx, folder, *args)
@@ -729,7 +729,7 @@ def preparer(section: Any, fcfg: "FilterConfig") -> Callable[[str], str]:
     with `repair` the chatter lines naming a meta-word at either edge cut off (filters.repair). Nothing that
     moves the text's end to a point the model did not stop at: no trimming of a cut-off sentence, no cut
     before a loop (docs/DECISIONS.md)."""
-    from selflengthen.filters import repair
+    from selflengthen.writing.filters import repair
 
     if not section.repair:
         return str.strip

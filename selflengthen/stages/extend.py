@@ -25,14 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from selflengthen import filters, ui
-from selflengthen.config import rule
+from selflengthen.writing import filters
+from selflengthen.support import ui
+from selflengthen.support.checks import rule
 from selflengthen.engines.base import Request
-from selflengthen.sampling import keep_indices
+from selflengthen.writing.sampling import keep_indices
 from selflengthen.stages.common import UNFINISHED, Attempts, Chain, RoundContext, mean, preparer, resumable, run_chains
 from selflengthen.stages.initial import NAME as INITIAL
-from selflengthen.store import ItemLog, atomic_write_jsonl, open_log, read_jsonl
-from selflengthen.text import count_words, split_paragraphs
+from selflengthen.runfolder.store import ItemLog, atomic_write_jsonl, open_log, read_jsonl
+from selflengthen.writing.text import count_words, split_paragraphs
 
 NAME = "extend"
 

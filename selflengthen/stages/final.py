@@ -4,7 +4,7 @@ With `final.enabled=true` the recipe runs these stages once, in `iterations/<run
 round (and again when a later `iterations=` adds rounds: their inputs changed, so their records no longer
 match and they are redone):
 
-  final_data  the collection (collect.py: every round's long pairs, fresh answers by the final generator,
+  final_data  the collection (dataset.py: every round's long pairs, fresh answers by the final generator,
               length control added to the queries) exported to `export/`, and its chat rows as the training
               rows `final_data/<role>.jsonl` of the method's answering role;
   train       that role trained on them (continuing from the last round's adapter, or from the base model
@@ -24,12 +24,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selflengthen import layout, ui
-from selflengthen.config import rule
+from selflengthen.runfolder import layout
+from selflengthen.support import ui
+from selflengthen.support.checks import rule
 from selflengthen.stages import train
 from selflengthen.settings import NON_SEMANTIC_TRAIN
 from selflengthen.stages.common import RoundContext, resumable
-from selflengthen.store import (atomic_write_bytes, atomic_write_jsonl, check_no_links, fsync_dir, read_bytes, read_jsonl,
+from selflengthen.runfolder.store import (atomic_write_bytes, atomic_write_jsonl, check_no_links, fsync_dir, read_bytes, read_jsonl,
                                 reset_dir)
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _fingerprint(ctx: RoundContext) -> str:
     """What the final stages were built from: the last round, its adapter (path and content), and the settings
     that change the final data or model (final, collect, train). When any of it changes, the final folder is
     redone as a whole (its stages hand data to each other, so a partial redo would mix two builds)."""
-    from selflengthen.evaluate import adapter_identity
+    from selflengthen.evidence.heldout import adapter_identity
 
     role, fin = ctx.method.answer_role, ctx.cfg("final")
     train = {k: v for k, v in (dataclasses.asdict(ctx.train_cfg) if dataclasses.is_dataclass(ctx.train_cfg)
@@ -70,7 +71,7 @@ def _legacy_fingerprint(ctx: RoundContext) -> str:
 def _stale(ctx: RoundContext, fingerprint: str) -> str | None:
     """Why the final folder on disk is not the build `fingerprint` names (the keys that changed), or None when
     it is (or is empty)."""
-    from selflengthen.evaluate import differences
+    from selflengthen.evidence.heldout import differences
 
     marker = ctx.round_dir / "built_from.txt"
     check_no_links(marker)
@@ -88,7 +89,7 @@ def _stale(ctx: RoundContext, fingerprint: str) -> str | None:
 
 def run_data(ctx: RoundContext) -> dict:
     """Collect + export, then the training rows. Resets the final folder when it was built from other rounds."""
-    from selflengthen import collect
+    from selflengthen.evidence import dataset
 
     if not ctx.cfg("final").enabled:
         return {"skipped": "final.enabled=false"}
@@ -99,7 +100,7 @@ def run_data(ctx: RoundContext) -> dict:
                  "it again", why)
         reset_dir(ctx.round_dir)
     atomic_write_bytes(ctx.round_dir / "built_from.txt", fingerprint.encode())
-    info = collect.collect(ctx.s, ctx.s.collect, ctx.engine)
+    info = dataset.collect(ctx.s, ctx.s.collect, ctx.engine)
     return _data(ctx, info)
 
 

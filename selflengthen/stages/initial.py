@@ -12,14 +12,15 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selflengthen import filters, ui
-from selflengthen.config import rule
+from selflengthen.writing import filters
+from selflengthen.support import ui
+from selflengthen.support.checks import rule
 from selflengthen.engines.base import Request
-from selflengthen.sampling import keep_indices
+from selflengthen.writing.sampling import keep_indices
 from selflengthen.stages.common import RoundContext, mean, preparer, redraws, rejection_counts, resumable
 from selflengthen.stages.self_instruct import NAME as INSTRUCTIONS
-from selflengthen.store import atomic_write_jsonl, open_log, read_jsonl
-from selflengthen.text import count_words
+from selflengthen.runfolder.store import atomic_write_jsonl, open_log, read_jsonl
+from selflengthen.writing.text import count_words
 
 NAME = "initial"
 

@@ -1,6 +1,6 @@
 """plan: AgentWrite's first step (DESIGN §7) — the model plans each answer as one line per paragraph.
 
-Every instruction of the round gets `samples` plans; a plan that `selflengthen.plan.parse_plan` rejects
+Every instruction of the round gets `samples` plans; a plan that `selflengthen.methods.agentwrite_plans.parse_plan` rejects
 (empty, unparseable, misnumbered, too many steps, a word count out of bounds) is re-drawn at once (each
 sample is a chain on the engine stream), up to `max_attempts`. The bounds are shown to the model in the
 prompt and enforced by the parser.
@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from selflengthen import teacher, ui
-from selflengthen.config import need, rule
+from selflengthen.methods import agentwrite_teacher
+from selflengthen.support import ui
+from selflengthen.support.checks import need, rule
 from selflengthen.engines.base import Request
-from selflengthen.plan import parse_plan, plan_messages, plan_prefix
+from selflengthen.methods.agentwrite_plans import parse_plan, plan_messages, plan_prefix
 from selflengthen.stages.common import RoundContext, mean, redraws, rejection_counts, resumable
 from selflengthen.stages.self_instruct import NAME as INSTRUCTIONS
-from selflengthen.store import atomic_write_jsonl, open_log, read_jsonl
+from selflengthen.runfolder.store import atomic_write_jsonl, open_log, read_jsonl
 
 NAME = "plan"
 
@@ -69,7 +70,7 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
     prefix = plan_prefix(tpl) if cfg.prefill else ""
 
     log = open_log(folder / "attempts.jsonl")
-    with teacher.planner(ctx, cfg.adapter) as (engine, adapter), \
+    with agentwrite_teacher.planner(ctx, cfg.adapter) as (engine, adapter), \
             ui.progress(f"round {ctx.round_no} · plan", len(items)) as advance:
         passed = redraws(log, items, request, judge, cfg.max_attempts, engine, ctx.durability, advance,
                          prepare=lambda text: (prefix + text).strip())  # the plan as the model's whole answer

@@ -19,10 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selflengthen import layout, tracking, ui
+from selflengthen.runfolder import layout
+from selflengthen.support import tracking
+from selflengthen.support import ui
 from selflengthen.stages import rl_prompts
 from selflengthen.stages.common import RoundContext
-from selflengthen.store import mark_done, read_jsonl, reset_dir, stage_done
+from selflengthen.runfolder.store import mark_done, read_jsonl, reset_dir, stage_done
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +94,8 @@ def run_train(ctx: RoundContext) -> dict:
 
 def _metrics(folder: Path) -> dict | None:
     """The finished training's metrics.json, or None when it is damaged (reported: the training is redone)."""
-    from selflengthen.records import Metrics
-    from selflengthen.store import CorruptArtifact, read_record
+    from selflengthen.runfolder.records import Metrics
+    from selflengthen.runfolder.store import CorruptArtifact, read_record
 
     try:
         return read_record(folder / "metrics.json", Metrics)

@@ -5,8 +5,8 @@ instructions that the held-out eval uses (`eval.prompt_file`, matched after lowe
 folding, also as the start of an eval prompt) are never trained on. `per_round` of them are drawn (seeded by
 the round), and each gets a length constraint phrased in as the collection step does: a target of
 `words_min`..`words_max` words (uniform), a random kind and wording (`prompts.length_control`), its range
-[lo, hi] from `rewards.target_range`. A share `unconstrained` keeps the bare instruction, and its range is
-predicted by the base model (`rewards.predict_ranges`, cached per prompt in the run folder's
+[lo, hi] from `lwzero_rewards.target_range`. A share `unconstrained` keeps the bare instruction, and its range is
+predicted by the base model (`lwzero_rewards.predict_ranges`, cached per prompt in the run folder's
 `range_predictions.json`, so later rounds and reruns ask once).
 
 Writes `rl_prompts/<role>.jsonl`: `{"id", "prompt", "lo", "hi", "constraint", "messages"}` (`messages` is the
@@ -19,11 +19,11 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selflengthen import rewards
-from selflengthen.config import rule
+from selflengthen.methods import lwzero_rewards
+from selflengthen.support.checks import rule
 from selflengthen.engines.base import Request
 from selflengthen.stages.common import RoundContext, resumable
-from selflengthen.store import atomic_write_jsonl, read_jsonl
+from selflengthen.runfolder.store import atomic_write_jsonl, read_jsonl
 
 NAME = "rl_prompts"
 RANGE_CACHE = "range_predictions.json"
@@ -50,7 +50,7 @@ def _norm(text: str) -> str:
 
 def held_out(ctx: RoundContext) -> list[str]:
     """The held-out eval prompts, normalised."""
-    from selflengthen.evaluate import prompt_path
+    from selflengthen.evidence.heldout import prompt_path
 
     path = prompt_path(ctx.s)
     return [_norm(r["prompt"]) for r in read_jsonl(path)] if path.is_file() else []
@@ -58,7 +58,7 @@ def held_out(ctx: RoundContext) -> list[str]:
 
 def pool(ctx: RoundContext) -> list[str]:
     """Seeds + every self-instructed instruction up to this round, de-duplicated, held-out prompts removed."""
-    from selflengthen import layout
+    from selflengthen.runfolder import layout
     from selflengthen.stages import self_instruct
 
     texts = list(ctx.s.seeds)
@@ -93,7 +93,7 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
         if rng.random() < cfg.unconstrained:
             bare.append((row_id, text))
             continue
-        rows.append(rewards.constrained_row(row_id, text, rng.randint(cfg.words_min, cfg.words_max), templates, rng))
+        rows.append(lwzero_rewards.constrained_row(row_id, text, rng.randint(cfg.words_min, cfg.words_max), templates, rng))
     rows += _predicted(ctx, cfg, bare)
     too_long = [r for r in rows if l_max is not None and r["hi"] >= l_max]
     rows = [{**r, "messages": [{"role": "user", "content": r["prompt"]}]} for r in rows if r not in too_long]
@@ -117,8 +117,8 @@ def _predicted(ctx: RoundContext, cfg: RlPrompts, bare: list[tuple[str, str]]) -
                                  ctx.params(cfg.predict_max_new_tokens, ctx.seed("range", t))) for i, t in enumerate(texts)]
         return ctx.engine.generate(requests)
 
-    fallback = rewards.parse_range(f"{cfg.words_min}-{cfg.words_max}")
-    ranges = rewards.predict_ranges([t for _, t in bare], generate, ctx.s.run_dir / RANGE_CACHE,
+    fallback = lwzero_rewards.parse_range(f"{cfg.words_min}-{cfg.words_max}")
+    ranges = lwzero_rewards.predict_ranges([t for _, t in bare], generate, ctx.s.run_dir / RANGE_CACHE,
                                     predictor=ctx.s.model_path, fallback=fallback)
     return [{"id": i, "prompt": t, "lo": lo, "hi": hi, "constraint": {"type": "predicted", "low": lo, "high": hi}}
             for (i, t), (lo, hi) in zip(bare, ranges)]

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from selflengthen import ui
+from selflengthen.support import ui
 from selflengthen.engines.base import Completion, Request
-from selflengthen import layout
-from selflengthen.config import rule
+from selflengthen.runfolder import layout
+from selflengthen.support.checks import rule
 from selflengthen.stages.common import UNFINISHED, Journal, RoundContext, Scheduler, rejection_counts, resumable
-from selflengthen.store import atomic_write_jsonl, open_log, read_jsonl
-from selflengthen.text import count_words
+from selflengthen.runfolder.store import atomic_write_jsonl, open_log, read_jsonl
+from selflengthen.writing.text import count_words
 
 NAME = "self_instruct"
 

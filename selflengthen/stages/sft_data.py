@@ -13,10 +13,10 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selflengthen.config import rule
+from selflengthen.support.checks import rule
 from selflengthen.stages.common import RoundContext, resumable
 from selflengthen.stages.extend import NAME as EXTENDED
-from selflengthen.store import atomic_write_jsonl, read_jsonl
+from selflengthen.runfolder.store import atomic_write_jsonl, read_jsonl
 
 NAME = "sft_data"
 

@@ -18,10 +18,12 @@ import logging
 import time
 from pathlib import Path
 
-from selflengthen import layout, tracking, ui
+from selflengthen.runfolder import layout
+from selflengthen.support import tracking
+from selflengthen.support import ui
 from selflengthen.methods.base import Stage
 from selflengthen.stages.common import RoundContext
-from selflengthen.store import mark_done, read_json, read_jsonl, reset_dir, stage_done
+from selflengthen.runfolder.store import mark_done, read_json, read_jsonl, reset_dir, stage_done
 from selflengthen.training import TRUNCATED_ROW, fitting_rows
 from selflengthen.training.save import adapter_digest, recover_adapter
 
@@ -136,8 +138,8 @@ def _trained_here(folder: Path) -> bool:
     (trainers record its digest; one changed since, e.g. by hand, is trained again rather than trusted)."""
     if not ((folder / "metrics.json").exists() and (folder / "adapter" / "adapter_config.json").exists()):
         return False
-    from selflengthen.records import Metrics
-    from selflengthen.store import CorruptArtifact, read_record
+    from selflengthen.runfolder.records import Metrics
+    from selflengthen.runfolder.store import CorruptArtifact, read_record
 
     try:
         want = read_record(folder / "metrics.json", Metrics).get("adapter_sha256")

@@ -27,15 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from selflengthen import filters, teacher, ui
-from selflengthen.config import rule
+from selflengthen.writing import filters
+from selflengthen.methods import agentwrite_teacher
+from selflengthen.support import ui
+from selflengthen.support.checks import rule
 from selflengthen.engines.base import Request
-from selflengthen.plan import PlanStep, clean_step, join_steps, write_messages
-from selflengthen.sampling import keep_indices
+from selflengthen.methods.agentwrite_plans import PlanStep, clean_step, join_steps, write_messages
+from selflengthen.writing.sampling import keep_indices
 from selflengthen.stages.common import UNFINISHED, RoundContext, mean, preparer, resumable, run_chains
 from selflengthen.stages.plan import NAME as PLANS
-from selflengthen.store import ItemLog, atomic_write_jsonl, open_log, read_jsonl
-from selflengthen.text import count_words
+from selflengthen.runfolder.store import ItemLog, atomic_write_jsonl, open_log, read_jsonl
+from selflengthen.writing.text import count_words
 
 NAME = "write"
 
@@ -122,7 +124,7 @@ def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
 
     log = open_log(folder / "steps.jsonl")
     state = chains(log, items)
-    with teacher.planner(ctx, cfg.adapter) as (engine, adapter), \
+    with agentwrite_teacher.planner(ctx, cfg.adapter) as (engine, adapter), \
             ui.progress(f"round {ctx.round_no} · write", len(items)) as advance:
         advance(sum(not open_(state[i], items[i]) for i in items))
         run_chains(engine, log, (chain(i, state[i]) for i in items if open_(state[i], items[i])),

@@ -13,7 +13,7 @@ from pathlib import Path
 from selflengthen.stages.common import RoundContext, mean, resumable
 from selflengthen.stages.sft_data import generator_row
 from selflengthen.stages.write import NAME as WRITTEN
-from selflengthen.store import atomic_write_jsonl, read_jsonl
+from selflengthen.runfolder.store import atomic_write_jsonl, read_jsonl
 
 NAME = "sft_data"
 

@@ -33,7 +33,7 @@ BACKENDS = {
 def parse_config(train_cfg: dict) -> tuple[str, Any]:
     """(backend, typed config) — every bad key or value is a ConfigError naming it. Light: nothing heavy
     imported (the trainer modules import torch & co. inside their functions)."""
-    from selflengthen.config import ConfigError
+    from selflengthen.support.checks import ConfigError
 
     cfg = dict(train_cfg)
     backend = cfg.pop("backend", "trl")

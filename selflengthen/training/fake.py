@@ -21,7 +21,7 @@ from selflengthen.engines.fake import _adapter_identity
 def fake_train_lora(model_path: str, rows: list[dict], out_dir: Path, init_adapter: Optional[str], cfg=None,
                     progress=None) -> dict:
     """Writes a small, deterministic 'adapter' (a digest of its data and its parent) instead of training."""
-    from selflengthen.store import atomic_write_json
+    from selflengthen.runfolder.store import atomic_write_json
     from selflengthen.training.save import adapter_digest, save_adapter
 
     if not rows:

@@ -1,7 +1,7 @@
 """GRPO with LoRA (LongWriter-Zero, DESIGN §7): prompt rows in, a peft adapter folder out.
 
 Owns one job: prompt rows `{"id", "prompt" (text or chat messages), "lo", "hi"}` in; TRL's `GRPOTrainer`
-samples `num_generations` answers per prompt, scores them with the rewards of `selflengthen/rewards.py`
+samples `num_generations` answers per prompt, scores them with the rewards of `selflengthen/methods/lwzero_rewards.py`
 (length against [lo, hi], format, repetition, optionally a quality reward model), normalises each reward
 within its group and sums them with the configured weights (TRL's `normalize_then_sum`), and updates a
 LoRA adapter. The paper's settings are the defaults: group 32, KL 0, temperature 0.8, 14k-token answers,
@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from selflengthen import tracking
-from selflengthen import rewards as R
-from selflengthen.filters import DEFAULTS as FILTER_DEFAULTS
-from selflengthen.store import append_bytes, atomic_write_bytes, atomic_write_json, check_no_links, reset_dir
+from selflengthen.support import tracking
+from selflengthen.methods import lwzero_rewards as R
+from selflengthen.writing.filters import DEFAULTS as FILTER_DEFAULTS
+from selflengthen.runfolder.store import append_bytes, atomic_write_bytes, atomic_write_json, check_no_links, reset_dir
 from selflengthen.training import launch
 from selflengthen.training.launch import Launch
 from selflengthen.training.save import prepare_resume
@@ -58,7 +58,7 @@ THINK_SYSTEM_PROMPT = (
 
 
 def _rule(**kw) -> dict:
-    from selflengthen.config import rule
+    from selflengthen.support.checks import rule
 
     return rule(**kw)
 
@@ -133,7 +133,7 @@ class GrpoConfig(Launch):
     def from_dict(cls, d: Optional[dict], key: str = "train") -> "GrpoConfig":
         """Build from a plain dict (the Hydra `train` group). Unknown keys and bad values raise ConfigError
         (a ValueError) naming the key; `weights` may list only the rewards it changes."""
-        from selflengthen.config import as_dict, parse_section
+        from selflengthen.support.checks import as_dict, parse_section
 
         d = as_dict(d)
         d.pop("backend", None)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from selflengthen.config import rule
+from selflengthen.support.checks import rule
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def save(trainer, out_dir: Path, write=None) -> Optional[Path]:
 
 def launch(fn: str, model_path: str, rows: list, out_dir: Path, init_adapter: Optional[str], cfg) -> dict:
     """Run `fn` ("module:function", a trainer) under `accelerate launch`; return the metrics rank 0 wrote."""
-    from selflengthen.store import atomic_write_bytes, read_json
+    from selflengthen.runfolder.store import atomic_write_bytes, read_json
 
     out_dir = Path(out_dir)
     job = out_dir / JOB
@@ -196,7 +196,7 @@ def _node(job: Path) -> int:
 
 def _run_job(job: Path) -> None:
     """A launched process: run the trainer with the pickled arguments."""
-    from selflengthen import ui
+    from selflengthen.support import ui
 
     ui.setup_logging()
     payload = pickle.loads(Path(job).read_bytes())

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
-from selflengthen.store import _disk_error, atomic_write_json, check_no_links, fsync_dir, reset_dir
+from selflengthen.runfolder.store import _disk_error, atomic_write_json, check_no_links, fsync_dir, reset_dir
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def adapter_digest(folder: Path) -> str:
     so a stage that finds an adapter without its done record can tell whether it is the one trained."""
     import hashlib
 
-    from selflengthen.store import sha256_file
+    from selflengthen.runfolder.store import sha256_file
 
     h = hashlib.sha256()
     for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
@@ -91,7 +91,7 @@ def save_adapter(out_dir: Path, write: Callable[[Path], None]) -> Path:
 def _resume_key(key_file: Path):
     """The key recorded in resume_key.json; None when it is missing or damaged (the checkpoints are then
     cleared and training starts afresh). Anything but a plain file there is refused (store.NotAFile)."""
-    from selflengthen.store import CorruptArtifact, read_json
+    from selflengthen.runfolder.store import CorruptArtifact, read_json
 
     if not os.path.lexists(key_file):
         return None

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from selflengthen.config import rule
-from selflengthen.store import _disk_error, atomic_write_json, reset_dir
-from selflengthen import tracking
+from selflengthen.support.checks import rule
+from selflengthen.runfolder.store import _disk_error, atomic_write_json, reset_dir
+from selflengthen.support import tracking
 from selflengthen.training import launch
 from selflengthen.training.launch import Launch
 from selflengthen.training.save import prepare_resume
@@ -78,7 +78,7 @@ class TrainConfig(Launch):
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "TrainConfig":
         """Build from a plain dict (the Hydra `train` group); unknown keys and bad values are a ConfigError."""
-        from selflengthen.config import parse_section
+        from selflengthen.support.checks import parse_section
 
         return parse_section(cls, d or {}, "train")
 

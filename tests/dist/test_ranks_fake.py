@@ -1,4 +1,4 @@
-"""Data-parallel generation with the fake engine (selflengthen/ranks.py): two ranks write the artifacts one
+"""Data-parallel generation with the fake engine (selflengthen/engines/ranks.py): two ranks write the artifacts one
 process writes, and a rank killed mid-stage is redone on rerun from its own shard, with no duplicate, no
 lost item, and the other rank's finished work not run again."""
 
@@ -16,7 +16,8 @@ import pytest
 from conftest import fake_engine, fake_settings
 from test_faults import check_logs_clean
 from test_recipe import tree
-from selflengthen import ranks, recipe
+from selflengthen import recipe
+from selflengthen.engines import ranks
 
 pytestmark = pytest.mark.dist
 

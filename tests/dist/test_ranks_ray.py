@@ -7,7 +7,7 @@ import pytest
 
 from test_ranks_fake import check_shards_disjoint, run
 from test_recipe import tree
-from selflengthen import ranks
+from selflengthen.engines import ranks
 
 pytestmark = pytest.mark.dist
 

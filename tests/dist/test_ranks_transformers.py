@@ -11,7 +11,8 @@ import pytest
 from conftest import fake_settings
 from test_ranks_fake import check_shards_disjoint
 from test_recipe import tree
-from selflengthen import engine_session, recipe
+from selflengthen import recipe
+from selflengthen.engines import session
 
 pytestmark = pytest.mark.dist
 
@@ -20,7 +21,7 @@ def run(run_dir, model, *overrides):
     s = fake_settings(run_dir, "iterations=1", "engine=transformers", f"model.path={model}", "engine.threads=1",
                       "engine.batch_size=4", "generate.max_new_tokens=24", "self_instruct.max_new_tokens=16",
                       "extend.max_new_tokens=24", *overrides)
-    engine, resolve = engine_session.for_settings(s)
+    engine, resolve = session.for_settings(s)
     start = time.time()
     recipe.run(s, engine, resolve)
     return time.time() - start

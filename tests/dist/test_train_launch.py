@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from selflengthen.models import resolve_model_path
+from selflengthen.engines.models import resolve_model_path
 from selflengthen.training.sft_lora import TrainConfig, train_lora
 
 pytestmark = pytest.mark.dist

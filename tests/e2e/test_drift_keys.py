@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import fake_settings
-from selflengthen import manifest as manifest_mod
+from selflengthen.runfolder import manifest as manifest_mod
 from selflengthen import recipe
-from selflengthen.manifest import DriftError
+from selflengthen.runfolder.manifest import DriftError
 from recording import RecordingEngine
 
 SEEDS = [{"prompt": "Write a long essay about rivers."}, {"prompt": "Write a long report on city parks."},

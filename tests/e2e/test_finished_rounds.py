@@ -11,8 +11,11 @@ import pytest
 
 from conftest import fake_settings
 from recording import RecordingEngine
-from selflengthen import collect, evaluate, layout, recipe
-from selflengthen.store import StoreError
+from selflengthen import recipe
+from selflengthen.evidence import dataset
+from selflengthen.evidence import heldout
+from selflengthen.runfolder import layout
+from selflengthen.runfolder.store import StoreError
 from test_recipe import tree
 
 
@@ -69,13 +72,13 @@ def test_a_changed_adapter_of_a_finished_round_is_noticed(tmp_path, caplog, refe
 def test_eval_and_collect_do_not_use_a_damaged_round(tmp_path, caplog):
     _run(tmp_path)
     _drop_a_row(layout.stage_dir(tmp_path, 2, "extend") / "extended.jsonl")
-    assert sorted(evaluate.finished_rounds(tmp_path)) == [0, 1]  # what eval reads
+    assert sorted(heldout.finished_rounds(tmp_path)) == [0, 1]  # what eval reads
     assert "round 2 is not usable" in caplog.text
     with pytest.raises(StoreError) as err:  # collect would export fewer pairs: it refuses instead
-        collect.final_round(tmp_path)
+        dataset.final_round(tmp_path)
     assert "Round 2" in str(err.value) and "Run the loop again" in str(err.value)
     _run(tmp_path)  # the loop redoes it ...
-    last, _ = collect.final_round(tmp_path)  # ... and collect uses every round again
+    last, _ = dataset.final_round(tmp_path)  # ... and collect uses every round again
     assert last == 2
 
 

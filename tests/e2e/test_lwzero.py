@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from conftest import REPO, compose, finished_run
-from selflengthen.store import read_jsonl
+from selflengthen.runfolder.store import read_jsonl
 
 # train=lora: the fake trainer (experiment=fake) stands in for LoRA and checks the LoRA keys, not GRPO's
 LW = ["method=lwzero", "train=lora", "iterations=2", "rl_prompts.per_round=0", "rl_prompts.words_min=100",

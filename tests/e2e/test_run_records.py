@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE, fake_engine, fake_settings, finished_run, run_cli_cases
-from selflengthen import engine_session, recipe
-from selflengthen.manifest import DriftError
+from selflengthen import recipe
+from selflengthen.engines import session
+from selflengthen.runfolder.manifest import DriftError
 
 def test_refused_commands_keep_the_runs_hydra_record(tmp_path):
     run = tmp_path / "fake"
@@ -57,7 +58,7 @@ def test_seed_file_edited_in_place_is_drift(tmp_path):
     assert not (run / "round_002").exists()
 
 
-class _Recording(engine_session.LazyEngine):
+class _Recording(session.LazyEngine):
     def __init__(self):
         super().__init__({"name": "fake"}, lambda: "fake-model")
         self.calls: list[dict] = []

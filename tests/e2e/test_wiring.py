@@ -16,10 +16,11 @@ import pytest
 
 from conftest import fake_settings
 from recording import RecordingEngine, RecordingTrainer, use_trainer, watch_rounds
-from selflengthen import layout, recipe
+from selflengthen import recipe
+from selflengthen.runfolder import layout
 from selflengthen.stages import extend
 from selflengthen.stages.common import RoundContext
-from selflengthen.store import atomic_write_jsonl, read_jsonl
+from selflengthen.runfolder.store import atomic_write_jsonl, read_jsonl
 
 ROLES = ("generator", "extender")
 

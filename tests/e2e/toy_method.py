@@ -10,14 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selflengthen import filters, ui
-from selflengthen.config import rule
+from selflengthen.writing import filters
+from selflengthen.support import ui
+from selflengthen.support.checks import rule
 from selflengthen.engines.base import Request
 from selflengthen.methods.base import Method, Stage
 from selflengthen.stages.common import RoundContext, mean, redraws, resumable
 from selflengthen.stages.train import train_stage
-from selflengthen.store import atomic_write_jsonl, open_log
-from selflengthen.text import count_words
+from selflengthen.runfolder.store import atomic_write_jsonl, open_log
+from selflengthen.writing.text import count_words
 
 NAME = "draft"
 

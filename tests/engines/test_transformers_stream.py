@@ -239,7 +239,7 @@ def test_bad_loop_is_a_config_error():
 
 @pytest.mark.slow
 def test_embedded_model_stream_matches_generate_and_seeds():
-    from selflengthen.models import EMBEDDED, resolve_model_path
+    from selflengthen.engines.models import EMBEDDED, resolve_model_path
 
     path = resolve_model_path(EMBEDDED)
     eng = TransformersEngine(path, dtype="float32", batch_size=4)

@@ -11,7 +11,7 @@ from conftest import fake_settings
 from selflengthen.methods.base import load_method
 from selflengthen.stages import plan, write, writer_sft
 from selflengthen.stages.common import RoundContext
-from selflengthen.store import atomic_write_jsonl, read_jsonl
+from selflengthen.runfolder.store import atomic_write_jsonl, read_jsonl
 
 WORDS = ("amber basalt cobalt delta ember falcon granite harbor island juniper kettle lagoon marble nimbus onyx "
          "pebble quartz raven sable timber umbra velvet willow yonder zephyr anchor beacon cipher").split()

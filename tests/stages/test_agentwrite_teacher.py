@@ -9,7 +9,7 @@ from selflengthen.engines.fake import FakeEngine
 from selflengthen.methods.base import load_method
 from selflengthen.stages import plan, write
 from selflengthen.stages.common import RoundContext
-from selflengthen.store import atomic_write_jsonl, read_jsonl
+from selflengthen.runfolder.store import atomic_write_jsonl, read_jsonl
 
 TEACHER = "agentwrite.teacher={model: teacher-model, engine: {name: fake, seed: 5}}"
 
@@ -83,7 +83,7 @@ def test_without_teacher_the_round_engine_and_the_writer_adapter_are_used(tmp_pa
 def test_teacher_settings_are_checked(tmp_path):
     import pytest
 
-    from selflengthen.config import ConfigError
+    from selflengthen.support.checks import ConfigError
 
     with pytest.raises(ConfigError, match="agentwrite.teacher.model"):
         fake_settings(tmp_path, "method=agentwrite", "agentwrite.teacher={engine: {name: fake}}")

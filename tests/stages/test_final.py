@@ -60,7 +60,7 @@ def test_final_stages_after_the_last_round(tmp_path, caplog):
 @pytest.mark.parametrize("value", ["sometimes", "1"])
 def test_final_from_adapter_is_checked(tmp_path, value):
     from conftest import fake_settings
-    from selflengthen.config import ConfigError
+    from selflengthen.support.checks import ConfigError
 
     with pytest.raises(ConfigError, match="final.from_adapter"):
         fake_settings(tmp_path, f"final.from_adapter={value}")

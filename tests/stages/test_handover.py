@@ -10,18 +10,19 @@ import pickle
 import pytest
 
 from conftest import fake_settings
-from selflengthen import engine_session, recipe
+from selflengthen import recipe
+from selflengthen.engines import session
 from selflengthen.engines.fake import FakeEngine
 from selflengthen.stages.common import SPECULATION, Handover, RoundContext, Scheduler, derive_seed
 from selflengthen.engines.base import Request, SamplingParams
-from selflengthen.store import read_jsonl
+from selflengthen.runfolder.store import read_jsonl
 
 ARTIFACTS = ("initial/attempts.jsonl", "initial/responses.jsonl", "extend/passes.jsonl", "extend/extended.jsonl")
 MORE = ("self_instruct.num_new=12", "extend.max_attempts=4")
 
 
 def _engine(slots: int = 6):
-    return engine_session.LazyEngine({"name": "fake", "max_slots": slots}, lambda: "fake-model")
+    return session.LazyEngine({"name": "fake", "max_slots": slots}, lambda: "fake-model")
 
 
 def _sets(run_dir):
@@ -91,7 +92,7 @@ def test_a_crash_with_extension_started_ahead_resumes_to_the_same_artifacts(tmp_
     reference = fake_settings(tmp_path / "ref", "iterations=1", "run.speculate=false", *MORE)
     recipe.run(reference, _engine(), lambda: "fake-model")
     s = fake_settings(tmp_path / "cut", "iterations=1", "run.speculate=true", *MORE)
-    crash = engine_session.LazyEngine({"name": "fake"}, lambda: "fake-model")
+    crash = session.LazyEngine({"name": "fake"}, lambda: "fake-model")
     crash.inner = _Crash(after)
     SPECULATION.clear()
     with pytest.raises(RuntimeError, match="killed"):

@@ -10,7 +10,7 @@ import pytest
 from conftest import finished_run
 from selflengthen.stages import rl, rl_prompts
 from selflengthen.stages.common import RoundContext
-from selflengthen.store import read_jsonl
+from selflengthen.runfolder.store import read_jsonl
 
 GRPO = dict(max_steps=1, num_generations=2, prompts_per_step=1, batch_size=2, max_completion_length=16,
             l_max_words=60, lr=1e-3, save_steps=1000)

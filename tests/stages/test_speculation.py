@@ -10,12 +10,13 @@ import random
 import pytest
 
 from conftest import fake_settings
-from selflengthen import engine_session, recipe
+from selflengthen import recipe
+from selflengthen.engines import session
 from selflengthen.engines.base import Request, SamplingParams
 from selflengthen.engines.fake import FakeEngine
 from selflengthen.stages import extend
 from selflengthen.stages.common import SPECULATION, Durability, RoundContext, derive_seed, redraws
-from selflengthen.store import open_log, read_jsonl
+from selflengthen.runfolder.store import open_log, read_jsonl
 
 
 class Lognormal(FakeEngine):
@@ -102,7 +103,7 @@ def test_a_crash_with_attempts_ahead_resumes_to_the_same_log(tmp_path):
 def test_extension_with_speculation_writes_the_same_artifacts(tmp_path):
     def extend_with(folder, speculate):
         s = fake_settings(folder, "iterations=1", "extend.max_attempts=6", f"run.speculate={speculate}")
-        recipe.run(s, engine_session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
+        recipe.run(s, session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
         (folder / "round_001/extend/done.json").unlink()
         (folder / "round_001/extend/passes.jsonl").unlink()
         engine = FakeEngine("m", max_slots=16)
@@ -122,10 +123,10 @@ def test_extension_with_speculation_writes_the_same_artifacts(tmp_path):
 def test_asking_for_capacity_never_loads_a_model(tmp_path):
     """A resumed stage with nothing left to generate must not load the engine just to learn its capacity;
     once the engine is loaded (a completion came back) its capacity is used."""
-    from selflengthen import engine_session
+    from selflengthen.engines import session
     from selflengthen.stages.common import run_chains
 
-    lazy = engine_session.LazyEngine({"name": "fake", "max_slots": 8}, lambda: "m")
+    lazy = session.LazyEngine({"name": "fake", "max_slots": 8}, lambda: "m")
     assert lazy.capacity is None and lazy.inner is None
     run_chains(lazy, open_log(tmp_path / "none.jsonl"), [], Durability(speculate=True))
     assert lazy.inner is None  # nothing to do: never loaded

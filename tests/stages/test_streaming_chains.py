@@ -15,12 +15,13 @@ import pytest
 
 from conftest import FAKE, REPO, fake_settings
 from test_recipe import tree
-from selflengthen import engine_session, recipe
+from selflengthen import recipe
+from selflengthen.engines import session
 from selflengthen.engines.base import Request, SamplingParams
 from selflengthen.engines.fake import FakeEngine
 from selflengthen.stages import extend, self_instruct
 from selflengthen.stages.common import Durability, Journal, RoundContext, redraws, run_chains
-from selflengthen.store import open_log, read_jsonl
+from selflengthen.runfolder.store import open_log, read_jsonl
 
 
 class TimedEngine(FakeEngine):
@@ -46,7 +47,7 @@ class TimedEngine(FakeEngine):
 
 def _extend_ready(tmp_path, *overrides):
     s = fake_settings(tmp_path, "iterations=1", *overrides)
-    recipe.run(s, engine_session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
+    recipe.run(s, session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
     (tmp_path / "round_001/extend/done.json").unlink()
     (tmp_path / "round_001/extend/passes.jsonl").unlink()
     return s
@@ -67,7 +68,7 @@ def test_a_chain_goes_on_while_other_chains_are_still_generating(tmp_path):
 
 
 def test_records_are_appended_in_groups_of_at_most_checkpoint_every(tmp_path, monkeypatch):
-    from selflengthen import store
+    from selflengthen.runfolder import store
 
     sizes = []
     real = store.ItemLog.append

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import FAKE, REPO, fake_engine, fake_settings
 
-from selflengthen import recipe, tracking
+from selflengthen import recipe
+from selflengthen.support import tracking
 
 TRACKED = [*FAKE, "eval.every_round=true", "eval.limit=2", "final.enabled=true"]
 
@@ -176,7 +177,7 @@ def test_a_misconfigured_tracker_stops_before_any_work_in_one_paragraph(tmp_path
 def test_a_missing_tracker_package_is_named_with_its_install_command(tmp_path, monkeypatch):
     import importlib.util
 
-    from selflengthen.config import ConfigError
+    from selflengthen.support.checks import ConfigError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))

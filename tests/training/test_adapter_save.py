@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from selflengthen.store import StoreError
+from selflengthen.runfolder.store import StoreError
 from selflengthen.training.fake import fake_train_lora
 from selflengthen.training.save import recover_adapter, save_adapter
 
@@ -108,7 +108,7 @@ def test_disk_full_while_saving_is_one_clear_error_and_keeps_the_old_adapter(tmp
 
 
 def test_metrics_and_adapter_refuse_a_link(tmp_path):
-    from selflengthen.store import LinkRefused, guard_run_folder, unguard_run_folder
+    from selflengthen.runfolder.store import LinkRefused, guard_run_folder, unguard_run_folder
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -171,7 +171,7 @@ def test_continuing_from_an_adapter_trains_that_adapter(tiny_model_dir, tmp_path
 
 @pytest.mark.slow
 def test_grpo_on_the_embedded_model(tmp_path):
-    from selflengthen.models import resolve_model_path
+    from selflengthen.engines.models import resolve_model_path
 
     model = resolve_model_path("embedded:smollm2-135m", None)
     rows = [{"id": f"p{i}", "prompt": f"Write a short note to a neighbour about {topic}. Aim for about 40 words.",

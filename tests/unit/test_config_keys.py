@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose, run_cli_cases
-from selflengthen.config import ConfigError
+from selflengthen.support.checks import ConfigError
 from selflengthen.settings import Settings
 
 OPTIONS = [[]] + [[f"{group}={name}"] for group in ("experiment", "method", "engine", "train", "model", "prompts")

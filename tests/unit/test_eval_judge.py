@@ -8,7 +8,8 @@ import json
 import re
 
 from conftest import fake_settings
-from selflengthen import engines, evaluate
+from selflengthen import engines
+from selflengthen.evidence import heldout
 
 VERDICTS = {
     0: ["I think it is fine.", json.dumps({"Relevance": 5, "Accuracy": 5, "Coherence": 5, "Clarity": 5,
@@ -55,7 +56,7 @@ class Scripted:
 def test_s_q_by_hand_and_the_judge_in_the_key(tmp_path):
     s = fake_settings(tmp_path / "run", "eval.judge=self", "eval.limit=3")
     engine = Scripted()
-    doc = evaluate.evaluate_round(s, engine, 0, {"generator": None})
+    doc = heldout.evaluate_round(s, engine, 0, {"generator": None})
     # item 0: all 5s -> 100; item 1: (1,2,3,4,5,3) -> (0,25,50,75,100,50) -> 50; item 2: never readable
     assert [row["s_q"] for row in doc["rows"]] == [100.0, 50.0, None]
     assert doc["s_q"] == 75.0
@@ -65,16 +66,16 @@ def test_s_q_by_hand_and_the_judge_in_the_key(tmp_path):
     assert doc["judge"] == {"judged": 2, "failed": 1, "requests": 6, "unparseable": 4}
     judged = [r for r in engine.requests if r.id.startswith("judge")]
     assert len(judged) == 6 and all(r.adapter is None for r in judged)  # the base model judges, not the trained one
-    assert judged[0].params.max_new_tokens == evaluate.JUDGE_MAX_NEW_TOKENS
+    assert judged[0].params.max_new_tokens == heldout.JUDGE_MAX_NEW_TOKENS
     assert doc["key"]["judge"]["model"] == s.model_path
-    assert evaluate.aggregates_of(doc)["s_q"] == 75.0
+    assert heldout.aggregates_of(doc)["s_q"] == 75.0
 
     # the same settings: reused, nothing asked again
     n = len(engine.requests)
-    assert evaluate.evaluate_round(s, engine, 0, {"generator": None})["s_q"] == 75.0 and len(engine.requests) == n
+    assert heldout.evaluate_round(s, engine, 0, {"generator": None})["s_q"] == 75.0 and len(engine.requests) == n
     # without a judge: another key (recomputed), no S_q, and the key has no judge entry at all
     plain = fake_settings(tmp_path / "run", "eval.limit=3")
-    doc2 = evaluate.evaluate_round(plain, engine, 0, {"generator": None})
+    doc2 = heldout.evaluate_round(plain, engine, 0, {"generator": None})
     assert "judge" not in doc2["key"] and "s_q" not in doc2 and doc2["key_hash"] != doc["key_hash"]
     assert not any(r.id.startswith("judge") for r in engine.requests[n:])
 
@@ -89,7 +90,7 @@ def test_a_judge_model_gets_its_own_engine(tmp_path, monkeypatch):
     monkeypatch.setattr(engines, "make_engine", make)
     s = fake_settings(tmp_path / "run", "eval.judge=judge-model", "eval.limit=2")
     run_engine = Scripted()
-    doc = evaluate.evaluate_round(s, run_engine, 0, {"generator": None})
+    doc = heldout.evaluate_round(s, run_engine, 0, {"generator": None})
     assert len(made) == 1 and made[0].name == "judge-model" and made[0].closed
     assert all(r.id.startswith("judge") for r in made[0].requests)
     assert not any(r.id.startswith("judge") for r in run_engine.requests) and run_engine.released == 1
@@ -101,7 +102,7 @@ def test_table_shows_s_q_only_when_judged():
 
     def render(results):
         console = Console(width=100, record=True)
-        console.print(evaluate.table(results))
+        console.print(heldout.table(results))
         return console.export_text()
 
     base = {"n": 1, "open": {"n": 1, "mean_words": 10.0}, "constrained": {"n": 0}}

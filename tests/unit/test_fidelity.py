@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import compose
-from selflengthen.length_control import Constraint, length_score, s_l
+from selflengthen.writing.length_control import Constraint, length_score, s_l
 from selflengthen.settings import Settings
 
 # llama/llm_client.py get_response / get_completion

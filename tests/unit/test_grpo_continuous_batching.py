@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from selflengthen.config import ConfigError
+from selflengthen.support.checks import ConfigError
 from selflengthen.training import grpo_lora
 from selflengthen.training.grpo_lora import GrpoConfig
 

@@ -1,4 +1,4 @@
-"""selflengthen.judge: LongBench-Write S_q — verdict parsing, scoring by hand-computed values, the runner."""
+"""selflengthen.evidence.judge: LongBench-Write S_q — verdict parsing, scoring by hand-computed values, the runner."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from selflengthen.engines.base import SamplingParams
-from selflengthen.judge import DIMENSIONS, dimension_scores, judge_answers, judge_messages, parse_verdict, s_q
+from selflengthen.evidence.judge import DIMENSIONS, dimension_scores, judge_answers, judge_messages, parse_verdict, s_q
 
 PROMPTS = Path(__file__).resolve().parents[2] / "conf" / "prompts"
 KEYS = ("Relevance", "Accuracy", "Coherence", "Clarity", "Breadth and Depth", "Reading Experience")
@@ -163,7 +163,7 @@ def test_judge_answers_never_crashes_on_any_reply():
 @pytest.mark.slow
 def test_judge_answers_with_the_embedded_model(tmp_path):
     from selflengthen.engines.transformers_engine import TransformersEngine
-    from selflengthen.models import resolve_model_path
+    from selflengthen.engines.models import resolve_model_path
 
     engine = TransformersEngine(resolve_model_path("embedded:smollm2-135m", None), batch_size=2)
     engine.load()

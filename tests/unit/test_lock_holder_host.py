@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from selflengthen.store import RunLock, RunLocked
+from selflengthen.runfolder.store import RunLock, RunLocked
 
 
 def test_the_refusal_names_the_holders_pid_and_host(tmp_path):

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from selflengthen import models
-from selflengthen.models import EMBEDDED, ModelNotFound, check_model_path, resolve_model_path
+from selflengthen.engines import models
+from selflengthen.engines.models import EMBEDDED, ModelNotFound, check_model_path, resolve_model_path
 
 
 @pytest.fixture(autouse=True)
@@ -173,7 +173,7 @@ def test_print_error_shows_markup_characters_literally(tmp_path, monkeypatch, na
 
     from rich.console import Console
 
-    from selflengthen import ui
+    from selflengthen.support import ui
 
     out = io.StringIO()
     monkeypatch.setattr(ui, "console", Console(file=out, width=400, color_system=None))

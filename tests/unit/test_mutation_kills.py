@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from selflengthen.sampling import keep_indices
+from selflengthen.writing.sampling import keep_indices
 
 
 class _Always:

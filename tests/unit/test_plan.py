@@ -1,4 +1,4 @@
-"""selflengthen.plan: plan parsing and its rejection reasons, write-step prompts, cleaning and joining."""
+"""selflengthen.methods.agentwrite_plans: plan parsing and its rejection reasons, write-step prompts, cleaning and joining."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from selflengthen.plan import (PLAN_REASONS, PlanStep, clean_step, join_steps, parse_plan, plan_messages,
+from selflengthen.methods.agentwrite_plans import (PLAN_REASONS, PlanStep, clean_step, join_steps, parse_plan, plan_messages,
                                render_plan, write_messages)
 
 PROMPTS = Path(__file__).resolve().parents[2] / "conf" / "prompts"

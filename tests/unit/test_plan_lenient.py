@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selflengthen.plan import parse_plan, plan_prefix
+from selflengthen.methods.agentwrite_plans import parse_plan, plan_prefix
 
 NO_COUNTS = "Paragraph 1 - Main Point: The keeper's journey.\n\nParagraph 2 - Main Point: The storm and the rescue."
 
@@ -27,7 +27,7 @@ def test_a_malformed_count_is_still_unparseable():
 @pytest.mark.parametrize("lang,prefix", [("en", "Paragraph 1 - Main Point: "), ("zh", "段落1 - 要点：")])
 def test_prefix_is_the_first_header_of_the_templates(lang, prefix):
     from conftest import compose
-    from selflengthen.config import as_dict
+    from selflengthen.support.checks import as_dict
 
     tpl = as_dict(compose(f"prompts={lang}").prompts)["agentwrite"]
     assert plan_prefix(tpl) == prefix
@@ -35,7 +35,7 @@ def test_prefix_is_the_first_header_of_the_templates(lang, prefix):
 
 def test_default_words_must_lie_in_the_bounds(tmp_path):
     from conftest import fake_settings
-    from selflengthen.config import ConfigError
+    from selflengthen.support.checks import ConfigError
 
     with pytest.raises(ConfigError, match="plan.default_words"):
         fake_settings(tmp_path, "method=agentwrite", "plan.default_words=5")
@@ -46,7 +46,7 @@ def test_prefill_puts_the_header_in_front_of_the_answer(tmp_path):
     from selflengthen.methods.base import load_method
     from selflengthen.stages import plan
     from selflengthen.stages.common import RoundContext
-    from selflengthen.store import atomic_write_jsonl, read_jsonl
+    from selflengthen.runfolder.store import atomic_write_jsonl, read_jsonl
 
     class Small:
         requests: list = []

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import fake_engine, finished_run
-from selflengthen import evaluate, report
+from selflengthen.evidence import heldout
+from selflengthen.evidence import tables
 
 
 def coloured_share(path: Path) -> float:
@@ -26,12 +27,12 @@ def coloured_share(path: Path) -> float:
 @pytest.fixture(scope="module")
 def plots(tmp_path_factory) -> list[Path]:
     s = finished_run(tmp_path_factory.mktemp("run"), "eval.limit=8")
-    evaluate.evaluate_run(s, fake_engine())
-    return report.plot_report(s.run_dir)
+    heldout.evaluate_run(s, fake_engine())
+    return tables.plot_report(s.run_dir)
 
 
 def test_every_plot_has_drawn_data(plots):
-    assert [p.name for p in plots] == list(report.PLOTS)
+    assert [p.name for p in plots] == list(tables.PLOTS)
     for p in plots:
         assert coloured_share(p) > 0.002, f"{p.name} looks empty"
 
@@ -57,14 +58,14 @@ def test_grpo_training_logs_get_their_own_plot(tmp_path):
     import json
 
     s = finished_run(tmp_path / "run", "iterations=1")
-    assert report.GRPO_PLOT not in [p.name for p in report.plot_report(s.run_dir)]
+    assert tables.GRPO_PLOT not in [p.name for p in tables.plot_report(s.run_dir)]
     for where, steps in (("round_001/train/generator", 6), ("final/rl/generator", 4)):
         folder = s.run_dir / where
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "metrics.jsonl").write_text("".join(json.dumps(
             {"step": i + 1, "rewards/length/mean": 0.5 + 0.05 * i, "rewards/repetition/mean": 1.0,
              "answer_words": 80 - 3 * i}) + "\n" for i in range(steps)))
-    logs = report.grpo_logs(s.run_dir)
+    logs = tables.grpo_logs(s.run_dir)
     assert [label for label, _ in logs] == ["round 1 generator", "rl generator"] and len(logs[1][1]) == 4
-    plots = report.plot_report(s.run_dir)
-    assert plots[-1].name == report.GRPO_PLOT and coloured_share(plots[-1]) > 0.002
+    plots = tables.plot_report(s.run_dir)
+    assert plots[-1].name == tables.GRPO_PLOT and coloured_share(plots[-1]) > 0.002

@@ -1,4 +1,4 @@
-"""Data-parallel generation, in-process parts (selflengthen/ranks.py): which rank owns an item, how a rank
+"""Data-parallel generation, in-process parts (selflengthen/engines/ranks.py): which rank owns an item, how a rank
 keeps its own chains, and the engine keys that configure ranks. The multi-process runs are in tests/dist/."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from selflengthen import ranks
-from selflengthen.config import ConfigError
+from selflengthen.engines import ranks
+from selflengthen.support.checks import ConfigError
 from selflengthen.engines import make_engine, parse_config
 from selflengthen.engines.base import Request, SamplingParams
 

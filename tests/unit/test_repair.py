@@ -4,9 +4,10 @@ the answer is ever cut (a loop stays, and the filter rejects it)."""
 from __future__ import annotations
 
 from conftest import fake_settings
-from selflengthen import engine_session, recipe
+from selflengthen import recipe
+from selflengthen.engines import session
 from selflengthen.engines.fake import FakeEngine
-from selflengthen.filters import EN, ZH, check, repair, trim_meta_edges
+from selflengthen.writing.filters import EN, ZH, check, repair, trim_meta_edges
 from selflengthen.stages import extend
 from selflengthen.stages.common import RoundContext, preparer
 from selflengthen.stages.initial import Generate
@@ -59,7 +60,7 @@ class Chatty(FakeEngine):
 
 def _extend_with(tmp_path, *overrides):
     s = fake_settings(tmp_path, "iterations=1", "extend.max_attempts=2", *overrides)
-    recipe.run(s, engine_session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
+    recipe.run(s, session.LazyEngine({"name": "fake"}, lambda: "m"), lambda: "m")
     (tmp_path / "round_001/extend/done.json").unlink()
     (tmp_path / "round_001/extend/passes.jsonl").unlink()
     return extend.run(RoundContext(s, 1, Chatty(), {"generator": None, "extender": None}))

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from selflengthen import rewards as R
-from selflengthen.length_control import Constraint
+from selflengthen.methods import lwzero_rewards as R
+from selflengthen.writing.length_control import Constraint
 
 # --- targets -----------------------------------------------------------------------------------------
 

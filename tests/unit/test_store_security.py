@@ -16,8 +16,8 @@ import signal
 
 import pytest
 
-from selflengthen import store
-from selflengthen.store import ItemLog, LinkRefused, RunLock, RunLocked, StoreError
+from selflengthen.runfolder import store
+from selflengthen.runfolder.store import ItemLog, LinkRefused, RunLock, RunLocked, StoreError
 
 SECRET = b"TOP-SECRET-LINE-1\nssh-rsa AAAA secret key material\n{\"id\": \"torn"
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from selflengthen.store import LinkRefused, StoreError, append_bytes
+from selflengthen.runfolder.store import LinkRefused, StoreError, append_bytes
 
 
 def test_append_bytes_appends_and_fsyncs(tmp_path):
@@ -48,20 +48,20 @@ def test_grpo_metrics_log_through_a_symlink_is_refused(tmp_path):
 
 
 def test_eval_result_is_not_moved_through_a_linked_folder(tmp_path):
-    from selflengthen import evaluate
-    from selflengthen.store import guard_run_folder, unguard_run_folder
+    from selflengthen.evidence import heldout
+    from selflengthen.runfolder.store import guard_run_folder, unguard_run_folder
 
     run = tmp_path / "run"
-    current = evaluate.eval_file(run, 1)
+    current = heldout.eval_file(run, 1)
     current.parent.mkdir(parents=True)
     current.write_text("{}")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    os.symlink(elsewhere, current.parent / evaluate.BY_KEY_DIR)
+    os.symlink(elsewhere, current.parent / heldout.BY_KEY_DIR)
     guard_run_folder(run)
     try:
         with pytest.raises(LinkRefused):
-            evaluate._make_current(run, 1, {"key": {"a": 2}}, {"key": {"a": 1}})
+            heldout._make_current(run, 1, {"key": {"a": 2}}, {"key": {"a": 1}})
     finally:
         unguard_run_folder(run)
     assert list(elsewhere.iterdir()) == [] and current.read_text() == "{}"

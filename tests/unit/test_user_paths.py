@@ -11,8 +11,8 @@ import pytest
 
 from conftest import compose, fake_settings
 from selflengthen import cli
-from selflengthen.config import ConfigError
-from selflengthen.models import ModelNotFound, check_model_path
+from selflengthen.support.checks import ConfigError
+from selflengthen.engines.models import ModelNotFound, check_model_path
 from selflengthen.settings import MAX_INPUT_BYTES, Settings
 
 ROWS = "".join(json.dumps({"prompt": f"Write a long essay about topic {i}."}) + "\n" for i in range(4))
@@ -99,7 +99,7 @@ def test_run_root_that_is_a_file_or_a_loop_is_refused(tmp_path):
     os.symlink(tmp_path / "l2", tmp_path / "l1")
     os.symlink(tmp_path / "l1", tmp_path / "l2")
     with pytest.raises(OSError):  # usable_dir turns this into one message (test_settings covers the CLI side)
-        from selflengthen.store import write_probe
+        from selflengthen.runfolder.store import write_probe
 
         write_probe(tmp_path / "l1" / "run")
 

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from selflengthen.config import rule
+from selflengthen.support.checks import rule
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from typing import Any
 
 from typing import TYPE_CHECKING
 
-from selflengthen import layout
-from selflengthen.store import StoreError, atomic_write_json
+from selflengthen.runfolder import layout
+from selflengthen.runfolder.store import StoreError, atomic_write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from selflengthen.settings import Settings
@@ -52,8 +52,8 @@ def load(run_dir: Path) -> dict | None:
     """The manifest, or None when there is none. A damaged one (not JSON, the wrong shape) or anything but a
     plain file in its place is a StoreError naming it and the fix: never read as "no manifest", which would
     let a rerun with other settings add rounds made another way."""
-    from selflengthen.records import Manifest
-    from selflengthen.store import read_record
+    from selflengthen.runfolder.records import Manifest
+    from selflengthen.runfolder.store import read_record
 
     path = layout.manifest_path(run_dir)
     if not os.path.lexists(path):
@@ -71,8 +71,8 @@ def recorded_config(run_dir: Path) -> tuple[bool, dict | None, dict[str, str]]:
     """What the run's own records say made it, for a run folder without its manifest: (any record at all,
     the semantic config the last sealed round recorded or None, {stage folder: config digest} of the stages
     of rounds after that round, from their done records)."""
-    from selflengthen.records import Done
-    from selflengthen.store import StoreError, check_record, read_json
+    from selflengthen.runfolder.records import Done
+    from selflengthen.runfolder.store import StoreError, check_record, read_json
 
     any_record, semantic, last = False, None, 0
     rounds = sorted(int(p.name[6:]) for p in Path(run_dir).glob("round_*") if p.name[6:].isdigit())

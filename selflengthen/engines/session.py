@@ -86,7 +86,7 @@ def model_resolver(model_path: str, cache_dir: Optional[str]) -> Callable[[], st
 
     def resolve() -> str:
         if "path" not in cache:
-            from selflengthen.models import resolve_model_path
+            from selflengthen.engines.models import resolve_model_path
 
             cache["path"] = resolve_model_path(model_path, cache_dir)
         return cache["path"]

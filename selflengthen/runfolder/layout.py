@@ -125,8 +125,8 @@ def adapters_rel(run_dir: Path, adapters: dict) -> dict:
 def read_summary(run_dir: Path, r: int) -> Optional[dict]:
     """Round r's summary, or None when it is missing or damaged (the round is not finished: a damaged one is
     reported and sealed again). Anything but a plain file there is refused (store.NotAFile)."""
-    from selflengthen.records import RoundSummary
-    from selflengthen.store import CorruptArtifact, read_record
+    from selflengthen.runfolder.records import RoundSummary
+    from selflengthen.runfolder.store import CorruptArtifact, read_record
 
     path = summary_path(run_dir, r)
     if not os.path.lexists(path) and not (os.path.lexists(path.parent) and not path.parent.is_dir()):
@@ -143,7 +143,7 @@ def round_damage(run_dir: Path, r: int, summary: dict) -> Optional[str]:
     is missing, or an artifact it lists is missing or changed), as "stage" or "stage/role"; None when every
     stage is intact. Checked with store.stage_done, which also removes a record that no longer matches, so
     the next run redoes that stage."""
-    from selflengthen.store import DONE, stage_done
+    from selflengthen.runfolder.store import DONE, stage_done
 
     rd = round_dir(run_dir, r)
     for name, section in (summary.get("stages") or {}).items():
@@ -184,6 +184,6 @@ def finished_rounds(run_dir: Path) -> dict[int, dict]:
 def describe(path: Path) -> tuple[str, str]:
     """(what the file at `path` is to the run, what a user does when it is damaged or of the wrong kind):
     records.describe, which names this module's files without importing it (store.py uses it)."""
-    from selflengthen.records import describe as _describe
+    from selflengthen.runfolder.records import describe as _describe
 
     return _describe(path)

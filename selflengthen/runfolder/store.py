@@ -205,7 +205,7 @@ def _disk_error(path: Path, exc: OSError, doing: str = "write") -> StoreError:
         why = "the folder is not writable"
         fix = "fix the folder's permissions (or choose another run.root) and run the same command again"
     elif exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY):
-        from selflengthen.records import describe
+        from selflengthen.runfolder.records import describe
 
         culprit = _blocking_path(path)
         what, fix_ = describe(culprit)
@@ -332,7 +332,7 @@ def _kind_of(mode: int) -> str:
 
 
 def _not_a_file(path: Path, why: str) -> NotAFile:
-    from selflengthen.records import describe
+    from selflengthen.runfolder.records import describe
 
     what, fix = describe(Path(path))
     return NotAFile(f"Cannot read {path} ({what}): {why}. The run reads back only plain files it wrote itself "
@@ -374,7 +374,7 @@ def check_folder(folder: Path) -> None:
     reader that globs or tests files below it would otherwise see "nothing there" and go on silently."""
     culprit = _blocking_path(Path(folder) / "x")
     if culprit != Path(folder) / "x":
-        from selflengthen.records import describe
+        from selflengthen.runfolder.records import describe
 
         what, fix = describe(culprit)
         raise NotAFile(f"Cannot read {folder}: {culprit} is a file where the run keeps a folder. The run reads "
@@ -394,7 +394,7 @@ def read_bytes(path: Path) -> bytes:
 
 
 def _damaged(path: Path, why: str) -> CorruptArtifact:
-    from selflengthen.records import describe
+    from selflengthen.runfolder.records import describe
 
     what, fix = describe(Path(path))
     return CorruptArtifact(f"{path} ({what}) is damaged: {why}. Fix: {fix}.")
@@ -432,7 +432,7 @@ def read_jsonl(path: Path) -> list[dict]:
 def check_record(path: Path, data: Any, schema) -> dict:
     """`data` (read from `path`) if it fits `schema` (a records.py model); else a CorruptArtifact naming the
     file, the problem and the fix."""
-    from selflengthen.records import describe, problem
+    from selflengthen.runfolder.records import describe, problem
 
     why = problem(data, schema)
     if why is None:
@@ -495,7 +495,7 @@ class ItemLog:
 
     def _parse(self, raw: bytes) -> int:
         """Keep every whole record; return the byte length of the good part."""
-        from selflengthen.records import item_problem
+        from selflengthen.runfolder.records import item_problem
 
         good = 0
         lines = raw.split(b"\n")
@@ -609,7 +609,7 @@ def stage_done(stage_dir: Path) -> Optional[dict]:
     check_folder(Path(stage_dir))
     if not os.path.lexists(marker):
         return None
-    from selflengthen.records import done_schema
+    from selflengthen.runfolder.records import done_schema
 
     try:
         record = check_record(marker, read_json(marker), done_schema(marker))

@@ -122,7 +122,7 @@ def check(text: str, cfg: FilterConfig = EN) -> FilterResult:
     if end < 0:
         return FilterResult(False, "empty")
     if cfg.min_words > 1:
-        from selflengthen.text import count_words
+        from selflengthen.writing.text import count_words
 
         if count_words(text) < cfg.min_words:
             return FilterResult(False, "too_short")
@@ -244,7 +244,7 @@ def trim_meta_edges(text: str, cfg: FilterConfig = EN) -> str:
 def repair(text: str, cfg: FilterConfig = EN) -> str:
     """`trim_meta_edges`, unless that would drop more than half the words (then the edges were not chatter
     around an answer, and the filter judges the whole)."""
-    from selflengthen.text import count_words
+    from selflengthen.writing.text import count_words
 
     trimmed = trim_meta_edges(text, cfg)
     if not trimmed or count_words(trimmed) < count_words(text) / 2:

@@ -1,6 +1,6 @@
 """Collection after the last round (DESIGN §1, last paragraph): the final SFT set with length control.
 
-`python -m selflengthen.collect [hydra overrides]` (same overrides as the run) does, in order:
+`python -m selflengthen collect [hydra overrides]` (same overrides as the run) does, in order:
 
 1. `collect/01_self_instruct`: `collect.num_new` fresh instructions, made by the self-instruct stage
    itself on a virtual round after the last one (its own seeds, never a later round's);
@@ -41,17 +41,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, Optional
 
-from selflengthen import filters, ui
+from selflengthen.writing import filters
+from selflengthen.support import ui
 from selflengthen.engines.base import Request
-from selflengthen.length_control import make_constraint, phrase
-from selflengthen.sampling import keep_indices
+from selflengthen.writing.length_control import make_constraint, phrase
+from selflengthen.writing.sampling import keep_indices
 from selflengthen.settings import DEFAULT_KINDS, ConfigError, Settings, check_collect
 from selflengthen.stages import self_instruct
 from selflengthen.stages.common import RoundContext, derive_seed, preparer, redraws, resumable
 from selflengthen.stages.initial import quality
-from selflengthen.store import (CorruptArtifact, StoreError, check_no_links, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,
+from selflengthen.runfolder.store import (CorruptArtifact, StoreError, check_no_links, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,
                                 fsync_dir, mark_done, open_log, read_json, read_jsonl, reset_dir, stage_done)
-from selflengthen.text import count_words
+from selflengthen.writing.text import count_words
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,11 @@ def _key(instruction: str, response: str) -> str:
 # --- 1-2: fresh instructions answered by the final generator --------------------------------------------
 
 def final_round(run_dir: Path) -> tuple[int, dict]:
-    from selflengthen.evaluate import finished_rounds
+    from selflengthen.evidence.heldout import finished_rounds
 
     rounds = finished_rounds(run_dir)
     last = max(rounds)
-    from selflengthen import layout
+    from selflengthen.runfolder import layout
 
     if layout.summary_path(run_dir, last + 1).exists():  # sealed, but its artifacts no longer match (logged)
         raise StoreError(f"Round {last + 1} of {run_dir} is sealed but not usable (its summary or a stage's "
@@ -139,8 +140,8 @@ def made_by(s: Settings, cc: CollectConfig, last: int, adapters: dict) -> dict:
     generator (round, adapters by path and content), the rounds' data (their stages' artifact digests), seed,
     model, engine, decoding, the collect and self-instruct settings, the prompt set and the seed prompts.
     Throughput knobs (batch size, checkpoint_every) are not in it."""
-    from selflengthen import layout
-    from selflengthen.evaluate import adapter_identity, sha256_json
+    from selflengthen.runfolder import layout
+    from selflengthen.evidence.heldout import adapter_identity, sha256_json
 
     si = {k: v for k, v in dataclasses.asdict(s.self_instruct).items() if k != "num_new"}  # collect.num_new rules
     return {"final_round": last,
@@ -156,7 +157,7 @@ def made_by(s: Settings, cc: CollectConfig, last: int, adapters: dict) -> dict:
 def _round_digest(round_dir: Path) -> str:
     """A digest of every stage artifact of a round, read from the checksums in the stages' done records (the
     stage folders' names are left out: a folder renamed by a layout migration holds the same data)."""
-    from selflengthen.evaluate import sha256_json
+    from selflengthen.evidence.heldout import sha256_json
 
     files = []
     for done in round_dir.glob("*/done.json"):
@@ -170,10 +171,10 @@ def _round_digest(round_dir: Path) -> str:
 def _start_fresh_if_stale(run_dir: Path, source: dict) -> None:
     """The collection belongs to what made it (`made_by`): a run that gained rounds since, another seed,
     model or adapter, or a changed collect setting is collected again, never served from the old files."""
-    from selflengthen.evaluate import differences
+    from selflengthen.evidence.heldout import differences
 
-    from selflengthen.records import Lenient
-    from selflengthen.store import read_record
+    from selflengthen.runfolder.records import Lenient
+    from selflengthen.runfolder.store import read_record
 
     marker = run_dir / COLLECT_DIR / "source.json"
     if os.path.lexists(marker):
@@ -231,7 +232,7 @@ def _answer(ctx: CollectContext, folder: Path, cc: CollectConfig) -> tuple[dict,
 def gather_pairs(run_dir: Path, last: int, answers: list[dict], method=None) -> list[dict]:
     """Every round's kept pairs (the method's `pairs` artifacts: Self-Lengthen's initial and extended
     answers) plus the collected answers, first occurrence of each pair kept."""
-    from selflengthen import layout
+    from selflengthen.runfolder import layout
     from selflengthen.methods.base import method_of
 
     pairs = []
@@ -268,7 +269,7 @@ def sample_answers(ctx: RoundContext, answers: list[dict]) -> list[dict]:
 
 def _sampling(s: Settings):
     """The run's `sampling:` section, or its defaults for a method without one."""
-    from selflengthen.sampling import Sampling
+    from selflengthen.writing.sampling import Sampling
 
     return s.sections.get("sampling") or Sampling()
 
@@ -394,7 +395,7 @@ def collect(s: Settings, cc: CollectConfig, engine) -> dict:
         log.info("export is complete on disk: skipped")
         return done["summary"]
     if done:
-        from selflengthen.evaluate import differences
+        from selflengthen.evidence.heldout import differences
 
         log.warning("the export on disk was made with other settings (%s): exporting again",
                     differences(done["summary"].get("made_by"), key))
@@ -427,29 +428,3 @@ def collect(s: Settings, cc: CollectConfig, engine) -> dict:
             "made_by": key, "seconds": time.time() - start}
     return export(rows, s.run_dir / EXPORT_DIR, info)["summary"]
 
-
-def run_collect(s: Settings, cc: CollectConfig) -> dict:
-    from selflengthen import cli, engine_session
-    from selflengthen.store import RunLock
-
-    cli.warn_on_drift(s)
-    with RunLock(s.run_dir):
-        cli.record_config(s, "collect")
-        engine, _ = engine_session.for_settings(s)
-        try:
-            info = collect(s, cc, engine)
-        finally:
-            engine.close()
-    ui.console.print(f"collected {info['rows']} rows ({info['from_rounds']} from rounds, {info['from_collect']} "
-                     f"new; constraints {info['kinds']}) -> {s.run_dir / EXPORT_DIR}")
-    return info
-
-
-def main() -> None:
-    from selflengthen import cli
-
-    cli.main("collect", lambda s: run_collect(s, s.collect))
-
-
-if __name__ == "__main__":  # vLLM spawns worker processes: the guard keeps them from rerunning the job
-    main()

@@ -42,15 +42,18 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from selflengthen import benchmarks, filters, layout, ui
+from selflengthen.evidence import benchmarks
+from selflengthen.writing import filters
+from selflengthen.runfolder import layout
+from selflengthen.support import ui
 from selflengthen.engines.base import Request, complete
-from selflengthen.judge import DIMENSIONS
-from selflengthen.length_control import Constraint, length_score, s_l
-from selflengthen.records import EvalDoc, TrainDone
+from selflengthen.evidence.judge import DIMENSIONS
+from selflengthen.writing.length_control import Constraint, length_score, s_l
+from selflengthen.runfolder.records import EvalDoc, TrainDone
 from selflengthen.settings import ConfigError, Settings, read_prompt_rows, shipped_data
 from selflengthen.stages.common import RoundContext, derive_seed, mean
-from selflengthen.store import CorruptArtifact, atomic_write_json, check_no_links, read_record, sha256_file
-from selflengthen.text import count_words
+from selflengthen.runfolder.store import CorruptArtifact, atomic_write_json, check_no_links, read_record, sha256_file
+from selflengthen.writing.text import count_words
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ def check_eval_settings(ev) -> None:
                   "set eval.max_new_tokens=1024, or larger than the longest target in the prompt file needs")
     if not isinstance(ev.every_round, bool):
         raise bad("every_round", ev.every_round, "must be true or false",
-                  "set eval.every_round=false (evaluate with python -m selflengthen.eval) or true")
+                  "set eval.every_round=false (evaluate with python -m selflengthen eval) or true")
     if ev.prompt_file is not None and not (isinstance(ev.prompt_file, str) and ev.prompt_file.strip()):
         raise bad("prompt_file", ev.prompt_file, "must be a path to a JSONL file, or null",
                   "set eval.prompt_file=null for the shipped held-out prompts, or a path to your own JSONL file")
@@ -453,10 +456,11 @@ def judge_rows(s: Settings, engine, r: int | str, rows: list[dict]) -> dict:
     base model on the run's engine (no adapter: the model being trained does not grade itself), else a
     second engine for that model, opened here and closed after. Adds `s_q` and `judge` (the six scores) to
     each row; returns the document's `s_q`, per-dimension `s_q_<dimension>` means and `judge` counters."""
-    from selflengthen import engine_session, judge
+    from selflengthen.engines import session
+    from selflengthen.evidence import judge
 
     own = s.eval.judge != SELF
-    judge_engine = engine_session.LazyEngine(s.engine, engine_session.model_resolver(s.eval.judge, s.model_cache)) \
+    judge_engine = session.LazyEngine(s.engine, session.model_resolver(s.eval.judge, s.model_cache)) \
         if own else engine
     ctx = RoundContext(s, 0, judge_engine, {})
     items = [{"instruction": row["prompt"], "answer": row["text"]} for row in rows]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Optional
 
-from selflengthen.length_control import KINDS, Constraint
+from selflengthen.writing.length_control import KINDS, Constraint
 
 OURS, LONGBENCH_WRITE, LONGEN = "selflengthen", "longbench-write", "longen"
 FORMATS = (OURS, LONGBENCH_WRITE, LONGEN)

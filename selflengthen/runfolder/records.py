@@ -247,15 +247,15 @@ def describe(path: Path) -> tuple[str, str]:
                 "(finished stages are not redone)")
     if p.parent.name == EXPORT_DIR:
         return ("the exported data set" if name != "done.json" else "the export's done record",
-                f"delete the folder {p.parent} and run python -m selflengthen.collect again: it exports again")
+                f"delete the folder {p.parent} and run python -m selflengthen collect again: it exports again")
     up = [p.parent.name, p.parent.parent.name, p.parent.parent.parent.name]  # nearest folders first
     if up[0] == EVAL_DIR or up[2] == EVAL_DIR and up[1] == "by_key":
-        return (f"the held-out eval {name}", "delete it: python -m selflengthen.eval evaluates that model again")
+        return (f"the held-out eval {name}", "delete it: python -m selflengthen eval evaluates that model again")
     if COLLECT_DIR in up[:2]:
         return (f"the collection's {name}",
-                f"delete the folder {p.parent} and run python -m selflengthen.collect again: it collects again")
+                f"delete the folder {p.parent} and run python -m selflengthen collect again: it collects again")
     if up[0] == REPORT_DIR:
-        return (f"the report's {name}", "delete it: python -m selflengthen.report writes it again")
+        return (f"the report's {name}", "delete it: python -m selflengthen report writes it again")
     if name == "done.json":
         return (f"{where}{stage} stage's done record",
                 "delete it and run the same command again: the stage is redone (from its item log where it has "

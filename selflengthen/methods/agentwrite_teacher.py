@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from selflengthen.config import ConfigError, need
+from selflengthen.support.checks import ConfigError, need
 
 KEY = "agentwrite"
 
@@ -67,11 +67,11 @@ def planner(ctx, adapter: Optional[str]) -> Iterator[tuple[object, Optional[str]
     if teacher is None:
         yield ctx.engine, adapter
         return
-    from selflengthen import engine_session
+    from selflengthen.engines import session
 
     ctx.engine.release()  # the student may be resident (self-instruct): give its memory back first
-    engine = engine_session.LazyEngine(engine_settings(ctx.s, teacher),
-                                       engine_session.model_resolver(teacher["model"], ctx.s.model_cache))
+    engine = session.LazyEngine(engine_settings(ctx.s, teacher),
+                                       session.model_resolver(teacher["model"], ctx.s.model_cache))
     try:
         yield engine, None
     finally:

@@ -13,7 +13,7 @@ new stage or method shows up without editing this file. `print_report` shows it 
 - `grpo.png`, when the run trained with GRPO (`method=lwzero`, `rl.enabled`): each reward's group mean and
   the answer length per optimizer step, from every GRPO `metrics.jsonl` of the rounds and the RL stage.
 
-`python -m selflengthen.report [the run's overrides]` does all three and writes `report/report.json`.
+`python -m selflengthen report [the run's overrides]` does all three and writes `report/report.json`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from selflengthen import layout
+from selflengthen.runfolder import layout
 from selflengthen.methods.base import method_of
-from selflengthen.records import EvalDoc, ExportDone
-from selflengthen.store import CorruptArtifact, atomic_write_bytes, atomic_write_json, check_folder, read_jsonl, read_record
+from selflengthen.runfolder.records import EvalDoc, ExportDone
+from selflengthen.runfolder.store import CorruptArtifact, atomic_write_bytes, atomic_write_json, check_folder, read_jsonl, read_record
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def report_table(report: dict):
 
 def eval_table(report: dict):
     """Held-out eval per round, round 0 = the base model (None when no round has been evaluated)."""
-    from selflengthen.evaluate import table
+    from selflengthen.evidence.heldout import table
 
     evals = {r["round"]: r["eval"] for r in report["rounds"] if r["eval"]}
     if report.get("base_eval"):
@@ -163,7 +163,7 @@ def rejection_table(report: dict):
 
 
 def print_report(report: dict, console=None) -> None:
-    from selflengthen import ui
+    from selflengthen.support import ui
 
     console = console or ui.console
     console.print(report_table(report))
@@ -272,7 +272,7 @@ def _plot_eval(evals: dict, path: Path) -> Path:
         score_ax.set_ylim(-0.02, 1.02)
     else:
         for ax in (words_ax, score_ax):
-            _note(ax, "no held-out eval yet:\npython -m selflengthen.eval")
+            _note(ax, "no held-out eval yet:\npython -m selflengthen eval")
     words_ax.set_title("Held-out answer length")
     words_ax.set_xlabel("round (0 = base model)")
     words_ax.set_ylabel("words")
@@ -320,7 +320,7 @@ def _plot_requested(evals: dict[int, dict], path: Path) -> Path:
         ax.set_ylim(lo, hi)
         ax.legend(fontsize=8)
     else:
-        _note(ax, "no held-out eval yet:\npython -m selflengthen.eval")
+        _note(ax, "no held-out eval yet:\npython -m selflengthen eval")
     ax.set_xlabel("requested length (words; range: midpoint)")
     ax.set_ylabel("generated length (words)")
     ax.set_title("Requested vs generated length")
@@ -399,26 +399,3 @@ def write_report(run_dir: Path, method=None, show: bool = True) -> dict:
     atomic_write_json(layout.report_dir(run_dir) / "report.json", report)
     return report
 
-
-def run_report(s) -> dict:
-    """`python -m selflengthen.report`: the tables, report.json and the plots of the run `s` names, written under
-    the run lock (one writer at a time, and no write through a link inside the run folder)."""
-    from selflengthen import ui
-    from selflengthen.store import RunLock
-
-    with RunLock(s.run_dir):
-        report = write_report(s.run_dir, s.method)
-    if not report["rounds"]:
-        log.warning("%s has no finished round yet (check run.name / experiment=)", s.run_dir)
-    ui.console.print(f"report: {s.run_dir / REPORT_DIR} (" + ", ".join(Path(p).name for p in report["plots"]) + ")")
-    return report
-
-
-def main() -> None:
-    from selflengthen import cli
-
-    cli.main("report", run_report)
-
-
-if __name__ == "__main__":
-    main()

@@ -196,7 +196,7 @@ def _replay(first, chain):
 
 def run_ranks(call: StageCall, engine, log_) -> None:
     """Start every unfinished rank of `call`'s stage, wait for all, merge their shards into `log_`."""
-    from selflengthen.store import atomic_write_bytes, reset_dir, stage_done
+    from selflengthen.runfolder.store import atomic_write_bytes, reset_dir, stage_done
 
     world = world_size(call.ctx)
     rel = Path(log_.path).relative_to(call.folder)
@@ -242,7 +242,7 @@ def _payload(call: StageCall, engine) -> dict:
 def _seed_shards(folder: Path, rel: Path, log_, pending: list[int], world: int) -> None:
     """A new shard starts with what is already logged for its items: the stage's own log (an earlier
     single-process run) and shards of an earlier run with another number of ranks. Nothing is redone."""
-    from selflengthen.store import ItemLog
+    from selflengthen.runfolder.store import ItemLog
 
     fresh = [r for r in pending if not (rank_dir(folder, r, world) / rel).exists()]
     if not fresh:
@@ -260,7 +260,7 @@ def _seed_shards(folder: Path, rel: Path, log_, pending: list[int], world: int) 
 
 
 def _merge(shard: Path, log_) -> None:
-    from selflengthen.store import ItemLog, iter_chunks
+    from selflengthen.runfolder.store import ItemLog, iter_chunks
 
     for part in iter_chunks(ItemLog(shard).records, 4096):
         log_.append(part)
@@ -285,7 +285,7 @@ def _run(call: StageCall, job: Path, pending: list[int], world: int) -> None:
         for r in pending:
             folder = rank_dir(call.folder, r, world)
             folder.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "selflengthen.ranks", str(job), "--rank", str(r), "--world", str(world)]
+            cmd = [sys.executable, "-m", "selflengthen.engines.ranks", str(job), "--rank", str(r), "--world", str(world)]
             with open(folder / OUTPUT, "ab") as out:
                 out.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} start\n".encode())
                 out.flush()
@@ -427,7 +427,7 @@ class RayRank:
 LAUNCHERS: dict[str, Callable[..., Any]] = {"local": _local, "srun": _srun, "ray": _ray}
 
 
-# --- a rank process: python -m selflengthen.ranks JOB --rank R --world N --------------------------------------
+# --- a rank process: python -m selflengthen.engines.ranks JOB --rank R --world N --------------------------------------
 
 def _die_with_parent() -> None:
     """A rank whose coordinator is killed stops too (Linux), so a rerun never meets an orphan still writing."""
@@ -446,8 +446,8 @@ def _die_with_parent() -> None:
 def run_rank(job: Path, rank: int, world: int) -> dict:
     """Run one rank of the stage in `job`; returns its done record (an existing one if it finished before)."""
     global _WORKER
-    from selflengthen import engine_session
-    from selflengthen.store import ItemLog, RunLock, RunLocked, guard_run_folder, mark_done, stage_done
+    from selflengthen.engines import session
+    from selflengthen.runfolder.store import ItemLog, RunLock, RunLocked, guard_run_folder, mark_done, stage_done
 
     payload = pickle.loads(Path(job).read_bytes())
     ctx, stage_dir = payload["ctx"], Path(payload["stage_dir"])
@@ -463,7 +463,7 @@ def run_rank(job: Path, rank: int, world: int) -> dict:
         done = stage_done(folder)
         if done:
             return done
-        engine, model_path = engine_session.for_settings(ctx.s)
+        engine, model_path = session.for_settings(ctx.s)
         engine.set_adapters(payload["adapters"])
         ctx = replace(ctx, engine=engine, model_path=model_path, method=ctx.s.method)
         _WORKER = Rank(rank, world)
@@ -490,9 +490,9 @@ def run_rank(job: Path, rank: int, world: int) -> dict:
 def main(argv: Optional[list[str]] = None) -> None:
     import argparse
 
-    from selflengthen import ui
+    from selflengthen.support import ui
 
-    p = argparse.ArgumentParser(prog="python -m selflengthen.ranks", description="one data-parallel generation rank")
+    p = argparse.ArgumentParser(prog="python -m selflengthen.engines.ranks", description="one data-parallel generation rank")
     p.add_argument("job", type=Path)
     p.add_argument("--rank", type=int, required=True)
     p.add_argument("--world", type=int, required=True)
@@ -504,7 +504,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    # run through the imported module, not this `__main__` copy: run_chains reads the rank from selflengthen.ranks
-    from selflengthen import ranks as _ranks
+    # run through the imported module, not this `__main__` copy: run_chains reads the rank from selflengthen.engines.ranks
+    from selflengthen.engines import ranks as _ranks
 
     _ranks.main()

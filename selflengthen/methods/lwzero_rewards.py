@@ -29,9 +29,9 @@ import re
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
-from selflengthen.filters import EN, FilterConfig, _units_simple, has_repeated_ngram
-from selflengthen.length_control import Constraint, make_constraint, phrase
-from selflengthen.text import count_words, split_paragraphs
+from selflengthen.writing.filters import EN, FilterConfig, _units_simple, has_repeated_ngram
+from selflengthen.writing.length_control import Constraint, make_constraint, phrase
+from selflengthen.writing.text import count_words, split_paragraphs
 
 MAX_WIDTH = 3000  # paper: a target range is at most 3,000 words wide
 STEP = 100  # paper: predicted ranges are multiples of 100 words
@@ -121,7 +121,7 @@ def predict_ranges(prompts: Sequence[str], generate: Callable[[list[str]], list[
     the cache (a JSON file in the run folder, written atomically) before returning. `predictor` names the
     model: a different predictor does not reuse another's answers. Unreadable answers give `fallback`
     (and are not cached, so a rerun asks again)."""
-    from selflengthen.store import atomic_write_json, read_json
+    from selflengthen.runfolder.store import atomic_write_json, read_json
 
     cache_path = Path(cache_path)
     cache: dict = read_json(cache_path) if cache_path.exists() else {}

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from selflengthen.config import ConfigError, rule
+from selflengthen.support.checks import ConfigError, rule
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class Tracker:
             return {}
 
     def _save(self) -> None:
-        from selflengthen.store import atomic_write_json
+        from selflengthen.runfolder.store import atomic_write_json
 
         atomic_write_json(self.path, self.state)
 
