@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
-
-if TYPE_CHECKING:  # pragma: no cover
-    from selflengthen.stages.common import RoundContext
+from typing import Any, Callable, Optional
 
 
 def _no_brief(section: dict) -> str:
@@ -29,14 +26,14 @@ class Stage:
     """One step of a round. `name` is its folder (`round_NNN/<name>/`) and the key of its summary section."""
 
     name: str
-    run: Callable[["RoundContext"], dict]  # returns the stage's summary section (resumable: see stages.common)
+    run: Callable[[Any], dict]  # RoundContext -> the stage's summary section (resumable: see stages.common)
     brief: Callable[[dict], str] = _no_brief  # one line for the round table and the report
     config: tuple[tuple[str, type], ...] = ()  # (config key, dataclass) sections the stage reads
     lengths: Optional[str] = None  # an artifact whose rows carry "words": drawn in the lengths plot
     label: str = ""  # the plot's legend entry for `lengths` (default: the stage name)
     # may start before the previous stage ends: ctx -> (a row of the previous stage -> this stage's items for
     # it), or None when it cannot (stages.common.Handover; used with run.speculate on a continuous batcher)
-    ahead: Optional[Callable[["RoundContext"], Any]] = None
+    ahead: Optional[Callable[[Any], Any]] = None
 
 
 @dataclass(frozen=True)

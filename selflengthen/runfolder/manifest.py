@@ -18,15 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from typing import TYPE_CHECKING
-
 from selflengthen.runfolder import layout
 from selflengthen.runfolder.store import StoreError, atomic_write_json
 
-if TYPE_CHECKING:  # pragma: no cover
-    from selflengthen.settings import Settings
-
 MANIFEST = layout.MANIFEST
+# `s` below is the run's Settings (settings.py). It sits above the run folder's layer, so it is not imported
+# here, not even for a type hint: what is read of it is s.run_dir, s.semantic(), s.method_name, s.seeds and
+# s.accept_drift.
 log = logging.getLogger(__name__)
 
 
@@ -103,7 +101,7 @@ def _legacy_seed_hash(seeds) -> str:
     return hashlib.sha256("\n".join(seeds).encode()).hexdigest()[:16]
 
 
-def _upgrade_seed_hash(old: dict, s: "Settings") -> list[str]:
+def _upgrade_seed_hash(old: dict, s: Any) -> list[str]:
     """A manifest that recorded the old seed hash of today's very seeds takes today's hash (an upgrade, not
     drift); any other value stays and is reported as drift."""
     data = old["semantic"].get("data")
@@ -115,7 +113,7 @@ def _upgrade_seed_hash(old: dict, s: "Settings") -> list[str]:
     return []
 
 
-def _rebuild(s: "Settings", stages: list[str] | None) -> dict | None:
+def _rebuild(s: Any, stages: list[str] | None) -> dict | None:
     """The manifest of a run folder whose manifest.json is gone, rebuilt from what its rounds recorded; None
     for a run with no record yet (a new run). Refuses (DriftError) when the records say another config made
     the run, or when they are too old to say, unless run.accept_drift."""
@@ -169,7 +167,7 @@ def _adopt_new_keys(old: dict, new: dict) -> list[str]:
     return added
 
 
-def open_run(s: "Settings", stages: list[str] | None = None) -> dict:
+def open_run(s: Any, stages: list[str] | None = None) -> dict:
     """Create the manifest, or check the existing one against this config (drift)."""
     old = load(s.run_dir)
     rebuilt = False

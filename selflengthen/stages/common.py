@@ -23,7 +23,6 @@ from selflengthen.runfolder.store import ItemLog, mark_done, stage_done
 if TYPE_CHECKING:  # pragma: no cover
     from selflengthen.writing.filters import FilterConfig
     from selflengthen.methods.base import Method
-    from selflengthen.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class RoundContext:
     """What a stage may use: the settings, the round, the engine and the trainer. Stages hand data to each
     other through files in `stage_dir(name)` only."""
 
-    s: "Settings"
+    s: Any  # the run's Settings: settings.py sits above the stages, so it is not imported, not even for the type
     round_no: int
     engine: Any  # an Engine, loaded lazily on first use (engine_session.LazyEngine)
     adapters: dict  # adapter name -> folder used for generation in this round (None = base)
