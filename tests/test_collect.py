@@ -190,7 +190,7 @@ def test_collect_config_is_checked():
     assert dataset.collect_config(compose()) == dataset.CollectConfig()  # the paper's defaults
     assert dataset.CollectConfig().kinds == {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}
     assert (dataset.CollectConfig().min_words, dataset.CollectConfig().max_words) == (2000, 8000)
-    for bad, key in (("collect.max_words=10", "collect.max_words"), ("+dataset.kinds.often=1", "collect.kinds.often"),
+    for bad, key in (("collect.max_words=10", "collect.max_words"), ("+collect.kinds.often=1", "collect.kinds.often"),
                      ("collect.kinds.about=-1", "collect.kinds.about")):
         with pytest.raises(ConfigError, match=key):
             dataset.collect_config(compose(*FAKE, bad))
@@ -198,7 +198,7 @@ def test_collect_config_is_checked():
     with pytest.raises(ConfigError, match="collect.num_new"):
         dataset.collect_config(compose(*FAKE, "collect.num_new=-1"))
     with pytest.raises(ConfigError, match="collect.numnew"):
-        dataset.collect_config(compose(*FAKE, "+dataset.numnew=3"))
+        dataset.collect_config(compose(*FAKE, "+collect.numnew=3"))
 
 
 def test_cli_collects_a_run(tmp_path):

@@ -70,7 +70,7 @@ def test_three_valid_pngs_and_report_json(run_dir):
     for p in paths:
         assert p.parent == run_dir / "report"
         assert_valid_png(p)
-    assert json.loads((run_dir / "report/tables.json").read_text())["rounds"] == rep["rounds"]
+    assert json.loads((run_dir / "report/report.json").read_text())["rounds"] == rep["rounds"]
 
 
 def test_the_loop_ends_with_the_report_and_a_plot_failure_never_fails_it(tmp_path, monkeypatch, caplog):
@@ -94,7 +94,7 @@ def test_cli_writes_the_report(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     for name in tables.PLOTS:
         assert_valid_png(tmp_path / "x/report" / name)
-    assert json.loads((tmp_path / "x/report/tables.json").read_text())["rounds"][0]["round"] == 1
+    assert json.loads((tmp_path / "x/report/report.json").read_text())["rounds"][0]["round"] == 1
 
 
 def _scored(texts: dict[str, list[str]]) -> dict:

@@ -4,7 +4,7 @@ With `final.enabled=true` the recipe runs these stages once, in `iterations/<run
 round (and again when a later `iterations=` adds rounds: their inputs changed, so their records no longer
 match and they are redone):
 
-  final_data  the collection (dataset.py: every round's long pairs, fresh answers by the final generator,
+  final_data  the collection (evidence/dataset.py: every round's long pairs, fresh answers by the final generator,
               length control added to the queries) exported to `export/`, and its chat rows as the training
               rows `final_data/<role>.jsonl` of the method's answering role;
   train       that role trained on them (continuing from the last round's adapter, or from the base model
