@@ -85,7 +85,7 @@ DEFAULT_KINDS = {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}  # 
 
 
 def check_collect(c) -> None:
-    """collect.min_words / max_words / kinds, shared by both readers of the section."""
+    """collect.min_words / max_words / kinds: the rules across the fields of `collect:` (Collect.check)."""
     from selflengthen.writing.length_control import KINDS
 
     if c.max_words is not None and c.max_words <= c.min_words:

@@ -14,19 +14,23 @@ from conftest import FAKE, REPO, compose, fake_engine, fake_settings, finished_r
 from selflengthen.evidence import dataset
 from selflengthen.engines.fake import FakeEngine
 from selflengthen.writing.length_control import Constraint, kind_of_phrase, length_score
-from selflengthen.settings import ConfigError
+from selflengthen.settings import Collect, ConfigError
+from selflengthen.support.checks import parse_section
 from selflengthen.runfolder.store import read_jsonl
 from selflengthen.writing.text import count_words
 
 ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
 
 
+def collect_config(cfg) -> Collect:
+    """The `collect:` section of a composed config, checked as the run checks it (settings.Collect)."""
+    return parse_section(Collect, cfg.get("collect"), "collect")
 
 
-def all_in(**kw) -> dataset.CollectConfig:
+def all_in(**kw) -> Collect:
     """Every pair in: no word range, no sampling of the fresh answers (the paper's defaults drop most of a
     fake run's short pairs; the tests below that want them say so)."""
-    return dataset.CollectConfig(**{"min_words": 0, "max_words": None, "sample_answers": False, **kw})
+    return Collect(**{"min_words": 0, "max_words": None, "sample_answers": False, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -186,19 +190,19 @@ def test_rewrite_mode_uses_the_rewrite_or_falls_back_to_the_template(tmp_path):
 
 
 def test_collect_config_is_checked():
-    assert dataset.collect_config(compose(*FAKE)) == dataset.CollectConfig(min_words=20, max_words=1000)
-    assert dataset.collect_config(compose()) == dataset.CollectConfig()  # the paper's defaults
-    assert dataset.CollectConfig().kinds == {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}
-    assert (dataset.CollectConfig().min_words, dataset.CollectConfig().max_words) == (2000, 8000)
+    assert collect_config(compose(*FAKE)) == Collect(min_words=20, max_words=1000)
+    assert collect_config(compose()) == Collect()  # the paper's defaults
+    assert Collect().kinds == {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}
+    assert (Collect().min_words, Collect().max_words) == (2000, 8000)
     for bad, key in (("collect.max_words=10", "collect.max_words"), ("+collect.kinds.often=1", "collect.kinds.often"),
                      ("collect.kinds.about=-1", "collect.kinds.about")):
         with pytest.raises(ConfigError, match=key):
-            dataset.collect_config(compose(*FAKE, bad))
-    assert dataset.collect_config(compose(*FAKE, "collect.num_new=0", "collect.rewrite=true")).rewrite is True
+            collect_config(compose(*FAKE, bad))
+    assert collect_config(compose(*FAKE, "collect.num_new=0", "collect.rewrite=true")).rewrite is True
     with pytest.raises(ConfigError, match="collect.num_new"):
-        dataset.collect_config(compose(*FAKE, "collect.num_new=-1"))
+        collect_config(compose(*FAKE, "collect.num_new=-1"))
     with pytest.raises(ConfigError, match="collect.numnew"):
-        dataset.collect_config(compose(*FAKE, "+collect.numnew=3"))
+        collect_config(compose(*FAKE, "+collect.numnew=3"))
 
 
 def test_cli_collects_a_run(tmp_path):
@@ -303,7 +307,7 @@ def test_a_word_range_that_leaves_nothing_is_a_clear_error_and_the_answers_are_k
     that fits, nothing exported; the rerun with a fitting range reuses the stored answers."""
     s = finished_run(tmp_path, "iterations=1")
     with pytest.raises(ConfigError, match=r"collect\.min_words=2000, collect\.max_words=8000 .* Fix: .*collect\.min_words="):
-        dataset.collect(s, dataset.CollectConfig(num_new=2), fake_engine())
+        dataset.collect(s, Collect(num_new=2), fake_engine())
     assert not (s.run_dir / "export/done.json").exists()
     assert (s.run_dir / "collect/02_answers/answers.jsonl").exists()
     engine = fake_engine()

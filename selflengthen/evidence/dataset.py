@@ -46,7 +46,7 @@ from selflengthen.support import ui
 from selflengthen.engines.base import Request
 from selflengthen.writing.length_control import make_constraint, phrase
 from selflengthen.writing.sampling import keep_indices
-from selflengthen.settings import DEFAULT_KINDS, ConfigError, Settings, check_collect
+from selflengthen.settings import DEFAULT_KINDS, Collect, ConfigError, Settings
 from selflengthen.stages import self_instruct
 from selflengthen.stages.common import RoundContext, derive_seed, preparer, redraws, resumable
 from selflengthen.stages.initial import quality
@@ -60,39 +60,6 @@ COLLECT_DIR, EXPORT_DIR = "collect", "export"
 ANSWERS = "02_answers"
 REWRITE = "03_rewrite"
 HF_DIR = "hf_dataset"
-
-
-@dataclasses.dataclass(frozen=True)
-class CollectConfig:
-    num_new: int = 64
-    rewrite: bool = False
-    max_new_tokens: int = 2048
-    min_words: int = 2000  # the paper's final data: answers of 2,000 up to (not including) 8,000 words
-    max_words: Optional[int] = 8000
-    kinds: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_KINDS))  # constraint kind -> weight
-    sample_answers: bool = True  # length-aware sampling of the fresh answers
-
-
-def collect_config(cfg: Mapping) -> CollectConfig:
-    """The `collect:` section of the composed config, checked (it is read here, not in settings.py)."""
-    raw = cfg.get("collect") or {}
-    raw = {k: raw[k] for k in raw}
-    known = {f.name for f in dataclasses.fields(CollectConfig)}
-    for key in sorted(set(raw) - known):
-        raise ConfigError(f"Config error: collect.{key} is not a known key. Fix: use one of {sorted(known)} "
-                          f"(check the spelling).")
-    c = CollectConfig(**raw)
-    if not (isinstance(c.num_new, int) and not isinstance(c.num_new, bool) and c.num_new >= 0):
-        raise ConfigError(f"Config error: collect.num_new={c.num_new!r} — must be a whole number >= 0. "
-                          f"Fix: set collect.num_new=0 to export the rounds' data only, or 64 or more.")
-    if not isinstance(c.rewrite, bool):
-        raise ConfigError(f"Config error: collect.rewrite={c.rewrite!r} — must be true or false. "
-                          f"Fix: set collect.rewrite=false (template phrasing) or true (the model rewrites).")
-    if not (isinstance(c.max_new_tokens, int) and c.max_new_tokens >= 1):
-        raise ConfigError(f"Config error: collect.max_new_tokens={c.max_new_tokens!r} — must be a whole number "
-                          f">= 1. Fix: use generate.max_new_tokens' value, e.g. 2048.")
-    check_collect(c)
-    return c
 
 
 class CollectContext(RoundContext):
@@ -135,7 +102,7 @@ def final_round(run_dir: Path) -> tuple[int, dict]:
     return last, rounds[last]
 
 
-def made_by(s: Settings, cc: CollectConfig, last: int, adapters: dict) -> dict:
+def made_by(s: Settings, cc: Collect, last: int, adapters: dict) -> dict:
     """Everything that changes the collection (steps 1-4 without the rewrite switch), as plain JSON: the final
     generator (round, adapters by path and content), the rounds' data (their stages' artifact digests), seed,
     model, engine, decoding, the collect and self-instruct settings, the prompt set and the seed prompts.
@@ -192,7 +159,7 @@ def _start_fresh_if_stale(run_dir: Path, source: dict) -> None:
         atomic_write_json(marker, source)
 
 
-def answer_new_instructions(ctx: CollectContext, cc: CollectConfig) -> list[dict]:
+def answer_new_instructions(ctx: CollectContext, cc: Collect) -> list[dict]:
     """Steps 1-2; returns `{instruction, text, words}` of every passing answer."""
     if cc.num_new == 0:
         return []
@@ -204,7 +171,7 @@ def answer_new_instructions(ctx: CollectContext, cc: CollectConfig) -> list[dict
 
 
 @resumable(ANSWERS)
-def _answer(ctx: CollectContext, folder: Path, cc: CollectConfig) -> tuple[dict, list[str]]:
+def _answer(ctx: CollectContext, folder: Path, cc: Collect) -> tuple[dict, list[str]]:
     tpl = ctx.s.prompts["generate"]
     instructions = read_jsonl(ctx.stage_dir(self_instruct.NAME) / "instructions.jsonl")
     items = {ins["id"]: ins for ins in instructions}
@@ -380,7 +347,7 @@ def export(rows: list[dict], folder: Path, info: dict) -> dict:
     return mark_done(folder, ["chat.jsonl", "alpaca.json", "dataset_info.json", *hf_files], summary=info)
 
 
-def collect(s: Settings, cc: CollectConfig, engine) -> dict:
+def collect(s: Settings, cc: Collect, engine) -> dict:
     """Steps 1-5 for the run in `s.run_dir`; returns the export summary. The caller owns the engine."""
     last, adapters = final_round(s.run_dir)
     source = made_by(s, cc, last, adapters)
