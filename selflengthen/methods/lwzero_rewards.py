@@ -317,36 +317,3 @@ class QualityModel:
 
     def close(self) -> None:
         self._model = self._tokenizer = None
-
-
-# --- combining --------------------------------------------------------------------------------------
-
-def normalize_in_groups(values: Sequence[float], group_size: int) -> list[float]:
-    """z-score of each value within its group of `group_size` consecutive values; a group whose values are
-    all equal gives 0 each (no signal, no division by zero)."""
-    if group_size < 1 or len(values) % group_size:
-        raise ValueError(f"{len(values)} values do not split into groups of {group_size}")
-    out: list[float] = []
-    for g in range(0, len(values), group_size):
-        group = [float(v) for v in values[g:g + group_size]]
-        mean = sum(group) / len(group)
-        std = math.sqrt(sum((v - mean) ** 2 for v in group) / len(group))
-        out.extend(0.0 if std < 1e-12 else (v - mean) / std for v in group)
-    return out
-
-
-def combine(rewards: Mapping[str, Sequence[float]], weights: Mapping[str, float], group_size: int) -> list[float]:
-    """Each reward normalised within its group, then their weighted average. A reward with weight 0 (or no
-    weight) does not count."""
-    used = {name: float(weights.get(name, 0.0)) for name in rewards if weights.get(name, 0.0)}
-    if not used:
-        raise ValueError(f"no reward has a positive weight: rewards {sorted(rewards)}, weights {dict(weights)}")
-    if any(w < 0 for w in used.values()):
-        raise ValueError(f"reward weights must be >= 0, got {used}")
-    total = sum(used.values())
-    n = len(next(iter(rewards.values())))
-    combined = [0.0] * n
-    for name, w in used.items():
-        for i, z in enumerate(normalize_in_groups(rewards[name], group_size)):
-            combined[i] += w * z / total
-    return combined

@@ -159,33 +159,42 @@ def test_repeated_ngrams_inside_one_paragraph_are_penalised():
     assert R.repeated_ngram_share(PARAS[0]) == 0.0
 
 
-# --- combining ---------------------------------------------------------------------------------------
+# --- combining: TRL's aggregation -------------------------------------------------------------------
 
 
-def test_normalize_in_groups_is_a_z_score_and_zero_for_equal_values():
-    z = R.normalize_in_groups([1, 3, 5, 5, 5, 5], group_size=3)
-    assert z[:3] == pytest.approx([-1.2247449, 0.0, 1.2247449])
-    assert z[3:] == [0.0, 0.0, 0.0]
-    with pytest.raises(ValueError):
-        R.normalize_in_groups([1, 2, 3], group_size=2)
+def trl_advantages(rewards: dict, weights: dict, group_size: int) -> list[float]:
+    """The advantages TRL's GRPOTrainer gives these rewards under the aggregation training/grpo_lora.py sets,
+    `multi_objective_aggregation="normalize_then_sum"`: the lines of that branch of
+    trl/trainer/grpo_trainer.py (`_generate_and_score_completions`), with TRL's own `nanstd`. Each reward is
+    normalised within its group, the weighted sum is normalised over the batch."""
+    import torch
+    from trl.trainer.utils import nanstd
+
+    names = list(rewards)
+    per_func = torch.tensor([rewards[n] for n in names], dtype=torch.float32).T
+    w = torch.tensor([float(weights.get(n, 0.0)) for n in names])
+    grouped = per_func.view(-1, group_size, len(names))
+    mean_k = torch.nanmean(grouped, dim=1, keepdim=True)
+    std_k = nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean_k)
+    summed = (((grouped - mean_k) / (std_k + 1e-4)).view(-1, len(names)) * w.unsqueeze(0)).nansum(dim=1)
+    return ((summed - torch.nanmean(summed)) / (nanstd(summed) + 1e-4)).tolist()
 
 
-def test_combine_is_a_weighted_average_of_group_z_scores():
-    out = R.combine({"a": [0, 1], "b": [1, 0], "c": [3, 3]}, {"a": 3, "b": 1, "c": 1}, group_size=2)
-    assert out == pytest.approx([(-3 + 1) / 5, (3 - 1) / 5])
-    assert R.combine({"a": [0, 1], "q": [9, 0]}, {"a": 1, "q": 0}, 2) == pytest.approx([-1, 1])  # weight 0: unused
-    with pytest.raises(ValueError):
-        R.combine({"a": [0, 1]}, {"a": 0}, 2)
+def test_trl_normalises_each_reward_in_its_group_and_a_zero_weight_drops_one():
+    out = trl_advantages({"a": [0, 1], "b": [1, 0], "c": [3, 3]}, {"a": 3, "b": 1, "c": 1}, group_size=2)
+    assert out[0] < 0 < out[1]  # a outweighs b; c, equal in its group, adds nothing
+    assert trl_advantages({"a": [0, 1], "q": [9, 0]}, {"a": 1, "q": 0}, 2) == pytest.approx(
+        trl_advantages({"a": [0, 1]}, {"a": 1}, 2))
 
 
 def _score(answers, lo, hi, l_max=3000, weights=None):
-    """The trainer's rewards for one group of answers to one prompt, combined."""
+    """The trainer's rewards for one group of answers to one prompt, combined as TRL combines them."""
     rewards = {
         "length": [R.length_reward(R.distinct_words(a), lo, hi, l_max) for a in answers],
         "format": [R.format_reward(a, think=False) for a in answers],
         "repetition": [R.repetition_reward(a) for a in answers],
     }
-    return R.combine(rewards, weights or {"length": 1, "format": 1, "repetition": 1}, group_size=len(answers))
+    return trl_advantages(rewards, weights or {"length": 1, "format": 1, "repetition": 1}, len(answers))
 
 
 def test_padding_to_the_target_with_repeated_paragraphs_scores_below_the_short_answer():
