@@ -15,8 +15,8 @@ functions into TRL. Everything except `QualityModel` is a pure function of its a
 - **Repetition**: 1 minus the larger of two shares — words in near-duplicate paragraphs (word-shingle
   Jaccard against every earlier paragraph) and repeated n-grams (the quality filter's n-gram unit and n).
 - **Quality**: any sequence-classification reward model by path (`QualityModel`, loaded lazily), or none.
-- **Combine**: each reward z-scored within its group (std 0 → 0), then a weighted average — TRL's
-  `multi_objective_aggregation="normalize_then_sum"` up to a constant factor.
+- **Combine**: TRL's own, not here: `training/grpo_lora.py` sets `multi_objective_aggregation=
+  "normalize_then_sum"` (each reward normalised within its group, the weighted sum over the batch).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ Rules (see docs/ARCHITECTURE.md):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -560,25 +561,24 @@ def append_bytes(path: Path, data: bytes) -> None:
     file whose bytes another name shares; a failed write leaves the file as it was."""
     path = Path(path)
     check_no_links(path)
+    fd = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = _open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
-    except OSError as exc:
-        raise _disk_error(path, exc, "append to") from exc
-    try:
         _check_own_file(fd, path)
         size = os.fstat(fd).st_size
         try:
             _write_all(fd, data)
             os.fsync(fd)
-        except OSError as exc:
-            try:
-                os.ftruncate(fd, size)
-            except OSError:
-                pass
-            raise _disk_error(path, exc, "append to") from exc
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # the file as it was: no torn record
+            raise
+    except OSError as exc:  # one message for every step: opening, writing or syncing
+        raise _disk_error(path, exc, "append to") from exc
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def open_log(path: Path) -> ItemLog:

@@ -171,11 +171,12 @@ def train_grpo(model_path: str, rows: list[dict], out_dir: Path, init_adapter: O
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
 
-    if launch.launched():  # every process helps gather the weights; rank 0 alone writes adapter and metrics
-        if launch.save(trainer, out_dir) is None:
-            return {}
-    else:
-        _save_adapter(trainer.model, out_dir)
+    # the adapter, whole (training/save.py): launched, every process helps gather the weights and rank 0 alone
+    # writes adapter and metrics. Only the "default" adapter is saved: with beta > 0 and an init adapter, TRL
+    # keeps a frozen "ref" copy next to it.
+    if launch.save(trainer, out_dir, lambda folder: trainer.model.save_pretrained(
+            str(folder), selected_adapters=["default"])) is None:
+        return {}
     reset_dir(ckpt_dir)
     metrics = {
         "loss": float(result.training_loss),
@@ -413,12 +414,3 @@ def _progress_callback(progress: Optional[ProgressFn]):
             log.info("grpo step %d/%d %s", state.global_step, state.max_steps, logs)
 
     return ProgressCallback()
-
-
-def _save_adapter(model, out_dir: Path) -> None:
-    """Write the trained adapter to adapter.tmp, fsync it, then rename to adapter. Only the "default"
-    adapter is saved: with beta > 0 and an init adapter, TRL keeps a frozen "ref" copy next to it."""
-    from selflengthen.training.save import save_adapter
-
-    # written aside and swapped in whole by the shared helper (no link followed, the old one kept until then)
-    save_adapter(out_dir, lambda folder: model.save_pretrained(str(folder), selected_adapters=["default"]))
