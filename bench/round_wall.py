@@ -65,7 +65,9 @@ def main() -> None:
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-round-"))
     method = load_method("selflengthen")
-    flags = "avx512_bf16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "no avx512_bf16"
+    import torch
+
+    flags = "avx512_bf16" if torch.cpu.get_capabilities().get("avx512_bf16") else "no avx512_bf16"
     print(f"machine: {os.cpu_count()} CPU ({platform.machine()}, {flags}), load {os.getloadavg()[0]:.1f}; "
           f"engine {args.engine}, threads {args.threads or 'default'}", flush=True)
     results: dict[str, dict] = {}

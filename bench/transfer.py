@@ -109,7 +109,7 @@ def main() -> None:
     if not rows:
         sys.exit(f"no successful extension in {args.runs}: run the evidence preset first")
     row_mean = statistics.mean(r["words"] for r in rows)
-    flags = "avx512_bf16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "no avx512_bf16"
+    flags = "avx512_bf16" if torch.cpu.get_capabilities().get("avx512_bf16") else "no avx512_bf16"
     print(f"machine: {os.cpu_count()} CPU ({platform.machine()}, {flags}), torch {torch.__version__} threads "
           f"{args.threads}, load {os.getloadavg()[0]:.1f}")
     print(f"rows: {len(rows)} extended answers (mean {row_mean:.0f} words, from initial answers of mean "

@@ -26,8 +26,9 @@ def test_missing_package_names_the_cause_and_the_fix(monkeypatch):
 
 
 def test_hub_id_is_returned_unchanged_when_the_hub_can_be_used(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read from the environment once, at import
     monkeypatch.setattr(models, "_hub_reachable", lambda: (True, ""))
     assert resolve_model_path("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
 

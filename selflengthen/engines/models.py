@@ -200,23 +200,24 @@ def _check_hub_id(path: str, strict: bool = True) -> str:
     snapshot = _cached_snapshot(path)
     if snapshot is None and not strict:
         return path
-    offline = _offline_flag()
+    from huggingface_hub import constants
+
+    # huggingface_hub's own reading of HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE: what its downloads obey
+    offline = constants.is_offline_mode()
     if offline:
-        why = f"offline mode is on ({offline}=1)"
+        why = "offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)"
     else:
         reachable, why = _hub_reachable()
         if reachable:
             return path  # from_pretrained downloads (or updates) it
     if snapshot is not None:
         return str(snapshot)  # load the cached copy directly: no network calls, no retries
-    from huggingface_hub import constants
-
     raise ModelNotFound(
         f"model.path={path!r} is a Hugging Face id that is not in the local cache ({constants.HF_HUB_CACHE}), "
         f"and it cannot be downloaded: {why}. Fix: download it once where there is network "
         f"(`hf download {path}`, then copy the cache or the folder here), set model.path to a local folder "
         f"holding the model, or use model.path={EMBEDDED!r}"
-        + (f"; or unset {offline} if this machine has network." if offline else "."))
+        + ("; or unset HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE if this machine has network." if offline else "."))
 
 
 def _cached_snapshot(repo_id: str) -> Optional[Path]:
@@ -228,13 +229,6 @@ def _cached_snapshot(repo_id: str) -> Optional[Path]:
         return None
     folder = Path(config).parent
     return folder if any(any(folder.glob(p)) for p in _WEIGHTS) else None
-
-
-def _offline_flag() -> str:
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
-            return name
-    return ""
 
 
 @functools.lru_cache(maxsize=None)

@@ -54,15 +54,10 @@ _LOOPS = ("slots", "static")
 
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU multiplies bf16 natively (avx512_bf16 / AMX); emulated bf16 is slower than fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    import torch
+
+    caps = torch.cpu.get_capabilities()
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
 class TransformersEngine:

@@ -22,8 +22,18 @@ def fresh_probe():
 @pytest.fixture
 def online_capable(monkeypatch):
     """No offline flag and no proxy: whether the hub can be used is up to the connection probe."""
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # huggingface_hub reads the flags once, at import
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
+
+
+def offline(monkeypatch) -> None:
+    """HF_HUB_OFFLINE=1 as huggingface_hub sees it (it reads the environment once, when imported)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture
@@ -101,7 +111,7 @@ def test_unknown_embedded_model():
 
 
 def test_hub_id_offline_and_not_cached(hf_cache, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline(monkeypatch)
     msg = refused("someone/not-cached-model", resolve_too=False)
     assert "not in the local cache" in msg and "HF_HUB_OFFLINE" in msg and "hf download" in msg
     # resolving passes an uncached id through (a fake engine's placeholder is never loaded)
@@ -131,13 +141,13 @@ def test_cached_hub_id_without_network_loads_the_cached_copy(hf_cache, online_ca
 
 def test_cached_hub_id_offline_loads_the_cached_copy(hf_cache, monkeypatch):
     snap = hf_cache("org/tiny")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline(monkeypatch)
     assert resolve_model_path("org/tiny") == str(snap)
 
 
 def test_partly_cached_hub_id_counts_as_not_cached(hf_cache, monkeypatch):
     hf_cache("org/tiny", weights=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline(monkeypatch)
     assert "not in the local cache" in refused("org/tiny", resolve_too=False)
 
 
