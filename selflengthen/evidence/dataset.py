@@ -49,7 +49,7 @@ from selflengthen.writing.sampling import keep_indices
 from selflengthen.settings import DEFAULT_KINDS, Collect, ConfigError, Settings
 from selflengthen.stages import self_instruct
 from selflengthen.stages.common import RoundContext, derive_seed, preparer, redraws, resumable
-from selflengthen.stages.initial import quality
+from selflengthen.stages.initial import answer_request, quality
 from selflengthen.runfolder.store import (CorruptArtifact, StoreError, check_no_links, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,
                                 fsync_dir, mark_done, open_log, read_json, read_jsonl, reset_dir, stage_done)
 from selflengthen.writing.text import count_words
@@ -172,15 +172,11 @@ def answer_new_instructions(ctx: CollectContext, cc: Collect) -> list[dict]:
 
 @resumable(ANSWERS)
 def _answer(ctx: CollectContext, folder: Path, cc: Collect) -> tuple[dict, list[str]]:
-    tpl = ctx.s.prompts["generate"]
     instructions = read_jsonl(ctx.stage_dir(self_instruct.NAME) / "instructions.jsonl")
     items = {ins["id"]: ins for ins in instructions}
 
     def request(item_id: str, ins: dict, attempt: int) -> Request:
-        messages = ctx.messages(tpl.get("system"), tpl["user"].format(instruction=ins["prompt"]))
-        return Request.chat(item_id, messages, ctx.params(cc.max_new_tokens, ctx.seed("answer", item_id, attempt),
-                                                                  stop=tpl.get("stop") or ()),
-                            adapter="generator")
+        return answer_request(ctx, item_id, ins["prompt"], cc.max_new_tokens, ctx.seed("answer", item_id, attempt))
 
     attempts = open_log(folder / "attempts.jsonl")
     with ui.progress("collect · answers", len(items)) as advance:

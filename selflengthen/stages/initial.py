@@ -42,17 +42,22 @@ def quality(cfg: filters.FilterConfig):
     return judge
 
 
+def answer_request(ctx: RoundContext, item_id: str, instruction: str, max_new_tokens: int, seed: int) -> Request:
+    """The generator's answer to one instruction (`prompts.generate`): what this stage sends, and what
+    collect's fresh answers send (evidence/dataset.py)."""
+    tpl = ctx.s.prompts["generate"]
+    messages = ctx.messages(tpl.get("system"), tpl["user"].format(instruction=instruction))
+    return Request.chat(item_id, messages, ctx.params(max_new_tokens, seed, stop=tpl.get("stop") or ()),
+                        adapter="generator")
+
 @resumable(NAME)
 def run(ctx: RoundContext, folder: Path) -> tuple[dict, list[str]]:
-    cfg, tpl = ctx.cfg("generate"), ctx.s.prompts["generate"]
+    cfg = ctx.cfg("generate")
     instructions = read_jsonl(ctx.stage_dir(INSTRUCTIONS) / "instructions.jsonl")
     items = {f"{ins['id']}.s{k}": ins for ins in instructions for k in range(cfg.samples)}
 
     def request(item_id: str, ins: dict, attempt: int) -> Request:
-        messages = ctx.messages(tpl.get("system"), tpl["user"].format(instruction=ins["prompt"]))
-        return Request.chat(item_id, messages, ctx.params(cfg.max_new_tokens, ctx.seed("initial", item_id, attempt),
-                                                       stop=tpl.get("stop") or ()),
-                            adapter="generator")
+        return answer_request(ctx, item_id, ins["prompt"], cfg.max_new_tokens, ctx.seed("initial", item_id, attempt))
 
     log = open_log(folder / "attempts.jsonl")
     ahead = ctx.handover_out  # the next stage may start on passing answers before this stage ends
