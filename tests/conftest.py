@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny randomly initialised Llama with its own small tokenizer, built in seconds.
+"""Shared fixtures: a tiny randomly initialised Llama with its own small tokenizer, built in seconds; and the
+tests' one fake run (`run_fake`, `finished_run`) with `tree`, which compares two runs' artifacts.
 
 The tiny model answers nonsense, which is what orchestration, engine-mechanics and trainer tests need:
 they check shapes, batching, adapters and files, not prose. Tests of real behaviour use the embedded
@@ -7,6 +8,7 @@ model and carry the `slow` marker.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -116,13 +118,47 @@ def fake_engine():
     return session.LazyEngine({"name": "fake"}, lambda: "fake-model")
 
 
-def finished_run(run_dir: Path, *overrides: str, engine=None):
-    """A whole fake run (experiment=fake) in `run_dir`; returns its Settings."""
+def run_fake(run_dir: Path, *overrides: str, engine=None):
+    """The tests' one fake run: experiment=fake (and `overrides`) in `run_dir`, on the fake engine and trainer.
+    Returns (the round summaries, the engine it ran on)."""
     from selflengthen import recipe
 
-    s = fake_settings(run_dir, *overrides)
-    recipe.run(s, engine or fake_engine(), lambda: "fake-model")
-    return s
+    engine = engine or fake_engine()
+    return recipe.run(fake_settings(run_dir, *overrides), engine, lambda: "fake-model"), engine
+
+
+def finished_run(run_dir: Path, *overrides: str, engine=None):
+    """`run_fake`, for tests that go on with the finished run: returns its Settings."""
+    run_fake(run_dir, *overrides, engine=engine)
+    return fake_settings(run_dir, *overrides)
+
+
+LOGS = ("candidates.jsonl", "attempts.jsonl", "passes.jsonl", "steps.jsonl")
+
+
+def tree(run_dir: Path) -> dict[str, str]:
+    """Every artifact's content except timings, for comparing two runs. `report/` is left out: it is redrawn
+    from the artifacts at the end of every run (binary PNGs), not an artifact itself."""
+    out = {}
+    for p in sorted(run_dir.rglob("*")):
+        if (p.is_file() and p.name not in ("lock",) and ".hydra" not in p.parts and not p.name.endswith(".log")
+                and p.relative_to(run_dir).parts[0] != "report"):
+            text = p.read_text().replace(str(run_dir), "<run>")  # absolute adapter paths
+            if p.suffix == ".json":
+                text = json.dumps(_strip_times(json.loads(text)), sort_keys=True)
+            elif p.name in LOGS:  # item logs: the same records, in whatever order the batches landed
+                text = "\n".join(sorted(text.splitlines()))
+            out[str(p.relative_to(run_dir))] = text
+    return out
+
+
+def _strip_times(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_times(v) for k, v in obj.items()
+                if k not in ("seconds", "finished", "created", "updated", "time", "engine_load")}
+    if isinstance(obj, list):
+        return [_strip_times(v) for v in obj]
+    return obj
 
 
 def retrain_in_place(run_dir: Path, r: int, role: str = "generator") -> Path:

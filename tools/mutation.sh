@@ -20,7 +20,7 @@ MODULES=("$@")
 [ ${#MODULES[@]} -gt 0 ] || MODULES=(selflengthen/writing/sampling.py selflengthen/writing/filters.py selflengthen/writing/length_control.py
                                      selflengthen/stages/extend.py)
 # the fast tests that exercise those modules (unit tests of the pure parts + the stage/wiring tests)
-TESTS=(tests/test_sampling.py tests/test_filters.py tests/test_length_control.py tests/test_stages.py
+TESTS=(tests/writing/test_sampling.py tests/writing/test_filters.py tests/writing/test_length_control.py tests/stages/test_stages.py
        tests/e2e/test_wiring.py tests/unit/test_mutation_kills.py)
 
 WORK=${MUTATION_DIR:-$(mktemp -d /tmp/selflengthen-mutation.XXXXXX)}

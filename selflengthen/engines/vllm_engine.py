@@ -24,7 +24,7 @@ in flight at once: while one kind runs, a request of the other kind waits (and n
 after it), and when the running kind has drained, the waiting kind goes next (several adapters together
 are correct and stay batched). The guard is applied on every platform, since it costs nothing when a
 stream is single-role (as the pipeline's stages are) and keeps one tested code path.
-`tests/test_vllm_engine.py` proves a base request's greedy answer in a mixed stream equals its answer alone.
+`tests/engines/test_vllm_engine.py` proves a base request's greedy answer in a mixed stream equals its answer alone.
 
 Data parallel: `data_parallel_size=N > 1` runs vLLM's own data parallelism: one `AsyncLLM` (the offline `LLM`
 refuses N > 1 in one process) with N engine-core replicas (`data_parallel_backend` mp: processes on this node;

@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # the run folder's names (layout.py spells them; this module imports nothing of the package, so that store.py
-# can use it: tests/test_hostile_records.py checks they agree)
+# can use it: tests/commands/test_hostile_records.py checks they agree)
 MANIFEST, SUMMARY, EVAL_DIR, REPORT_DIR, EXPORT_DIR, COLLECT_DIR = ("manifest.json", "summary.json", "eval", "report",
                                                                    "export", "collect")
 

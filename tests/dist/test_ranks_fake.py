@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import fake_engine, fake_settings
-from test_faults import check_logs_clean
-from test_recipe import tree
+from faults import check_logs_clean
+from conftest import tree
 from selflengthen import recipe
 from selflengthen.engines import ranks
 

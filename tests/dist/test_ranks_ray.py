@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from test_ranks_fake import check_shards_disjoint, run
-from test_recipe import tree
+from conftest import tree
 from selflengthen.engines import ranks
 
 pytestmark = pytest.mark.dist

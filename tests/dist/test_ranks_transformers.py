@@ -10,7 +10,7 @@ import pytest
 
 from conftest import fake_settings
 from test_ranks_fake import check_shards_disjoint
-from test_recipe import tree
+from conftest import tree
 from selflengthen import recipe
 from selflengthen.engines import session
 

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from conftest import REPO
-from test_faults import check_logs_clean, kill_repeatedly
-from test_recipe import tree
+from faults import check_logs_clean, kill_repeatedly
+from conftest import tree
 
 ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
 # two plans per instruction and one record per fsync: kills have many records to land between

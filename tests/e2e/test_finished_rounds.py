@@ -16,7 +16,7 @@ from selflengthen.evidence import dataset
 from selflengthen.evidence import heldout
 from selflengthen.runfolder import layout
 from selflengthen.runfolder.store import StoreError
-from test_recipe import tree
+from conftest import tree
 
 
 def _run(run_dir, *overrides):

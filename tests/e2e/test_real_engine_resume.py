@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import _CORPUS, REPO
-from test_faults import check_logs_clean
-from test_recipe import tree
+from faults import check_logs_clean
+from conftest import tree
 
 pytestmark = pytest.mark.slow  # ~1 min on a quiet 2-core machine, several when the cores are shared
 

@@ -71,7 +71,7 @@ class _Recording(session.LazyEngine):
 def test_copied_run_continues_with_its_own_adapters(tmp_path):
     """A finished 1-round run is copied, the original deleted, and the copy continued with iterations=2:
     round 2 uses the copy's round-1 adapters, and the result equals a straight 2-round run."""
-    from test_recipe import tree  # the artifact comparison the resume tests use
+    from conftest import tree  # the artifact comparison the resume tests use
 
     finished_run(tmp_path / "original", "iterations=1")
     shutil.copytree(tmp_path / "original", tmp_path / "copy")

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from conftest import REPO
-from test_faults import check_logs_clean, progress
-from test_recipe import tree
+from faults import check_logs_clean, progress
+from conftest import tree
 
 ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
 TOY = ["experiment=fake", "method.name=tests.e2e.toy_method", "+draft.per_round=3", "run.checkpoint_every=1",

@@ -216,6 +216,6 @@ def test_a_cut_off_stage_continues_from_its_log(tmp_path, monkeypatch, stage, lo
     # every saved record stands for at least one request that is not made again
     assert again <= total - len(saved), (again, total, len(saved))
     assert {json.dumps(r, sort_keys=True) for r in saved} <= {json.dumps(r, sort_keys=True) for r in read_jsonl(log)}
-    from test_recipe import tree
+    from conftest import tree
 
     assert tree(tmp_path / "cut") == tree(tmp_path / "ref")

@@ -1,7 +1,7 @@
 """TransformersEngine.stream, the slot loop: every request once, refills, per-request params and seeds,
 batch independence, adapters in one stream — on a tiny random Llama (float32), plus the embedded model (slow).
 
-The conftest model is re-drawn with larger weights (as in tests/test_transformers_engine.py) so that prompts,
+The conftest model is re-drawn with larger weights (as in tests/engines/test_transformers_engine.py) so that prompts,
 seeds and adapters give visibly different nonsense.
 """
 

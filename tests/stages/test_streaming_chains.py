@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import FAKE, REPO, fake_settings
-from test_recipe import tree
+from conftest import tree
 from selflengthen import recipe
 from selflengthen.engines import session
 from selflengthen.engines.base import Request, SamplingParams

@@ -7,44 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fake_settings
+from conftest import fake_settings, run_fake, tree
 from selflengthen import recipe
-from selflengthen.engines import session
 from selflengthen.runfolder.manifest import DriftError
 from selflengthen.runfolder.store import read_jsonl
-
-
-def run_fake(run_dir: Path, *overrides: str):
-    engine = session.LazyEngine({"name": "fake"}, lambda: "fake-model")
-    return recipe.run(fake_settings(run_dir, *overrides), engine, lambda: "fake-model"), engine
-
-
-LOGS = ("candidates.jsonl", "attempts.jsonl", "passes.jsonl", "steps.jsonl")
-
-
-def tree(run_dir: Path) -> dict[str, str]:
-    """Every artifact's content except timings, for comparing two runs. `report/` is left out: it is redrawn
-    from the artifacts at the end of every run (binary PNGs), not an artifact itself."""
-    out = {}
-    for p in sorted(run_dir.rglob("*")):
-        if (p.is_file() and p.name not in ("lock",) and ".hydra" not in p.parts and not p.name.endswith(".log")
-                and p.relative_to(run_dir).parts[0] != "report"):
-            text = p.read_text().replace(str(run_dir), "<run>")  # absolute adapter paths
-            if p.suffix == ".json":
-                text = json.dumps(_strip_times(json.loads(text)), sort_keys=True)
-            elif p.name in LOGS:  # item logs: the same records, in whatever order the batches landed
-                text = "\n".join(sorted(text.splitlines()))
-            out[str(p.relative_to(run_dir))] = text
-    return out
-
-
-def _strip_times(obj):
-    if isinstance(obj, dict):
-        return {k: _strip_times(v) for k, v in obj.items()
-                if k not in ("seconds", "finished", "created", "updated", "time", "engine_load")}
-    if isinstance(obj, list):
-        return [_strip_times(v) for v in obj]
-    return obj
 
 
 def test_two_rounds_write_every_artifact_and_chain_adapters(tmp_path):

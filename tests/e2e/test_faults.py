@@ -11,16 +11,15 @@ import errno
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import FAKE, REPO, fake_settings
-from test_recipe import tree
+from faults import check_logs_clean, kill_repeatedly
+from conftest import tree
 from selflengthen import recipe
 from selflengthen.engines import session
 from selflengthen.runfolder.store import StoreError
@@ -31,40 +30,6 @@ ENV = {**os.environ, "SELFLENGTHEN_QUIET": "1", "HYDRA_FULL_ERROR": "1"}
 def cli(root: Path, *extra: str, multirun: bool = False) -> list[str]:
     return [sys.executable, "-m", "selflengthen", *(["-m"] if multirun else []), *FAKE, f"run.root={root}",
             "run.name=job", *extra]
-
-
-def check_logs_clean(run_dir: Path) -> None:
-    """Every JSONL artifact parses to the last byte and no item id appears twice."""
-    for path in run_dir.rglob("*.jsonl"):
-        raw = path.read_text()
-        assert raw == "" or raw.endswith("\n"), f"{path} is truncated"
-        ids = [json.loads(line)["id"] for line in raw.splitlines()]
-        assert len(ids) == len(set(ids)), f"{path} has duplicate ids"
-
-
-def progress(job: Path) -> int:
-    """Bytes saved so far: grows with every durable batch and finished artifact."""
-    return sum(p.stat().st_size for p in job.glob("round_*/**/*") if p.is_file())
-
-
-def kill_repeatedly(cmd: list[str], job: Path, kills: int, rng: random.Random, seen) -> set:
-    """Start `cmd` and SIGKILL it at a random moment once it has saved something, `kills` times; after each
-    kill the logs must be clean. Returns the union of `seen(job)` after every kill (where the kills landed)."""
-    landed: set = set()
-    for n in range(kills):
-        before = progress(job)
-        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # kill at a random moment once this process has saved something (start-up time varies with load)
-        deadline = time.time() + 60
-        while progress(job) == before and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))
-        assert proc.poll() is None, f"the run finished after {n} kills: raise engine.delay to spread {kills} kills"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        check_logs_clean(job)
-        landed |= seen(job)
-    return landed
 
 
 def test_sigkill_at_20_random_moments_changes_nothing(tmp_path):

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from selflengthen.writing.length_control import KINDS, Constraint, kind_of_phrase
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ROOT / "conf" / "prompts"
 DATA = ROOT / "selflengthen" / "data"
 LANGS = ("en", "zh")
