@@ -6,9 +6,9 @@
 <run>/round_001/<stage>/...         one folder per stage, named by the stage (never by its position)
 <run>/round_001/summary.json        written last: the round is complete
 <run>/final/<stage>/...             the method's stages after the last round (the final model)
-<run>/eval/...                      held-out evals (evaluate.py)
-<run>/collect/..., <run>/export/    collection and the exported data set (collect.py)
-<run>/report/                       tables and plots (report.py)
+<run>/eval/...                      held-out evals (evidence/heldout.py)
+<run>/collect/..., <run>/export/    collection and the exported data set (evidence/dataset.py)
+<run>/report/                       tables and plots (evidence/tables.py)
 ```
 
 Runs made before stage folders were named by stage (`01_self_instruct`, ..., `05_train`) are renamed

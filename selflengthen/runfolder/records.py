@@ -86,7 +86,7 @@ class EvalRow(_Record):
 
 
 class EvalDoc(_Record):
-    """`eval/round_NNN.json`, `eval/final.json` (evaluate.py)."""
+    """`eval/round_NNN.json`, `eval/final.json` (evidence/heldout.py)."""
 
     round: Union[int, Literal["final"]]
     n: int

@@ -47,7 +47,7 @@ class RoundContext:
 
     s: Any  # the run's Settings: settings.py sits above the stages, so it is not imported, not even for the type
     round_no: int
-    engine: Any  # an Engine, loaded lazily on first use (engine_session.LazyEngine)
+    engine: Any  # an Engine, loaded lazily on first use (engines/session.py LazyEngine)
     adapters: dict  # adapter name -> folder used for generation in this round (None = base)
     method: Optional["Method"] = None
     trainer: Optional[Callable] = None

@@ -1,4 +1,4 @@
-"""The `selflengthen` command (selflengthen/console.py, pyproject's [project.scripts]): `--help` is the
+"""The `selflengthen` command (selflengthen/__main__.py, pyproject's [project.scripts]): `--help` is the
 project's short help, the subcommands reach eval/collect/report with the same overrides, and a refused
 command leaves nothing behind (no run folder, no job log), while a refusal in an existing run keeps what
 was there. Run as `python -m selflengthen`, whose main is what the console script calls."""

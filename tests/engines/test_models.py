@@ -1,4 +1,4 @@
-"""models.py: finding the embedded GGUF, resolving model paths, and the crash-safe one-time conversion."""
+"""engines/models.py: finding the embedded GGUF, resolving model paths, and the crash-safe one-time conversion."""
 
 from __future__ import annotations
 
