@@ -69,6 +69,36 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"))
 
 
+def liven(model, seed: int = 1) -> None:
+    """Re-draw a tiny model's weight matrices larger (N(0, 0.25)), in place: its greedy answers then differ
+    from prompt to prompt and from adapter to adapter."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.25, generator=gen)
+
+
+def random_adapters(model_path, tmp_path_factory, roles=("generator", "extender")) -> dict[str, str]:
+    """A random LoRA adapter per role (init_lora_weights=False: A and B both random, so they change answers)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    for seed, role in enumerate(roles, start=1):
+        torch.manual_seed(seed)
+        net = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        cfg = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        folder = tmp_path_factory.mktemp(f"lora_{role}")
+        get_peft_model(net, cfg).save_pretrained(folder)
+        out[role] = str(folder)
+    return out
+
+
 @pytest.fixture(scope="session")
 def lively_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model with its weights re-drawn larger: its greedy answers differ from prompt to prompt (and
@@ -80,11 +110,7 @@ def lively_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("lively_llama")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.25, generator=gen)
+    liven(model)
     model.save_pretrained(out)
     for f in Path(tiny_model_dir).iterdir():
         if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):

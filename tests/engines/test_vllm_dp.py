@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, build_tiny_model
+from conftest import REPO, build_tiny_model, liven, random_adapters
 from selflengthen.engines.base import Request, SamplingParams
 
 pytestmark = pytest.mark.vllm
@@ -39,31 +39,14 @@ def model(tmp_path_factory) -> str:
     folder = build_tiny_model(tmp_path_factory.mktemp("vllm_tiny"), hidden_size=128, intermediate_size=256,
                               num_attention_heads=2, num_key_value_heads=1)
     net = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.25, generator=gen)
+    liven(net)
     net.save_pretrained(folder)
     return str(folder)
 
 
 @pytest.fixture(scope="module")
 def adapters(model, tmp_path_factory) -> dict[str, str]:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    out = {}
-    for seed, role in enumerate(("generator", "extender"), start=1):
-        torch.manual_seed(seed)
-        net = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-        cfg = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
-                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-        folder = tmp_path_factory.mktemp(f"lora_{role}")
-        get_peft_model(net, cfg).save_pretrained(folder)
-        out[role] = str(folder)
-    return out
+    return random_adapters(model, tmp_path_factory)
 
 
 def requests() -> list[Request]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import random_adapters
 from selflengthen.engines.base import Request, SamplingParams, render_prompt
 
 pytestmark = pytest.mark.vllm
@@ -29,21 +30,7 @@ def model_path() -> str:
 
 @pytest.fixture(scope="session")
 def adapters(model_path, tmp_path_factory) -> dict[str, str]:
-    """Two random LoRA adapters (init_lora_weights=False: A and B both random, so they change answers)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    out = {}
-    for seed, role in enumerate(("generator", "extender"), start=1):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-        cfg = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
-                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-        folder = tmp_path_factory.mktemp(f"lora_{role}")
-        get_peft_model(model, cfg).save_pretrained(folder)
-        out[role] = str(folder)
-    return out
+    return random_adapters(model_path, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
