@@ -117,8 +117,8 @@ def cases(tmp_path_factory):
     locked.mkdir(parents=True)
     named = {
         "eval_missing": ("selflengthen.commands.eval", [*base, "run.name=nosuch"]),
-        "report_missing": ("selflengthen.evidence.tables", [*base, "run.name=nosuch"]),
-        "collect_missing": ("selflengthen.evidence.dataset", [*base, "run.name=nosuch"]),
+        "report_missing": ("selflengthen.commands.report", [*base, "run.name=nosuch"]),
+        "collect_missing": ("selflengthen.commands.collect", [*base, "run.name=nosuch"]),
         "scalar_section": ("selflengthen", [*base, "run.name=new", "run=5"]),
         "run_dir_file": ("selflengthen", [*base, "run.name=new", f"hydra.run.dir={afile}"]),
         "run_dir_outside": ("selflengthen", [*base, "run.name=new", f"hydra.run.dir={tmp / 'elsewhere'}"]),

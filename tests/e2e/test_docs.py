@@ -91,12 +91,8 @@ def parse(line: str) -> tuple[str, list[str], bool]:
     words = shlex.split(re.sub(r"<[^>]*>", "x", line), comments=True)
     while words and words[-1] in ("&", ";", "&&"):  # a command sent to the background (or chained): the command
         words.pop()
-    if words[0] == "python":  # python -m selflengthen[.eval|...] or selflengthen.commands.<sub>
-        module, words = words[2], words[3:]
-        sub = module.rsplit(".", 1)[1] if "." in module else "run"
-    else:
-        words = words[1:]
-        sub = words.pop(0) if words and words[0] in SUBCOMMANDS else "run"
+    words = words[3:] if words[0] == "python" else words[1:]  # python -m selflengthen ... / selflengthen ...
+    sub = words.pop(0) if words and words[0] in SUBCOMMANDS else "run"
     multirun = "-m" in words
     return sub, [w for w in words if w != "-m"], multirun
 

@@ -207,7 +207,7 @@ def test_collect_config_is_checked():
 
 def test_cli_collects_a_run(tmp_path):
     finished_run(tmp_path / "x", "iterations=1")
-    cmd = [sys.executable, "-m", "selflengthen.evidence.dataset", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x",
+    cmd = [sys.executable, "-m", "selflengthen", "collect", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x",
            "collect.num_new=2"]
     done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

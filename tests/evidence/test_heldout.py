@@ -153,7 +153,7 @@ def test_a_bad_prompt_file_stops_before_any_model_loads(tmp_path):
 
 def test_cli_evaluates_a_run_and_keeps_the_runs_own_hydra_record(tmp_path):
     finished_run(tmp_path / "x", "iterations=1")
-    cmd = [sys.executable, "-m", "selflengthen.commands.eval", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x",
+    cmd = [sys.executable, "-m", "selflengthen", "eval", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x",
            "eval.limit=4"]
     done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -272,7 +272,7 @@ def test_invalid_eval_values_stop_before_any_generation(evaluated_small):
 
 @pytest.mark.parametrize("value", ["-1", "0", "abc", "2.5"])
 def test_cli_refuses_a_bad_limit_without_writing_an_eval(tmp_path, value):
-    cmd = [sys.executable, "-m", "selflengthen.commands.eval", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x",
+    cmd = [sys.executable, "-m", "selflengthen", "eval", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x",
            f"eval.limit={value}"]
     done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "eval.limit" in done.stderr and "Traceback" not in done.stderr

@@ -89,7 +89,7 @@ def test_the_loop_ends_with_the_report_and_a_plot_failure_never_fails_it(tmp_pat
 
 def test_cli_writes_the_report(tmp_path):
     finished_run(tmp_path / "x", "iterations=1")  # experiment=fake draws no plots in the loop
-    cmd = [sys.executable, "-m", "selflengthen.evidence.tables", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x"]
+    cmd = [sys.executable, "-m", "selflengthen", "report", *FAKE, "iterations=1", f"run.root={tmp_path}", "run.name=x"]
     done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     for name in tables.PLOTS:
