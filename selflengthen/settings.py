@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from selflengthen.support.checks import ConfigError, as_dict, check_value, need, parse_section, rule
+from selflengthen.training import NON_SEMANTIC_TRAIN
 from selflengthen.stages.common import Decoding
 
 __all__ = ["ConfigError", "Settings", "read_prompt_rows", "load_seed_file", "shipped_data", "semantic_config"]
@@ -192,11 +193,8 @@ class Settings:
 
 # Keys that change what a run produces, for every method; a method adds its own (Method.semantic_keys).
 # Resuming with a different value is "drift" (see manifest.py); everything else (engine, batch sizes, run
-# folder, eval, iterations) is a throughput or reporting knob.
+# folder, eval, iterations) is a throughput or reporting knob; so are the train keys in NON_SEMANTIC_TRAIN.
 SEMANTIC_KEYS = ("method.name", "model.path", "seed", "prompts", "data", "decoding", "train")
-NON_SEMANTIC_TRAIN = ("save_steps", "gradient_checkpointing", "dtype",
-                      # how many processes train: the effective batch stays the same (training/launch.py)
-                      "launcher", "accelerate_config", "num_processes", "num_machines", "main_process_port")
 
 
 def semantic_config(cfg: Mapping, extra_keys: tuple[str, ...] = (), seed_file_sha256: Optional[str] = None) -> dict:

@@ -28,7 +28,7 @@ from selflengthen.runfolder import layout
 from selflengthen.support import ui
 from selflengthen.support.checks import rule
 from selflengthen.stages import train
-from selflengthen.settings import NON_SEMANTIC_TRAIN
+from selflengthen.training import NON_SEMANTIC_TRAIN
 from selflengthen.stages.common import RoundContext, resumable
 from selflengthen.runfolder.store import (atomic_write_bytes, atomic_write_jsonl, check_no_links, fsync_dir, read_bytes, read_jsonl,
                                 reset_dir)

@@ -23,6 +23,12 @@ class Trainer(Protocol):
 
 
 # backend -> (module, trainer function, config class or None)
+# train keys that change how fast or where a training runs, not what it produces: left out of the drift check
+# (settings.semantic_config) and of the final stage's cache key
+NON_SEMANTIC_TRAIN = ("save_steps", "gradient_checkpointing", "dtype",
+                      # how many processes train: the effective batch stays the same (training/launch.py)
+                      "launcher", "accelerate_config", "num_processes", "num_machines", "main_process_port")
+
 BACKENDS = {
     "trl": ("selflengthen.training.sft_lora", "train_lora", "TrainConfig"),
     "fake": ("selflengthen.training.fake", "fake_train_lora", None),
