@@ -284,7 +284,7 @@ def dp_round(n_instructions: int, replicas: int, how: str, words_per_token: floa
                             for k in range(n_instructions)])
         wall0 = time.time()
         method = load_method("selflengthen")
-        with mock.patch.object(ranks, "_run", in_process), mock.patch.object(engine_session, "for_settings", rank_engine):
+        with mock.patch.object(ranks, "_run", in_process), mock.patch.object(session, "for_settings", rank_engine):
             run_stages(ctx, [method.stage(initial.NAME), method.stage(extend.NAME)])
         wall = time.time() - wall0
         digest = _digest(ctx)

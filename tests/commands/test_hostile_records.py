@@ -160,7 +160,7 @@ def test_every_command_survives_every_damage_of(record, pristine, tmp_path, capl
     caplog.set_level(logging.WARNING)
     # the report's figures are built from the records as always, but not rendered to PNG (seconds each here;
     # the drawing is tested in test_report.py): the bytes still go through the same checked, locked write
-    monkeypatch.setattr(report, "_save", lambda fig, path: (atomic_write_bytes(path, b"PNG"), path)[1])
+    monkeypatch.setattr(tables, "_save", lambda fig, path: (atomic_write_bytes(path, b"PNG"), path)[1])
     commands, field = RECORDS[record]
     outside = tmp_path / "outside"
     outside.mkdir()

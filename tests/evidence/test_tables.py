@@ -81,7 +81,7 @@ def test_the_loop_ends_with_the_report_and_a_plot_failure_never_fails_it(tmp_pat
     def broken(_run_dir, _method=None):
         raise RuntimeError("no display")
 
-    monkeypatch.setattr(report, "plot_report", broken)
+    monkeypatch.setattr(tables, "plot_report", broken)
     finished_run(tmp_path / "broken", "iterations=1", "report.plots=true")  # returns normally
     assert (tmp_path / "broken/round_001/summary.json").exists()
     assert "could not write the report" in caplog.text and "no display" in caplog.text
