@@ -436,23 +436,29 @@ class _Driver:
         it.held.clear()
 
     def spare(self, n: int, depth: Optional[int] = None) -> int:
-        """Start up to n attempts ahead of their turn: one more per item under way, round after round; with
-        `depth`, none more than `depth` attempts ahead of the item's live one."""
+        """Start up to n attempts ahead of their turn: one more per item under way, round after round — each
+        spare slot goes to the item with the fewest attempts already ahead of its live one (ties: the one
+        started first), so the slots freed one at a time spread over every item instead of running one item's
+        attempts all ahead before the next gets any. With `depth`, none more than `depth` attempts ahead."""
+
+        def room(it: _Item) -> bool:
+            return (id(it) in self.open and not it.settled and it.next_k < it.spec.end
+                    and (depth is None or it.next_k - it.live <= depth))
+
+        heap = [(it.next_k - it.live, order, it) for order, it in enumerate(self.open.values()) if room(it)]
+        heapq.heapify(heap)
         total = 0
-        while n > total:
-            started = 0
-            for it in list(self.open.values()):
-                if n <= total:
-                    break
-                if it.next_k < it.spec.end and (depth is None or it.next_k - it.live <= depth):
-                    k = it.next_k
-                    it.runs[k] = _Attempt(k, it.spec.make(k), ahead=True)
-                    SPECULATION["started"] += 1
-                    self.drive(it, it.runs[k], None)
-                    total += 1
-                    started += 1
-            if not started:
-                break
+        while heap and n > total:
+            _, order, it = heapq.heappop(heap)
+            if not room(it):
+                continue
+            k = it.next_k
+            it.runs[k] = _Attempt(k, it.spec.make(k), ahead=True)
+            SPECULATION["started"] += 1
+            self.drive(it, it.runs[k], None)
+            total += 1
+            if room(it):
+                heapq.heappush(heap, (it.next_k - it.live, order, it))
         return total
 
     def _log(self, it: _Item, records: list) -> None:

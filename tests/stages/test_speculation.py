@@ -133,3 +133,30 @@ def test_asking_for_capacity_never_loads_a_model(tmp_path):
     SPECULATION.clear()
     _redraw(tmp_path, "lazy", lazy, speculate=True)
     assert lazy.inner is not None and lazy.capacity == 8 and SPECULATION["started"] > 0
+
+
+def test_spare_slots_go_one_more_per_item_round_after_round(tmp_path):
+    """Slots freed one at a time spread over the items under way (the fewest attempts ahead first, ties: the
+    item started first) instead of running the first item's attempts all ahead before the next gets any —
+    which left the items started late to re-draw one attempt at a time at the stage's end."""
+    from selflengthen.stages.common import Attempts, Scheduler, _Driver
+
+    def attempts(item):
+        def make(k):
+            def chain():
+                yield Request.chat(item, [("user", item)], SamplingParams(max_new_tokens=5, seed=k))
+                return True
+            return chain()
+        return Attempts(item, 0, 5, make)
+
+    driver = _Driver(Scheduler(FakeEngine("m", max_slots=64)), None, None)
+    items = [driver.start(attempts(f"it{i}")) for i in range(3)]
+
+    def ahead():
+        return [len(it.runs) - 1 for it in items]
+
+    assert [driver.spare(1) for _ in range(4)] == [1, 1, 1, 1]
+    assert ahead() == [2, 1, 1]  # one each, then the first started gets the next
+    assert driver.spare(2, depth=2) == 2 and ahead() == [2, 2, 2]  # no item more than 2 ahead of its live one
+    assert driver.spare(100) == 6 and ahead() == [4, 4, 4]  # then every attempt left, up to max_attempts
+    assert driver.spare(1) == 0
