@@ -205,7 +205,10 @@ def test_every_writing_command_takes_the_run_lock(name, pristine, tmp_path):
 def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path):
     cmd = [sys.executable, "-m", "selflengthen", *FAKE, f"run.root={tmp_path}", "run.name=job", "iterations=1",
            "engine.delay=0.25"]  # stages of seconds: Ctrl-C lands mid-run on a busy machine too
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it: a test run started in the background (`cmd &`, as CI may) hands its
+    # children SIGINT ignored, and Python then never raises KeyboardInterrupt — the run would finish unmoved
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     job = tmp_path / "job"
     deadline = time.time() + 600  # a busy machine can take minutes to import torch: Ctrl-C in mid-run, not before
     while not list(job.glob("round_001/*/done.json")) and time.time() < deadline and proc.poll() is None:
