@@ -442,7 +442,7 @@ class _Driver:
         attempts all ahead before the next gets any. With `depth`, none more than `depth` attempts ahead."""
 
         def room(it: _Item) -> bool:
-            return (id(it) in self.open and not it.settled and it.next_k < it.spec.end
+            return (id(it) in self.open and it.next_k < it.spec.end  # open: not settled (settle/drop remove it)
                     and (depth is None or it.next_k - it.live <= depth))
 
         heap = [(it.next_k - it.live, order, it) for order, it in enumerate(self.open.values()) if room(it)]
