@@ -355,11 +355,15 @@ class Attempts:
     # taken over only if the stage makes it from an equal source
     source: Any = None
     on_success: Optional[Callable[[int], None]] = None  # called with k when attempt k settles the item
+    # how long one attempt runs, relative to the stage's other items (the extension: the words of the text
+    # each pass rewrites); idle slots run attempts ahead in proportion to it (`_Driver.spare`)
+    weight: float = 1.0
 
 
 # What speculation did in this process (for benches; never part of an artifact): attempts started ahead of
-# their turn, those of them whose records were used, and the tokens of the ones dropped; items of a next stage
-# started ahead of it (`Handover`), and those it took over.
+# their turn (of which `held_started` by items of a next stage, records held), those of them whose records were
+# used, and the tokens of the ones dropped; items of a next stage started ahead of it (`Handover`), and those it
+# took over.
 SPECULATION: Counter = Counter()
 
 
@@ -436,16 +440,21 @@ class _Driver:
         it.held.clear()
 
     def spare(self, n: int, depth: Optional[int] = None) -> int:
-        """Start up to n attempts ahead of their turn: one more per item under way, round after round — each
-        spare slot goes to the item with the fewest attempts already ahead of its live one (ties: the one
-        started first), so the slots freed one at a time spread over every item instead of running one item's
-        attempts all ahead before the next gets any. With `depth`, none more than `depth` attempts ahead."""
+        """Start up to n attempts ahead of their turn, spread over the items under way: each spare slot goes
+        to the item that, given it, would have the fewest attempts running (the live one, those ahead and this
+        one) per unit of its `weight` (ties: the one started first). Equal weights: one more per item, round
+        after round, instead of one item's attempts all ahead before the next gets any. An item whose attempts
+        run twice as long keeps twice as many running: its chains are what the stage's end would wait for, and
+        a short item's attempt still fits in the tail. With `depth`, none more than `depth` attempts ahead."""
 
         def room(it: _Item) -> bool:
             return (id(it) in self.open and it.next_k < it.spec.end  # open: not settled (settle/drop remove it)
                     and (depth is None or it.next_k - it.live <= depth))
 
-        heap = [(it.next_k - it.live, order, it) for order, it in enumerate(self.open.values()) if room(it)]
+        def key(it: _Item) -> float:
+            return (it.next_k - it.live + 1) / it.spec.weight
+
+        heap = [(key(it), order, it) for order, it in enumerate(self.open.values()) if room(it)]
         heapq.heapify(heap)
         total = 0
         while heap and n > total:
@@ -455,10 +464,11 @@ class _Driver:
             k = it.next_k
             it.runs[k] = _Attempt(k, it.spec.make(k), ahead=True)
             SPECULATION["started"] += 1
+            SPECULATION["held_started"] += self.journal is None
             self.drive(it, it.runs[k], None)
             total += 1
             if room(it):
-                heapq.heappush(heap, (it.next_k - it.live, order, it))
+                heapq.heappush(heap, (key(it), order, it))
         return total
 
     def _log(self, it: _Item, records: list) -> None:
@@ -619,9 +629,10 @@ def run_chains(engine, log: ItemLog, chains: Iterable[Chain | Attempts], durabil
     with Journal(log, durability) as journal:
         driver = _Driver(sched, journal, advance)
         # idle slots go first to the next attempt of items under way (needed whenever the live one fails), then
-        # to the next stage's items (needed unless length-aware sampling drops their row), then further ahead
+        # to the next stage's items (needed unless length-aware sampling drops their row), then further ahead,
+        # last to later attempts of the next stage's items already started (their records held, like theirs)
         sched.spares = [] if not durability.speculate else [driver.spare] if ahead is None else \
-            [functools.partial(driver.spare, depth=1), ahead.spare, driver.spare]
+            [functools.partial(driver.spare, depth=1), ahead.spare, driver.spare, ahead.driver.spare]
         for chain in chains:
             # a plain chain is an item of one attempt: driven the same way, never run ahead
             spec = chain if isinstance(chain, Attempts) else Attempts("", 0, 1, lambda _k, c=chain: c)

@@ -129,7 +129,9 @@ def sample(ctx: RoundContext, st: ItemState, fcfg: filters.FilterConfig) -> Atte
                                                   words=st.source["words"])
         return attempt(ctx, at, fcfg)
 
-    return Attempts(st.item, st.attempt, cfg.max_attempts, make, source=st.source if st.next_pass == 1 else None)
+    # an attempt's passes each rewrite the whole text: its length says how long the attempt runs
+    return Attempts(st.item, st.attempt, cfg.max_attempts, make, source=st.source if st.next_pass == 1 else None,
+                    weight=max(1, st.source["words"]))
 
 
 def ahead(ctx: RoundContext) -> Optional[Callable[[dict], list[Attempts]]]:

@@ -184,3 +184,63 @@ def test_a_round_context_pickles_without_its_handovers(tmp_path):
     ctx.handover_out = Handover(ctx.engine, lambda row: [])
     copy = pickle.loads(pickle.dumps(ctx))
     assert copy.handover_out is None and copy.round_no == 1 and ctx.handover_out is not None
+
+
+class _Sized(FakeEngine):
+    """Answers of 400 words to the request named "long", of 5 to the others; a third of them end with '.'."""
+
+    def _one(self, r):
+        n = 400 if r.id == "long" else 5
+        return " ".join(["word"] * n) + ("." if r.params.seed % 3 == 0 else "!")
+
+
+def _rows_attempts(row):
+    """An item started ahead: up to 6 attempts, each one request; it succeeds if its answer ends with '.'."""
+    from selflengthen.stages.common import Attempts
+
+    def make(k):
+        def chain():
+            c = yield Request.chat(row["id"], [("user", row["id"])],
+                                   SamplingParams(max_new_tokens=500, seed=derive_seed(row["id"], k)))
+            ok = c.text.endswith(".")
+            yield [{"id": f"{row['id']}#{k}", "item": row["id"], "attempt": k, "ok": ok}]
+            return ok
+        return chain()
+    return [Attempts(row["id"], 0, 6, make, source=row)]
+
+
+def test_idle_slots_run_later_attempts_of_items_started_ahead(tmp_path):
+    """Once the stage has nothing of its own to run ahead and every offered row is started, idle slots run
+    later attempts of the next stage's items (records held); the next stage logs exactly what it logs when
+    it runs them itself with nothing started ahead."""
+    from selflengthen.stages.common import Attempts, Durability, run_chains
+    from selflengthen.runfolder.store import open_log
+
+    rows = [{"id": f"r{i}"} for i in range(3)]
+
+    def own():  # the stage's last item: one long answer, nothing to run ahead
+        def chain():
+            yield Request.chat("long", [("user", "long")], SamplingParams(max_new_tokens=500, seed=3))
+            return True
+        return Attempts("long", 0, 1, lambda _k: chain())
+
+    def next_stage(name, speculate):
+        engine = _Sized("m", max_slots=8)
+        h = Handover(engine, _rows_attempts) if speculate else None
+        for row in rows if h else ():
+            h.offer(row, priority=1)
+        run_chains(engine, open_log(tmp_path / f"{name}-first.jsonl"), [own()], Durability(speculate=speculate),
+                   ahead=h)
+        log = open_log(tmp_path / f"{name}.jsonl")
+        run_chains(engine, log, [a for row in rows for a in _rows_attempts(row)], Durability(speculate=speculate),
+                   takes=h)
+        if h:
+            h.close()
+        return sorted(log.records, key=lambda r: (r["item"], r["attempt"]))
+
+    plain = next_stage("plain", speculate=False)
+    SPECULATION.clear()
+    ahead = next_stage("ahead", speculate=True)
+    assert SPECULATION["handover_used"] == len(rows)
+    assert SPECULATION["held_started"] > 0 and SPECULATION["used"] > 0  # ran ahead, and those records were used
+    assert ahead == plain and any(not r["ok"] for r in plain)  # the same records, re-draws among them

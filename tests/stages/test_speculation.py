@@ -160,3 +160,29 @@ def test_spare_slots_go_one_more_per_item_round_after_round(tmp_path):
     assert driver.spare(2, depth=2) == 2 and ahead() == [2, 2, 2]  # no item more than 2 ahead of its live one
     assert driver.spare(100) == 6 and ahead() == [4, 4, 4]  # then every attempt left, up to max_attempts
     assert driver.spare(1) == 0
+
+
+def test_an_item_with_longer_attempts_gets_more_of_them_ahead(tmp_path):
+    """Weights (how long one attempt runs: the extension's source words): idle slots keep the attempts running
+    in proportion to them, so the long items' chains, which the stage's end waits for, run ahead first, and
+    the short items' attempts fill the tail."""
+    from selflengthen.stages.common import Attempts, Scheduler, _Driver
+
+    def attempts(item, weight):
+        def make(k):
+            def chain():
+                yield Request.chat(item, [("user", item)], SamplingParams(max_new_tokens=5, seed=k))
+                return True
+            return chain()
+        return Attempts(item, 0, 12, make, weight=weight)
+
+    driver = _Driver(Scheduler(FakeEngine("m", max_slots=64)), None, None)
+    short, long = driver.start(attempts("short", 100.0)), driver.start(attempts("long", 300.0))
+
+    def running():
+        return [len(short.runs), len(long.runs)]
+
+    assert driver.spare(1) == 1 and running() == [1, 2]  # the long item first, though started second
+    assert driver.spare(3) == 3 and running() == [1, 5]  # (5 + 1) / 300 = (1 + 1) / 100: the short one's turn
+    assert driver.spare(4) == 4 and running() == [2, 8]  # (2 + 1) : (8 + 1) = 100 : 300, one slot at a time
+    assert driver.spare(100) == 14 and running() == [12, 12]  # then every attempt left, up to max_attempts
