@@ -50,7 +50,7 @@ def settings(run_dir: Path, method: str, args, lenient: bool = False) -> object:
         overrides += ["generate.samples=1", f"generate.max_attempts={args.attempts}", f"generate.max_new_tokens={n}",
                       "extend.samples=1", f"extend.passes={passes}",
                       "extend.max_attempts=2", f"extend.max_new_tokens={n}"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "selflengthen" / "conf"), version_base="1.3"):
         return Settings.from_config(compose("config", overrides=overrides), run_dir)
 
 

@@ -177,7 +177,7 @@ def grpo_step(folder: Path, out: Path, bf16: bool, group: int, tokens: int) -> d
 
 
 def fake_round(folder: Path, run_dir: Path, toy: bool) -> dict:
-    """experiment=fake's round (sizes as in conf/experiment/fake.yaml) with the transformers engine and the real
+    """experiment=fake's round (sizes as in selflengthen/conf/experiment/fake.yaml) with the transformers engine and the real
     LoRA trainer on `folder`."""
     from hydra import compose, initialize_config_dir
 
@@ -195,7 +195,7 @@ def fake_round(folder: Path, run_dir: Path, toy: bool) -> dict:
                  # ... and they never write the end token, so an answer the budget cut would never be a row: a
                  # common letter as a stop string ends answers the way a trained model's end token would
                  "prompts.generate.stop=[e]", "prompts.extend.stop=[e]"]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "selflengthen" / "conf"), version_base="1.3"):
         s = Settings.from_config(compose("config", overrides=overrides), run_dir)
     engine, resolve = session.for_settings(s)
     start = time.perf_counter()

@@ -66,7 +66,7 @@ def parse_args() -> argparse.Namespace:
 def train_rows(args, eval_prompts: set[str]) -> list[dict]:
     import yaml
 
-    templates = yaml.safe_load((REPO / "conf" / "prompts" / "en.yaml").read_text())["length_control"]
+    templates = yaml.safe_load((REPO / "selflengthen" / "conf" / "prompts" / "en.yaml").read_text())["length_control"]
     rng = random.Random(args.seed)
     rows = []
     for i, seed in enumerate(read_jsonl(DATA / "seeds_en.jsonl")):
@@ -87,7 +87,7 @@ def eval_rows(args) -> list[dict]:
 
     rows = [R.eval_row(f"eval{i:03d}", r) for i, r in enumerate(read_jsonl(DATA / "eval_en.jsonl"))]
     rows = [r for r in rows if r["hi"] < args.l_max_words and r["hi"] <= args.eval_max_hi]
-    templates = yaml.safe_load((REPO / "conf" / "prompts" / "en.yaml").read_text())["length_control"]
+    templates = yaml.safe_load((REPO / "selflengthen" / "conf" / "prompts" / "en.yaml").read_text())["length_control"]
     rng = random.Random(args.seed + 1)
     open_ = [r for r in read_jsonl(DATA / "eval_mixed_en.jsonl") if r.get("type") in (None, "none")]
     for i, r in enumerate(open_[: args.eval_open]):

@@ -45,7 +45,7 @@ def settings(run_dir: Path, engine: str, threads: int | None, extra: list[str]):
     overrides = ["experiment=smoke", f"engine={engine}", *extra]
     if threads and engine == "transformers":
         overrides.append(f"engine.threads={threads}")
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "selflengthen" / "conf"), version_base="1.3"):
         return Settings.from_config(compose("config", overrides=overrides), run_dir)
 
 

@@ -206,7 +206,7 @@ def settings(run_dir: Path, checkpoint_every: int, speculate: bool = True, extra
     overrides = [*extra, "experiment=fake", "generate.samples=2", "generate.max_attempts=20", f"generate.max_new_tokens={MAX_TOKENS}",
                  "extend.samples=2", "extend.passes=3", "extend.max_attempts=20", f"extend.max_new_tokens={MAX_TOKENS}",
                  f"run.checkpoint_every={checkpoint_every}", "run.checkpoint_seconds=30", f"run.speculate={speculate}"]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "selflengthen" / "conf"), version_base="1.3"):
         return Settings.from_config(compose("config", overrides=overrides), run_dir)
 
 

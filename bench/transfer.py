@@ -89,7 +89,7 @@ def settings(out: Path, overrides: list[str]):
 
     from selflengthen.settings import Settings
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "selflengthen" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=evidence", "eval.limit=null", *overrides])
     return Settings.from_config(cfg, out)
 

@@ -6,7 +6,7 @@ console command (pyproject's [project.scripts]): one command, four jobs.
     selflengthen collect [overrides]    the final length-controlled data set (commands/collect.py)
     selflengthen report [overrides]     the table and plots of a run (commands/report.py)
 
-Every job takes the same Hydra overrides; `--help` prints the project's short help (conf/config.yaml,
+Every job takes the same Hydra overrides; `--help` prints the project's short help (selflengthen/conf/config.yaml,
 `hydra.help`). The subcommand is taken off argv before Hydra parses it, so each job sees only overrides.
 """
 

@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 
 from selflengthen.support import ui
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+# the Hydra config ships inside the package, so an installed wheel (pip install selflengthen) finds it too
+CONF = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger(__name__)
 
 
@@ -128,13 +129,13 @@ def leave_nothing(output_dir: Path) -> None:
             folder = folder.parent
 
 
-def selflengthen_home() -> str:
-    """The folder holding conf/, README.md and docs/ (for `--help`)."""
-    return str(Path(CONF).parent)
+def selflengthen_conf() -> str:
+    """The folder holding the config (`config.yaml` and one folder per group), for `--help`."""
+    return CONF
 
 
 def register_resolvers() -> None:
-    for name, fn in (("job_dir", job_dir), ("usable_dir", usable_dir), ("selflengthen_home", selflengthen_home)):
+    for name, fn in (("job_dir", job_dir), ("usable_dir", usable_dir), ("selflengthen_conf", selflengthen_conf)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
@@ -151,8 +152,22 @@ def user_errors() -> tuple[type, ...]:
 
 
 def _force(key: str, value: str) -> None:
-    if not any(a.lstrip("+").startswith(key + "=") for a in sys.argv[1:]):
-        sys.argv.append(f"{key}={value}")
+    """Add `key=value` to the command line's overrides unless the user gave the key. It goes right after the
+    user's last override: Hydra's parser takes the overrides as one run of words, so one appended after an
+    option (`experiment=smoke --cfg job`) would be refused as an unrecognized argument."""
+    argv = sys.argv
+    if any(a.lstrip("+").startswith(key + "=") for a in argv[1:]):
+        return
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        given = get_args_parser().parse_args(argv[1:]).overrides or []
+    except SystemExit:  # Hydra reports the command line's own error when it parses it
+        given = []
+    at = len(argv)
+    if given:
+        at = max(i for i, a in enumerate(argv) if i > 0 and a == given[-1]) + 1
+    argv.insert(at, f"{key}={value}")
 
 
 INTERRUPTED = ("Interrupted. Everything finished so far is saved (item logs are durable, a stage's record is "
@@ -252,12 +267,12 @@ def preflight(command: str, argv: list[str]) -> None:
         args = get_args_parser().parse_args(argv)
     except SystemExit:
         return  # Hydra reports its own usage errors
-    if any(getattr(args, k, None) for k in ("help", "hydra_help", "cfg", "info", "shell_completion", "config_dir",
+    if any(getattr(args, k, None) for k in ("help", "hydra_help", "cfg", "info", "shell_completion",
                                               "config_name", "experimental_rerun", "config_path")):
         return
     logging.disable(logging.WARNING)  # the job itself logs its warnings (e.g. the eval budget) once, later
     try:
-        problems = _check_jobs(command, list(args.overrides or []), bool(args.multirun))
+        problems = _check_jobs(command, list(args.overrides or []), bool(args.multirun), args.config_dir)
     finally:
         logging.disable(logging.NOTSET)
     if problems:
@@ -271,7 +286,8 @@ def preflight(command: str, argv: list[str]) -> None:
         sys.exit(2)
 
 
-def _check_jobs(command: str, overrides: list[str], multirun: bool) -> list[tuple[str, str]]:
+def _check_jobs(command: str, overrides: list[str], multirun: bool,
+                config_dir: Optional[str] = None) -> list[tuple[str, str]]:
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -298,14 +314,17 @@ def _check_jobs(command: str, overrides: list[str], multirun: bool) -> list[tupl
         jobs = [overrides]
     problems: list[tuple[str, str]] = []
     folders: dict[str, str] = {}
+    # --config-dir adds the user's folder of presets to Hydra's search path: the check composes with it too
+    extra = [f"hydra.searchpath=[file://{Path(config_dir).expanduser().resolve()}]"] \
+        if config_dir and not any(o.lstrip("+").startswith("hydra.searchpath=") for o in overrides) else []
     with initialize_config_dir(config_dir=CONF, version_base="1.3", job_name="selflengthen"):
         base = None
         for i, job in enumerate(jobs):
             label = f"{i} ({','.join(job) or 'no overrides'})" if multirun else ""
             try:
                 if base is None:
-                    base = compose("config", overrides=[])
-                folder, dirname = _check_job(command, compose, base, job, multirun)
+                    base = compose("config", overrides=extra)
+                folder, dirname = _check_job(command, compose, base, [*job, *extra], multirun)
                 if folder in folders and folders[folder][1] != dirname:  # same folder for other semantic overrides
                     raise _Refused(f"it would share the folder {folder} with job {folders[folder][0]}: their overrides "
                                    f"differ only in characters a folder name cannot hold ('/' becomes '_'). Two jobs "
@@ -319,7 +338,7 @@ def _check_jobs(command: str, overrides: list[str], multirun: bool) -> list[tupl
             except Exception as exc:  # noqa: BLE001 — Hydra/OmegaConf composition errors: several classes
                 problems.append((label, f"Config error: the config could not be composed: {_first_line(exc)}. "
                                         f"Nothing was started. Fix: check the spelling of each key and value "
-                                        f"(see conf/config.yaml); a section such as run or eval takes its settings "
+                                        f"(see selflengthen/conf/config.yaml); a section such as run or eval takes its settings "
                                         f"as run.name=..., not run=<value>."))
     return problems
 
@@ -340,7 +359,7 @@ def _check_job(command: str, compose, base, job: list[str], multirun: bool) -> t
         if isinstance(base.get(key), DictConfig) and not isinstance(cfg.get(key), DictConfig):
             raise _Refused(f"Config error: {key}={cfg.get(key)!r} — {key} is a section of settings, not one value. "
                            f"Nothing was started. Fix: set a key inside it, e.g. {key}.<key>=<value> (see the {key}: "
-                           f"section of conf/config.yaml).")
+                           f"section of selflengthen/conf/config.yaml).")
     dirname = str(cfg.hydra.job.override_dirname)
     with open_dict(cfg):
         del cfg["hydra"]

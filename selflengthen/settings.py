@@ -48,7 +48,7 @@ class RunSection:
 class ModelSection:
     """`model:` — which model plays every role."""
 
-    name: Optional[str] = None  # a label for the preset (conf/model/<name>.yaml); not used to load anything
+    name: Optional[str] = None  # a label for the preset (selflengthen/conf/model/<name>.yaml); not used to load anything
     path: str = "embedded:smollm2-135m"
     cache_dir: Optional[str] = None
 
@@ -292,7 +292,7 @@ _STRINGS = {"self_instruct.stop": False, "self_instruct.judge_yes": True,  # lis
             "generate.stop": False, "extend.stop": False}
 _TOP = {"lang": False, "seed_file": True, "eval_file": True}  # plain text -> may be null
 _REQUIRED = ("lang", "self_instruct", "generate", "extend", "filter")
-_FIX = "copy the matching section of conf/prompts/en.yaml and change only the text"
+_FIX = "copy the matching section of selflengthen/conf/prompts/en.yaml and change only the text"
 
 
 @dataclass(frozen=True)
@@ -359,7 +359,7 @@ def _prompts(cfg: Mapping) -> dict:
         FilterConfig.from_dict(prompts["filter"])
     except (TypeError, ValueError, KeyError) as exc:
         raise ConfigError(f"Config error: prompts.filter — {exc}. Fix: copy the filter section of "
-                          f"conf/prompts/en.yaml and change its values") from exc
+                          f"selflengthen/conf/prompts/en.yaml and change its values") from exc
     return prompts
 
 
@@ -403,7 +403,7 @@ def _train(cfg: Mapping) -> tuple[str, Any]:
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"Config error: train — {exc}. Fix: see conf/train/*.yaml for every key and its "
+        raise ConfigError(f"Config error: train — {exc}. Fix: see selflengthen/conf/train/*.yaml for every key and its "
                           f"allowed values.") from exc
 
 
@@ -463,7 +463,7 @@ def _build(cfg: Mapping, run_dir: Path) -> Settings:
         method = load_method(str(name))
     except ValueError as exc:
         raise ConfigError(f"Config error: method.name={name!r} — {exc}. Fix: pick one with method=selflengthen "
-                          f"(see conf/method/)") from exc
+                          f"(see selflengthen/conf/method/)") from exc
     known = {**_all_sections(), **method.config_sections()}  # every method's sections are checked when set
     unknown = sorted(k for k in as_dict(cfg) if k not in known and k not in TOP_KEYS)
     need(not unknown, unknown[0] if unknown else "", cfg.get(unknown[0]) if unknown else None,

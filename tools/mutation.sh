@@ -25,12 +25,12 @@ TESTS=(tests/writing/test_sampling.py tests/writing/test_filters.py tests/writin
 
 WORK=${MUTATION_DIR:-$(mktemp -d /tmp/selflengthen-mutation.XXXXXX)}
 mkdir -p "$WORK"
-cp -r selflengthen tests conf pyproject.toml README.md "$WORK/"
+cp -r selflengthen tests pyproject.toml README.md "$WORK/"
 find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
 {
   echo "[mutmut]"
   echo "source_paths = selflengthen"
-  printf "also_copy =\n    conf\n    selflengthen/data\n    README.md\n"
+  printf "also_copy =\n    selflengthen/conf\n    selflengthen/data\n    README.md\n"
   printf "only_mutate =\n"; for m in "${MODULES[@]}"; do printf "    %s\n" "$m"; done
   printf "pytest_add_cli_args_test_selection =\n"; for t in "${TESTS[@]}"; do printf "    %s\n" "$t"; done
   echo "pytest_add_cli_args = -p no:cacheprovider -q -x"

@@ -44,7 +44,7 @@ _WORDS = (
 _TOPICS = ("city planning", "a lighthouse keeper", "renewable energy", "a family recipe", "remote work",
            "the history of maps", "a startup pitch", "ocean plastics", "a retirement speech", "chess openings")
 
-# AgentWrite's prompts (conf/prompts/*.yaml, agentwrite.plan / agentwrite.write), known by their plan lines:
+# AgentWrite's prompts (selflengthen/conf/prompts/*.yaml, agentwrite.plan / agentwrite.write), known by their plan lines:
 # the plan prompt's example line holds a "[...]" placeholder, the write prompt holds real step lines.
 _PLAN_ASK = re.compile(r"^(?:Paragraph|段落)\s*1 - (?:Main Point: |要点：)\[", re.MULTILINE)
 _CJK = re.compile(r"[\u4e00-\u9fff]")

@@ -2,7 +2,7 @@
 
 A judge model (any model an engine serves) scores an answer on six dimensions from 1 to 5 and is told to
 ignore length (S_l measures that). Each score s maps to (s - 1) * 25, so 1..5 becomes 0..100, and S_q is
-the mean of the six. The template lives in `conf/prompts/<lang>.yaml` under `judge`.
+the mean of the six. The template lives in `selflengthen/conf/prompts/<lang>.yaml` under `judge`.
 
 **Reading a verdict** (`parse_verdict`) is tolerant, because judges — small ones above all — wrap their
 JSON in code fences or prose, write keys as "breadth & depth" or "Reading_Experience", give scores as

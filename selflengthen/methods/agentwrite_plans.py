@@ -1,7 +1,7 @@
 """AgentWrite's pure parts (DESIGN §7): read a plan, build the plan and write-step prompts, clean and join steps.
 
 Owns the plan format and nothing that touches an engine or a file; the stages call these functions and keep
-the results in their item logs. Templates live in `conf/prompts/<lang>.yaml` under `agentwrite`.
+the results in their item logs. Templates live in `selflengthen/conf/prompts/<lang>.yaml` under `agentwrite`.
 
 **The plan format.** One line per paragraph:
 

@@ -2,7 +2,7 @@
 
 Each round: self-instruct grows the instruction pool (as in Self-Lengthen); rl_prompts draws the round's
 prompts from it with length constraints and target ranges; train runs the run's trainer on them, which for
-this method is GRPO (`conf/method/lwzero.yaml` selects `train: grpo`): groups of sampled answers per prompt,
+this method is GRPO (`selflengthen/conf/method/lwzero.yaml` selects `train: grpo`): groups of sampled answers per prompt,
 length, format and repetition rewards (and a quality model if given), LoRA through peft. The generator
 continues from its adapter of the previous round; round 1 starts from the base model.
 """

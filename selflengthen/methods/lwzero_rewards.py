@@ -192,7 +192,7 @@ def format_ok(completion: str, think: bool) -> bool:
 
 def format_reward(completion: str, think: bool) -> float:
     """1 when `format_ok`, else 0. With think=False it is 1 for every answer without a stray tag: constant
-    within a group, so after the group z-score it adds nothing (conf/train/grpo.yaml says why think is off)."""
+    within a group, so after the group z-score it adds nothing (selflengthen/conf/train/grpo.yaml says why think is off)."""
     return 1.0 if format_ok(completion, think) else 0.0
 
 

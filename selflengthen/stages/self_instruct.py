@@ -35,7 +35,7 @@ NAME = "self_instruct"
 
 @dataclass(frozen=True)
 class SelfInstruct:
-    """`self_instruct:` in conf/config.yaml."""
+    """`self_instruct:` in selflengthen/conf/config.yaml."""
 
     num_new: int = field(default=64, metadata=rule(ge=1))
     per_wave: int = field(default=128, metadata=rule(ge=1))

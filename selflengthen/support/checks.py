@@ -129,7 +129,7 @@ def _rule_broken(key: str, value: Any, annotation: Any, meta: Mapping, errors: l
 
 def _fix(key: str, meta: Mapping, default: Any) -> str:
     return meta.get("fix") or (f"use the default {key}={default!r}" if default is not None
-                               else f"see the comment on {key} in conf/")
+                               else f"see the comment on {key} in selflengthen/conf/")
 
 
 def _domain(key: str, value: Any, fix: str) -> Any:

@@ -46,7 +46,7 @@ _PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "
 
 @dataclass(frozen=True)
 class Tracking:
-    """`tracking:` (conf/tracking/*.yaml) — which tracker, and where."""
+    """`tracking:` (selflengthen/conf/tracking/*.yaml) — which tracker, and where."""
 
     backend: str = field(default="none", metadata=rule(choices=BACKENDS, fix="pick one with tracking=tensorboard "
                                                                               "(or none, wandb, mlflow)"))

@@ -1,6 +1,6 @@
 """Length constraints: the four kinds, how well a length meets one, and how one is phrased into a query.
 
-Owns the arithmetic of length control and nothing else; the templates live in `conf/prompts/<lang>.yaml`
+Owns the arithmetic of length control and nothing else; the templates live in `selflengthen/conf/prompts/<lang>.yaml`
 under `length_control`. Everything here is a pure function of its arguments (randomness comes in as a
 `random.Random`), so the collection step and the eval scorer make the same choices on a rerun.
 

@@ -26,12 +26,12 @@ def test_help_is_short_names_the_presets_commands_and_docs_and_writes_nothing(tm
     text = out.stdout
     assert len(text.splitlines()) <= 45  # not Hydra's dump of the whole config
     for group in ("experiment", "method", "engine", "prompts", "tracking"):
-        for option in sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml")):
+        for option in sorted(p.stem for p in (REPO / "selflengthen" / "conf" / group).glob("*.yaml")):
             if option != "fake" or group == "experiment":  # engine=fake is for tests
                 assert option in text, (group, option)
     for command in ("selflengthen eval", "selflengthen collect", "selflengthen report"):
         assert command in text
-    assert str(REPO / "README.md") in text and "docs/" in text
+    assert str(REPO / "selflengthen" / "conf" / "config.yaml") in text and "README.md" in text and "docs/" in text
     assert list(tmp_path.iterdir()) == []  # no iterations/, no run folder, no log
 
 
@@ -70,3 +70,33 @@ def test_a_refusal_in_an_existing_run_keeps_what_was_there_and_adds_no_log(tmp_p
     out = cmd("eval", "experiment=fake", f"run.root={root}", "eval.max_new_tokens=0", cwd=tmp_path)
     assert out.returncode == 2 and "eval.max_new_tokens" in out.stderr
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before  # no eval.log, nothing removed
+
+
+def test_presets_in_a_users_config_dir_are_checked_before_anything_runs(tmp_path):
+    """`--config-dir` adds a folder of the user's own presets to the shipped ones (the package's config is not
+    theirs to edit once installed); a sweep over them is checked job by job before any job runs, as one over
+    the shipped presets is."""
+    mine = tmp_path / "my-conf"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "experiment_train").mkdir()
+    conf = REPO / "selflengthen" / "conf"
+    (mine / "experiment" / "mine.yaml").write_text((conf / "experiment" / "fake.yaml").read_text()
+                                                   .replace("iterations: 2", "iterations: 1"))
+    (mine / "experiment_train" / "mine_lora.yaml").write_text((conf / "experiment_train" / "fake_lora.yaml").read_text())
+    root = tmp_path / "runs"
+    out = cmd("-m", "--config-dir", str(mine), "experiment=mine", "generate.max_attempts=1,0", f"run.root={root}",
+              cwd=tmp_path)
+    assert out.returncode == 2 and "generate.max_attempts" in out.stderr and "Traceback" not in out.stderr
+    assert not root.exists()  # the good job did not run either: the sweep was refused whole
+    out = cmd("--config-dir", str(mine), "experiment=mine", f"run.root={root}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (root / "fake" / "round_001" / "summary.json").exists() and not (root / "fake" / "round_002").exists()
+
+
+def test_hydra_options_after_the_overrides_are_read(tmp_path):
+    """The command adds overrides of its own (no .hydra folder, the job's name); they go beside the user's, so
+    an option written after them (`experiment=fake --cfg job`) is still Hydra's option, not a stray word."""
+    out = cmd("experiment=fake", "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "name: fake" in out.stdout and "engine:" in out.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -108,7 +108,7 @@ def test_self_instruct_asks_as_the_paper(tmp_path):
     """A chat turn with the task sentence, the answer opened with the numbered list, the paper's stops."""
     from omegaconf import OmegaConf
 
-    prompts = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "conf/prompts/en.yaml"))
+    prompts = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "selflengthen/conf/prompts/en.yaml"))
     a, b = "Write a travel guide to Lisbon.", "Write a history of the printing press."
     params = SamplingParams(stop=tuple(prompts["self_instruct"]["stop"]))
     r = self_instruct.proposal("w00.00000", prompts["self_instruct"], a, b, params, None)

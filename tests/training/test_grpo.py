@@ -57,7 +57,7 @@ def test_config_accepts_partial_weights_and_hydra_nulls():
 def test_the_yaml_option_parses():
     from omegaconf import OmegaConf
 
-    conf = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "conf" / "train" / "grpo.yaml"))
+    conf = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "selflengthen" / "conf" / "train" / "grpo.yaml"))
     assert conf["backend"] == "grpo"
     _, cfg = make_trainer(conf)
     assert cfg == GrpoConfig.from_dict(conf)

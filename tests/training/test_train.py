@@ -218,7 +218,7 @@ def test_unknown_config_key_is_rejected():
 def test_yaml_default_matches_dataclass():
     import yaml
 
-    conf = Path(__file__).resolve().parents[2] / "conf" / "train" / "lora.yaml"
+    conf = Path(__file__).resolve().parents[2] / "selflengthen" / "conf" / "train" / "lora.yaml"
     values = yaml.safe_load(conf.read_text())
     assert values.pop("backend") == "trl"  # read by the recipe, not a TrainConfig field
     assert TrainConfig.from_dict(values) == TrainConfig()

@@ -1,4 +1,4 @@
-"""Every key of conf/ with a bad value stops at start-up with one message naming the key (issue 14).
+"""Every key of selflengthen/conf/ with a bad value stops at start-up with one message naming the key (issue 14).
 
 The bulk runs in-process through `Settings.from_config` (the CLI's own check): every leaf key of the default
 config and of each experiment/method/engine/train/model option gets values of the wrong type and, for
@@ -19,7 +19,7 @@ from selflengthen.support.checks import ConfigError
 from selflengthen.settings import Settings
 
 OPTIONS = [[]] + [[f"{group}={name}"] for group in ("experiment", "method", "engine", "train", "model", "prompts")
-                  for name in sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))]
+                  for name in sorted(p.stem for p in (REPO / "selflengthen" / "conf" / group).glob("*.yaml"))]
 
 # (key, value) pairs that are fine although the walk's generic values would call them bad: any whole number is a
 # seed; a float setting written as a whole number in YAML takes 1.5.

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from selflengthen.engines.base import SamplingParams
 from selflengthen.evidence.judge import DIMENSIONS, dimension_scores, judge_answers, judge_messages, parse_verdict, s_q
 
-PROMPTS = Path(__file__).resolve().parents[2] / "conf" / "prompts"
+PROMPTS = Path(__file__).resolve().parents[2] / "selflengthen" / "conf" / "prompts"
 KEYS = ("Relevance", "Accuracy", "Coherence", "Clarity", "Breadth and Depth", "Reading Experience")
 VALID = json.dumps(dict(zip(KEYS, (5, 4, 3, 3, 2, 1))))
 EXPECTED = dict(zip(DIMENSIONS, (5.0, 4.0, 3.0, 3.0, 2.0, 1.0)))

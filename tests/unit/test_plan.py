@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from selflengthen.methods.agentwrite_plans import (PLAN_REASONS, PlanStep, clean_step, join_steps, parse_plan, plan_messages,
                                render_plan, write_messages)
 
-PROMPTS = Path(__file__).resolve().parents[2] / "conf" / "prompts"
+PROMPTS = Path(__file__).resolve().parents[2] / "selflengthen" / "conf" / "prompts"
 
 EN_PLAN = """Here is the plan:
 

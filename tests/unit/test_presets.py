@@ -1,5 +1,5 @@
 """Every experiment preset composes with every method: its training settings come from the file for the
-method's trainer (conf/experiment_train/<experiment>_<train>.yaml), so `method=lwzero experiment=smoke` gets
+method's trainer (selflengthen/conf/experiment_train/<experiment>_<train>.yaml), so `method=lwzero experiment=smoke` gets
 GRPO settings and `method=selflengthen experiment=smoke` LoRA ones, and Settings accepts every pair."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from conftest import REPO, compose
 from selflengthen.settings import Settings
 
-EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
-METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (REPO / "selflengthen" / "conf" / "experiment").glob("*.yaml"))
+METHODS = sorted(p.stem for p in (REPO / "selflengthen" / "conf" / "method").glob("*.yaml"))
 TRAINER = {"selflengthen": "lora", "agentwrite": "lora", "lwzero": "grpo"}
 
 # what each preset's training file sets, per trainer file: checked to land in the composed settings
@@ -18,7 +18,7 @@ EXPECT = {
     ("smoke", "lora"): {"epochs": 2, "max_length": 2048, "grad_accum": 2},
     ("smoke", "grpo"): {"max_steps": 4, "num_generations": 4, "max_completion_length": 160},
     ("paper", "lora"): {"epochs": 4, "max_length": 16384, "grad_accum": 32},
-    ("paper", "grpo"): {"max_steps": 150, "num_generations": 32},  # conf/train/grpo.yaml holds the paper's values
+    ("paper", "grpo"): {"max_steps": 150, "num_generations": 32},  # selflengthen/conf/train/grpo.yaml holds the paper's values
     ("evidence", "lora"): {"epochs": 3, "lr": 3.0e-4},
 }
 
@@ -49,7 +49,7 @@ def test_a_command_line_train_key_still_wins_over_the_preset():
 
 
 def test_no_preset_file_for_a_trainer_that_does_not_exist():
-    trainers = {p.stem for p in (REPO / "conf" / "train").glob("*.yaml")}
-    for p in (REPO / "conf" / "experiment_train").glob("*.yaml"):
+    trainers = {p.stem for p in (REPO / "selflengthen" / "conf" / "train").glob("*.yaml")}
+    for p in (REPO / "selflengthen" / "conf" / "experiment_train").glob("*.yaml"):
         exp, _, trainer = p.stem.rpartition("_")
         assert exp in EXPERIMENTS and trainer in trainers, p.name

@@ -12,7 +12,7 @@ from selflengthen.writing.length_control import (
     KINDS, Constraint, kind_of_phrase, length_score, make_constraint, phrase, s_l,
 )
 
-PROMPTS = Path(__file__).resolve().parents[2] / "conf" / "prompts"
+PROMPTS = Path(__file__).resolve().parents[2] / "selflengthen" / "conf" / "prompts"
 LANGS = ("en", "zh")
 
 

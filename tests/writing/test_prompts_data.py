@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from selflengthen.writing.length_control import KINDS, Constraint, kind_of_phrase
 
 ROOT = Path(__file__).resolve().parents[2]
-PROMPTS = ROOT / "conf" / "prompts"
+PROMPTS = ROOT / "selflengthen" / "conf" / "prompts"
 DATA = ROOT / "selflengthen" / "data"
 LANGS = ("en", "zh")
 CATEGORIES = {"literature", "academic", "business", "journalism", "professional", "personal", "technical"}
