@@ -303,10 +303,17 @@ def _check_jobs(command: str, overrides: list[str], multirun: bool,
                          f"run.root and run.name (run.root/run.name; a sweep's jobs get folders inside it), so "
                          f"that every command finds the run and the folder checks hold. Nothing was started. "
                          f"Fix: drop {key}=... and use run.root=<folder> run.name=<name>.")]
+    # --config-dir adds the user's folder of presets to Hydra's search path: the check composes with it too
+    extra = [f"hydra.searchpath=[file://{Path(config_dir).expanduser().resolve()}]"] \
+        if config_dir and not any(o.lstrip("+").startswith("hydra.searchpath=") for o in overrides) else []
     if multirun:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
         try:
+            # a preset may hold the sweep itself (hydra.sweeper.params); the command line wins for a key in both
+            preset = _preset_sweep(overrides, parsed, extra)
+            if preset:
+                parsed = OverridesParser.create().parse_overrides([*preset, *overrides])
             jobs = BasicSweeper.split_arguments(parsed, None)[0]
         except Exception as exc:  # noqa: BLE001
             return [("", f"Config error: the sweep could not be expanded ({_first_line(exc)}).")]
@@ -314,9 +321,6 @@ def _check_jobs(command: str, overrides: list[str], multirun: bool,
         jobs = [overrides]
     problems: list[tuple[str, str]] = []
     folders: dict[str, str] = {}
-    # --config-dir adds the user's folder of presets to Hydra's search path: the check composes with it too
-    extra = [f"hydra.searchpath=[file://{Path(config_dir).expanduser().resolve()}]"] \
-        if config_dir and not any(o.lstrip("+").startswith("hydra.searchpath=") for o in overrides) else []
     with initialize_config_dir(config_dir=CONF, version_base="1.3", job_name="selflengthen"):
         base = None
         for i, job in enumerate(jobs):
@@ -341,6 +345,23 @@ def _check_jobs(command: str, overrides: list[str], multirun: bool,
                                         f"(see selflengthen/conf/config.yaml); a section such as run or eval takes its settings "
                                         f"as run.name=..., not run=<value>."))
     return problems
+
+
+def _preset_sweep(overrides: list[str], parsed: list, extra: list[str]) -> list[str]:
+    """The sweep the config itself holds (`hydra.sweeper.params`, e.g. in a preset), as Hydra's basic sweeper
+    reads it — `key=value` each — less the keys the command line sets. A config that does not compose gives
+    none here: the job check reports why."""
+    from hydra import compose, initialize_config_dir
+
+    fixed = [o for o, p in zip(overrides, parsed) if not p.is_sweep_override()]
+    try:
+        with initialize_config_dir(config_dir=CONF, version_base="1.3", job_name="selflengthen"):
+            cfg = compose("config", overrides=[*fixed, *extra], return_hydra_config=True)
+        params = cfg.hydra.sweeper.get("params") or {}
+    except Exception:  # noqa: BLE001 — composition errors are reported per job
+        return []
+    given = {p.get_key_element().lstrip("+~") for p in parsed}
+    return [f"{k}={v}" for k, v in params.items() if k not in given]
 
 
 def _first_line(exc: BaseException) -> str:

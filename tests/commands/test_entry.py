@@ -88,6 +88,12 @@ def test_presets_in_a_users_config_dir_are_checked_before_anything_runs(tmp_path
               cwd=tmp_path)
     assert out.returncode == 2 and "generate.max_attempts" in out.stderr and "Traceback" not in out.stderr
     assert not root.exists()  # the good job did not run either: the sweep was refused whole
+    # a preset may hold its sweep (hydra.sweeper.params): its jobs are checked before any runs, too
+    (mine / "experiment" / "swept.yaml").write_text((mine / "experiment" / "mine.yaml").read_text()
+                                                    + "hydra:\n  sweeper:\n    params:\n      generate.max_attempts: 1,0\n")
+    (mine / "experiment_train" / "swept_lora.yaml").write_text((mine / "experiment_train" / "mine_lora.yaml").read_text())
+    out = cmd("-m", "--config-dir", str(mine), "experiment=swept", f"run.root={root}", cwd=tmp_path)
+    assert out.returncode == 2 and "generate.max_attempts=0" in out.stderr and not root.exists()
     out = cmd("--config-dir", str(mine), "experiment=mine", f"run.root={root}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (root / "fake" / "round_001" / "summary.json").exists() and not (root / "fake" / "round_002").exists()
