@@ -87,14 +87,37 @@ COMMANDS = documented_commands()
 
 
 def parse(line: str) -> tuple[str, list[str], bool]:
-    """(subcommand, overrides, multirun) of a documented command line."""
+    """(subcommand, overrides, multirun) of a documented command line; `--config-dir D` stays in the overrides
+    as one word `--config-dir=D` (see `config_dir`)."""
     words = shlex.split(re.sub(r"<[^>]*>", "x", line), comments=True)
     while words and words[-1] in ("&", ";", "&&"):  # a command sent to the background (or chained): the command
         words.pop()
     words = words[3:] if words[0] == "python" else words[1:]  # python -m selflengthen ... / selflengthen ...
     sub = words.pop(0) if words and words[0] in SUBCOMMANDS else "run"
     multirun = "-m" in words
-    return sub, [w for w in words if w != "-m"], multirun
+    words = [w for w in words if w != "-m"]
+    if "--config-dir" in words:
+        i = words.index("--config-dir")
+        words[i:i + 2] = [f"--config-dir={words[i + 1]}"]
+    return sub, words, multirun
+
+
+def config_dir(overrides: list[str], where: Path) -> tuple[list[str], list[str]]:
+    """A command's `--config-dir D`, made real under `where`: D/experiment/<name>.yaml for the preset it names,
+    a one-round copy of experiment=fake (and its training settings), as the docs' own cp lines make it. Returns
+    (the overrides without it, the words the command line gets: ["--config-dir", D], or [])."""
+    given = [o for o in overrides if o.startswith("--config-dir=")]
+    rest = [o for o in overrides if not o.startswith("--config-dir=")]
+    if not given:
+        return rest, []
+    folder = where / given[0].split("=", 1)[1]
+    name = next(o.split("=", 1)[1] for o in rest if o.startswith("experiment="))
+    conf = REPO / "selflengthen" / "conf"
+    for group, src, dst in (("experiment", "fake", name), ("experiment_train", "fake_lora", f"{name}_lora")):
+        (folder / group).mkdir(parents=True, exist_ok=True)
+        (folder / group / f"{dst}.yaml").write_text((conf / group / f"{src}.yaml").read_text()
+                                                    .replace("iterations: 2", "iterations: 1"))
+    return rest, ["--config-dir", str(folder)]
 
 
 def test_the_docs_show_the_commands_of_every_method_and_preset():
@@ -159,8 +182,11 @@ def test_every_command_the_docs_show_runs_on_the_fake_engine(tmp_path, monkeypat
                          "constraint": f"around {300 + 100 * i} words"} if "longen" in value.lower()
                         else {"prompt": f"Write an essay about topic {i}."} for i in range(4)]
                 (tmp_path / value).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        overrides, cdir = config_dir(overrides, tmp_path)
+        search = [f"hydra.searchpath=[file://{cdir[1]}]"] if cdir else []
         try:  # as written, with its own engine: its settings pass the start-up checks
-            Settings.from_config(compose(*[o.split(",")[0] for o in overrides if o != "--help"]), tmp_path / "check")
+            Settings.from_config(compose(*[o.split(",")[0] for o in overrides if o != "--help"], *search),
+                                 tmp_path / "check")
         except Exception as exc:  # noqa: BLE001 — the message is the finding
             pytest.fail(f"{page}: `{line}` does not compose: {exc}")
         # which run a command names: its preset and run.name (an evidence command works on the run of that preset)
@@ -182,7 +208,7 @@ def test_every_command_the_docs_show_runs_on_the_fake_engine(tmp_path, monkeypat
             argv = ["--help"]
         else:
             preset = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=fake"]
-            argv = ([sub] if sub != "run" else []) + (["-m"] if multirun else []) + preset + overrides + [
+            argv = ([sub] if sub != "run" else []) + (["-m"] if multirun else []) + cdir + preset + overrides + [
                 "engine=fake", "model.path=fake-model", "train.backend=fake", "report.plots=false",
                 f"run.root={root}"]
         cases.append(argv)
