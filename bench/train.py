@@ -4,8 +4,9 @@ Trains the embedded model (SmolLM2-135M-Instruct; a random Llama of the same sha
 folder is not available) with `train_lora` for one epoch on a few synthetic rows whose answers span
 32-384 tokens, and batches 512 such rows through the trainer's own sampler and collator (no forward pass)
 to measure the padding share. One line per setting:
-  dtype fp32 vs bf16 (CPU autocast), batching: batch 1 x grad-accum (the default, no padding),
-  naive padded batches of 4, batches of 4 grouped by length, and TRL packing (padding-free).
+  dtype fp32 vs bf16 (`--dtypes N`: only those two, alternated N times), batching: batch 1 x grad-accum
+  (the default, no padding), naive padded batches of 4, batches of 4 grouped by length, and TRL packing
+  (padding-free).
 tokens/s counts real (non-padding) prompt+answer tokens trained on, per wall-clock second of train().
 (transformers' LengthGroupedSampler groups within mega-batches of up to 50 batches, so it needs a few
 hundred rows to show its effect; a 8-row run would look like naive batching.)
@@ -82,6 +83,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=4, help="rows trained on per setting (throughput)")
     ap.add_argument("--pad-rows", type=int, default=512, help="rows batched per setting (padding share)")
+    ap.add_argument("--dtypes", type=int, default=0, metavar="N",
+                    help="only the default batching in bf16 and fp32, alternated N times (the first pair pays "
+                         "the warm-up; compare the later ones)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -95,6 +99,9 @@ def main() -> None:
     }
     settings = [("fp32", label, over) for label, over in batchings.items()]
     settings.insert(1, ("bf16", "batch 1 x accum 4 (default)", dict(batch_size=1, grad_accum=4, dtype="bf16")))
+    if args.dtypes:
+        settings = [(d, f"batch 1 x accum 4 (default), pass {k + 1}", dict(batch_size=1, grad_accum=4, dtype=d))
+                    for k in range(args.dtypes) for d in ("bf16", "fp32")]
     with tempfile.TemporaryDirectory() as tmp:
         folder, label = model_dir(Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -111,8 +118,11 @@ def main() -> None:
     import torch
 
     print(f"\nmodel: {label}; LoRA r=16 all-linear; answers 32-384 tokens")
+    caps = torch.cpu.get_capabilities()
+    native = "avx512_bf16" if caps.get("avx512_bf16") else "amx_bf16" if caps.get("amx_bf16") else "none (AVX2)"
     print(f"machine: {cpu.split(':', 1)[-1].strip()}, nproc {os.cpu_count()}, torch threads "
-          f"{torch.get_num_threads()}, python {platform.python_version()}, torch {torch.__version__}")
+          f"{torch.get_num_threads()}, native bf16: {native}, python {platform.python_version()}, "
+          f"torch {torch.__version__}")
     print(f"tokens/s: one epoch over {args.rows} rows; padding share: one epoch over {args.pad_rows} rows\n")
     print("| dtype | batching | steps | tokens | tokens/s | padding share |")
     print("|---|---|---:|---:|---:|---:|")

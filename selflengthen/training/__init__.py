@@ -80,3 +80,18 @@ def fitting_rows(trainer: Trainer, model_path: str, rows: list[dict], cfg: Any) 
     lengths = measure(model_path, rows)
     kept = [row for row, n in zip(rows, lengths) if n <= limit]
     return kept, len(rows) - len(kept)
+
+
+def resolve_dtype(dtype: str) -> str:
+    """The trainers' `dtype`: "auto" -> bf16 on a GPU that supports it, and on a CPU that multiplies bf16 natively
+    (avx512_bf16 / AMX: LoRA steps on the embedded model ran 1.6x as fast as fp32, bench/README.md); fp32
+    elsewhere (a CPU that emulates bf16 runs it slower than fp32, a GPU without bf16 needs fp32)."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    from selflengthen.engines.transformers_engine import cpu_has_fast_bf16
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"

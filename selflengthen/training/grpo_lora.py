@@ -38,7 +38,7 @@ from selflengthen.support import tracking
 from selflengthen.methods import lwzero_rewards as R
 from selflengthen.writing.filters import DEFAULTS as FILTER_DEFAULTS
 from selflengthen.runfolder.store import append_bytes, atomic_write_bytes, atomic_write_json, check_no_links, reset_dir
-from selflengthen.training import launch
+from selflengthen.training import launch, resolve_dtype
 from selflengthen.training.launch import Launch
 from selflengthen.training.save import prepare_resume
 
@@ -260,7 +260,7 @@ def build_trainer(model_path: str, examples: list[dict], ckpt_dir: Path, init_ad
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    use_bf16 = _resolve_dtype(cfg.dtype) == "bf16"
+    use_bf16 = resolve_dtype(cfg.dtype) == "bf16"
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if use_bf16 else torch.float32)
     peft_config = None
     if init_adapter:
@@ -307,15 +307,6 @@ def _continuous_batching_config(cfg: GrpoConfig, completions: int, tokenizer) ->
     longest_prompt = min(int(getattr(tokenizer, "model_max_length", 4096) or 4096), 4096)
     pages = -(-(longest_prompt + cfg.max_completion_length) // page)
     return {"page_size": page, "num_blocks": completions * pages}
-
-
-def _resolve_dtype(dtype: str) -> str:
-    """auto -> bf16 on a GPU that supports it; fp32 elsewhere (as the SFT trainer)."""
-    if dtype != "auto":
-        return dtype
-    import torch
-
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
 # --- metrics, resume, saving ------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 from selflengthen.support.checks import rule
 from selflengthen.runfolder.store import _disk_error, atomic_write_json, reset_dir
 from selflengthen.support import tracking
-from selflengthen.training import launch
+from selflengthen.training import launch, resolve_dtype
 from selflengthen.training.launch import Launch
 from selflengthen.training.save import prepare_resume
 from selflengthen.training.save import adapter_digest
@@ -143,7 +143,7 @@ def build_trainer(model_path: str, rows: list[dict], ckpt_dir: Path, init_adapte
     examples = _to_prompt_completion(rows)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     truncated = _count_too_long(tokenizer, rows, cfg.max_length)
-    use_bf16 = _resolve_dtype(cfg.dtype) == "bf16"
+    use_bf16 = resolve_dtype(cfg.dtype) == "bf16"
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if use_bf16 else torch.float32)
     model = _with_lora(model, init_adapter, cfg)
 
@@ -220,15 +220,6 @@ def _count_too_long(tokenizer, rows: list[dict], max_length: int) -> int:
                     "Raise train.max_length if memory allows.", len(too_long), len(rows), max_length,
                     *too_long[0])
     return len(too_long)
-
-
-def _resolve_dtype(dtype: str) -> str:
-    """auto -> bf16 on a GPU that supports it; fp32 elsewhere (bench/train.py: bf16 autocast is slower on CPU)."""
-    if dtype != "auto":
-        return dtype
-    import torch
-
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def _with_lora(model, init_adapter: Optional[str], cfg: TrainConfig):

@@ -75,6 +75,38 @@ def test_training_writes_adapter_metrics_and_changes_the_model(trained, tiny_mod
     assert (base - tuned).abs().max() > 1e-5
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_training_in_either_dtype_saves_an_adapter_that_changes_the_model(tiny_model_dir, tmp_path, dtype):
+    """bf16 is what `dtype: auto` picks on GPUs and on CPUs with native bf16; fp32 elsewhere. Either trains (a
+    CPU without native bf16 emulates it: slower, still correct) and says which it used."""
+    import math
+
+    train_lora(str(tiny_model_dir), _rows(4), tmp_path, None, TrainConfig(**{**FAST, "max_steps": 2}, dtype=dtype))
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["dtype"] == dtype and math.isfinite(on_disk["loss"])
+    base, tuned = _logits(tiny_model_dir, None), _logits(tiny_model_dir, tmp_path / "adapter")
+    assert (base - tuned).abs().max() > 1e-5
+
+
+def test_auto_dtype_is_bf16_only_where_the_hardware_multiplies_it_natively(monkeypatch):
+    import torch
+
+    from selflengthen.engines import transformers_engine
+    from selflengthen.training import resolve_dtype
+
+    def machine(cuda: bool, cuda_bf16: bool = False, cpu_bf16: bool = False) -> str:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+        monkeypatch.setattr(transformers_engine, "cpu_has_fast_bf16", lambda: cpu_bf16)
+        return resolve_dtype("auto")
+
+    assert machine(cuda=False, cpu_bf16=True) == "bf16"  # avx512_bf16 / AMX
+    assert machine(cuda=False, cpu_bf16=False) == "fp32"  # AVX2 only: emulated bf16 is slower
+    assert machine(cuda=True, cuda_bf16=True) == "bf16"
+    assert machine(cuda=True, cuda_bf16=False, cpu_bf16=True) == "fp32"  # the GPU trains: its support decides
+    assert resolve_dtype("fp32") == "fp32" and resolve_dtype("bf16") == "bf16"  # asked for: as asked
+
+
 def test_continuing_starts_from_previous_adapter_and_moves_it(trained, tiny_model_dir, tmp_path):
     import torch
     from peft import get_peft_model_state_dict
